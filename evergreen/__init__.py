@@ -1,0 +1,3 @@
+"""Evergreen: a workflow-orchestrated ML pipeline for image models."""
+
+__version__ = "0.1.0"

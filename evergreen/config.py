@@ -1,0 +1,223 @@
+"""Typed config: one pydantic model per params.yaml section, unknown keys rejected."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evergreen.errors import ConfigError
+
+STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "promote")
+
+
+class Section(BaseModel):
+    # strict: `epochs: true` or `lr: "fast"` is an error, not a silent coercion
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class IngestConfig(Section):
+    """Where data comes from when the dataset is empty, and how images are read."""
+
+    source: str = Field("digits", description="'digits' or a path (image folder, IDX files)")
+    grayscale: bool | None = Field(None, description="force 1 channel (True) or 3 (False)")
+    image_size: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="resize to [H, W]; None keeps"
+    )
+
+
+class ValidateConfig(Section):
+    """Expectations over the metadata table."""
+
+    min_samples_per_class: int = Field(10, ge=1)
+    max_class_imbalance: float = Field(3.0, ge=1.0, description="largest / smallest class")
+    min_pixel: int = Field(0, ge=0, le=255)
+    max_pixel: int = Field(255, ge=0, le=255)
+
+
+class PreprocessConfig(Section):
+    """Hash-based split fractions; the rest is train."""
+
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_salt: str = "evergreen"
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> PreprocessConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must stay below 0.9")
+        return self
+
+
+class AugmentConfig(Section):
+    enabled: bool = True
+    shift: float = Field(0.1, ge=0.0, le=0.5, description="max shift, fraction of size")
+    rotation: float = Field(10.0, ge=0.0, le=180.0, description="max degrees")
+    scale: float = Field(0.1, ge=0.0, le=0.5, description="max relative zoom")
+    hflip: bool = False
+    vflip: bool = False
+
+
+class EarlyStoppingConfig(Section):
+    patience: int = Field(8, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CnnConfig(Section):
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
+
+
+class VitConfig(Section):
+    patch_size: int = Field(2, ge=1)
+    dim: int = Field(64, ge=8)
+    depth: int = Field(3, ge=1)
+    heads: int = Field(4, ge=1)
+
+
+class TrainConfig(Section):
+    """The teacher's training run."""
+
+    model: Literal["seed_cnn", "cnn", "vit"] = "cnn"
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.003, gt=0.0)
+    lr_schedule: Literal["none", "cosine", "step"] = "cosine"
+    l1: float = Field(0.0, ge=0.0)
+    l2: float = Field(0.0005, ge=0.0, description="weight decay (AdamW)")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    threads: int = Field(0, ge=0, description="torch threads; 0 = torch default")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    cnn: CnnConfig = Field(default_factory=CnnConfig)
+    vit: VitConfig = Field(default_factory=VitConfig)
+
+
+class CompressConfig(Section):
+    """Knowledge distillation of the teacher into the student."""
+
+    student: Literal["seed_cnn", "cnn", "vit"] = "seed_cnn"
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss")
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.003, gt=0.0)
+    l2: float = Field(0.0001, ge=0.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    augment: bool = True
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    latency_runs: int = Field(200, ge=10)
+    throughput_batch: int = Field(256, ge=1)
+    null_model_max_iter: int = Field(2000, ge=10)
+
+
+class PromoteConfig(Section):
+    """The gate: absolute thresholds, the null model and the champion."""
+
+    candidate: Literal["student", "teacher"] = "student"
+    min_accuracy: float = Field(0.95, ge=0.0, le=1.0)
+    min_f1_macro: float = Field(0.95, ge=0.0, le=1.0)
+    max_latency_ms: float = Field(25.0, gt=0.0, description="batch-1 p95")
+    max_size_kb: float = Field(2048.0, gt=0.0)
+    champion_tolerance: float = Field(0.005, ge=0.0, description="accuracy a challenger may lose")
+
+
+class Config(Section):
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    def section(self, name: str) -> Section:
+        return self.validate_ if name == "validate" else getattr(self, name)
+
+    def to_params(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not as a string."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    """Parse YAML safely (no object construction), with YAML 1.2 floats."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (value {err['input']!r})"
+    return f"{key}: {err['msg']} (got {err['input']!r})"
+
+
+def parse_config(data: dict[str, Any], origin: str = "params.yaml") -> Config:
+    """Validate a params mapping; raise ConfigError naming each bad key and value."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{origin}: invalid config:\n  {lines}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML scalars) to a copy."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        parts = key.strip().split(".")
+        if parts[0] not in STAGES:
+            raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}, expected one of {', '.join(STAGES)}")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = read_yaml(raw)
+    return data
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> Config:
+    """Read params.yaml (safe_load), apply overrides, validate."""
+    try:
+        data = read_yaml(path.read_text()) if path.exists() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data or {}, overrides or [])
+    return parse_config(data, origin=str(path) + (" with --set" if overrides else ""))
+
+
+def params_hash(section: BaseModel | dict[str, Any]) -> str:
+    """Stable short hash of a config section (or mapping)."""
+    data = section.model_dump(mode="json", by_alias=True) if isinstance(section, BaseModel) else section
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_params_yaml() -> str:
+    """The params.yaml a new workspace starts with: every key at its default."""
+    header = "# Evergreen params: one section per stage. Override one run with --set sec.key=val.\n"
+    return header + yaml.safe_dump(Config().to_params(), sort_keys=False)

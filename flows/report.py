@@ -1,0 +1,93 @@
+"""What the CLI prints: run outcome, registry status, predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evergreen.errors import BadInputError, EvergreenError
+from evergreen.workspace import Workspace
+
+
+def print_outcome(result: dict) -> None:
+    outcome = result["promote"]
+    ran = [n for n, s in result["stages"].items() if s["ran"]] or ["none (all current)"]
+    m = outcome["metrics"]
+    print(f"stages run: {', '.join(ran)}")
+    print(f"candidate {outcome['version']} ({outcome['role']}, {outcome['arch']}): "
+          f"accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f}, "
+          f"null model {m['null_accuracy']:.4f}, teacher {m['teacher_accuracy']:.4f}, "
+          f"latency p95 {m['latency_ms_p95']:.2f} ms, {m['size_bytes'] / 1024:.1f} KB")
+    print(f"verdict: {outcome['verdict']}")
+    for reason in outcome["reasons"]:
+        print(f"  - {reason}")
+
+
+def status_view(ws: Workspace) -> dict:
+    """Champion (version, metrics, data version) and every candidate with its verdict."""
+    from tasks.promote import load_registry
+
+    registry = load_registry(ws.registry)
+    candidates = [{k: c.get(k) for k in ("version", "verdict", "reasons", "run_id", "time",
+                                         "data_version", "role", "arch")}
+                  | {"accuracy": c["metrics"]["accuracy"]} for c in registry["candidates"]]
+    champion = None
+    if registry["champion"]:
+        entry = next(c for c in reversed(registry["candidates"])
+                     if c["version"] == registry["champion"] and c["verdict"] != "rejected")
+        champion = {"version": registry["champion"], "metrics": entry["metrics"],
+                    "data_version": entry["data_version"], "since": entry["time"],
+                    "path": registry["versions"][registry["champion"]]["path"]}
+    return {"workspace": str(ws.root), "champion": champion, "candidates": candidates}
+
+
+def print_status(view: dict) -> str:
+    champ = view["champion"]
+    lines = [f"workspace: {view['workspace']}"]
+    if champ:
+        m = champ["metrics"]
+        lines.append(f"champion: {champ['version']} accuracy {m['accuracy']:.4f} macro-F1 "
+                     f"{m['f1_macro']:.4f} data {champ['data_version']} (since {champ['since']})")
+    else:
+        lines.append("champion: none yet (run `evergreen run`)")
+    for c in view["candidates"]:
+        why = f" — {'; '.join(c['reasons'])}" if c["reasons"] else ""
+        lines.append(f"  {c['time']} {c['version']:>4} {c['verdict']:<9} acc {c['accuracy']:.4f}{why}")
+    return "\n".join(lines)
+
+
+def load_image(path: Path, in_shape: list[int]) -> np.ndarray:
+    """An image file as uint8 (C, H, W) in the model's channels and size."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = in_shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadInputError(f"{path}: cannot decode image: {exc}") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def predict_paths(ws: Workspace, paths: list[str]) -> list[dict]:
+    """The champion's class probabilities for each image file."""
+    from nets.io import load_model
+    from tasks.evaluate import predict_proba
+    from tasks.promote import load_registry
+
+    registry = load_registry(ws.registry)
+    if not registry["champion"]:
+        raise EvergreenError(f"{ws.registry}: no champion yet; run `evergreen run` first")
+    model, card = load_model(ws.root / registry["versions"][registry["champion"]]["path"])
+    x = np.stack([load_image(Path(p), card["in_shape"]) for p in paths])
+    proba = predict_proba(model, card, x)
+    return [{"path": p, "class": card["classes"][int(row.argmax())],
+             "probability": float(row.max()),
+             "probabilities": {c: round(float(v), 6) for c, v in zip(card["classes"], row)},
+             "champion": registry["champion"]} for p, row in zip(paths, proba)]

@@ -1,0 +1,220 @@
+"""Stage mains: read inputs from the workspace, call the stage function, write outputs.
+
+`evergreen stage NAME` (what dvc.yaml runs) and the Prefect tasks both call these, so
+the pipeline logic exists once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+
+import numpy as np
+
+from evergreen.config import Config, params_hash
+from evergreen.errors import DataValidationError
+from evergreen.workspace import Workspace, atomic_write_bytes, read_json, write_json
+
+log = logging.getLogger("evergreen.stages")
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["epoch"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def run_validate(ws: Workspace, cfg: Config) -> dict:
+    from tasks.ingest import read_metadata
+    from tasks.validate import validate_metadata, write_report
+
+    report = validate_metadata(read_metadata(ws.batches), cfg.validate_)
+    write_report(report, ws.reports / "validation.json")
+    if not report.success:
+        failed = "\n  ".join(report.failures)
+        raise DataValidationError(
+            f"{ws.batches}: data validation failed ({len(report.failures)} expectations):\n  "
+            f"{failed}\nfull result: {ws.reports / 'validation.json'}")
+    return {"success": True, "samples": report.results.get("statistics", {})}
+
+
+def save_processed(ws: Workspace, processed) -> None:
+    out = ws.processed
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (x, y) in processed.splits.items():
+        buf = io.BytesIO()
+        np.savez_compressed(buf, x=x, y=y)
+        atomic_write_bytes(out / f"{name}.npz", buf.getvalue())
+    write_json(out / "meta.json", {"classes": processed.classes, "mean": processed.mean,
+                                   "std": processed.std, "in_shape": list(processed.in_shape),
+                                   **processed.info})
+
+
+def load_split(ws: Workspace, name: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(ws.processed / f"{name}.npz", allow_pickle=False) as npz:
+        return npz["x"], npz["y"]
+
+
+def run_preprocess(ws: Workspace, cfg: Config) -> dict:
+    from tasks.ingest import read_batches
+    from tasks.preprocess import preprocess
+
+    processed = preprocess(*read_batches(ws.batches), cfg.preprocess)
+    save_processed(ws, processed)
+    return processed.info
+
+
+def checkpoint_for(ws: Workspace, stage: str, *parts) -> tuple:
+    """Where a stage keeps its epoch checkpoint, and the key a resume must match."""
+    data = read_json(ws.processed / "meta.json")
+    return ws.state / "checkpoints" / f"{stage}.pt", params_hash({"parts": [str(p) for p in parts],
+                                                                  "data": data})
+
+
+def run_train(ws: Workspace, cfg: Config) -> dict:
+    from nets.io import save_model
+    from tasks.report import plot_history
+    from tasks.train import train_model
+
+    meta = read_json(ws.processed / "meta.json")
+    ckpt, key = checkpoint_for(ws, "train", params_hash(cfg.train))
+    model, card, history = train_model(load_split(ws, "train"), load_split(ws, "val"),
+                                       meta["classes"], (meta["mean"], meta["std"]), cfg.train,
+                                       checkpoint=ckpt, checkpoint_key=key)
+    save_model(model, card, ws.model_dir("teacher"))
+    write_csv(ws.reports / "plots" / "train.csv", history)
+    plot_history(history, ws.reports / "figures" / "train_curves.png", f"teacher ({card['arch']})")
+    ckpt.unlink(missing_ok=True)
+    return {"epochs_run": len(history), "val_acc": history[-1]["val_acc"] if history else None}
+
+
+def run_compress(ws: Workspace, cfg: Config) -> dict:
+    from nets.io import file_sha256, load_model, save_model
+    from tasks.compress import distill
+    from tasks.report import plot_history
+
+    teacher, card = load_model(ws.model_dir("teacher"))
+    teacher_sha = file_sha256(ws.model_dir("teacher") / "model.safetensors")
+    ckpt, key = checkpoint_for(ws, "compress", params_hash(cfg.compress), teacher_sha)
+    student, student_card, history = distill(teacher, card, load_split(ws, "train"),
+                                             load_split(ws, "val"), cfg.compress,
+                                             checkpoint=ckpt, checkpoint_key=key)
+    save_model(student, student_card, ws.model_dir("student"))
+    write_csv(ws.reports / "plots" / "compress.csv", history)
+    plot_history(history, ws.reports / "figures" / "compress_curves.png",
+                 f"student ({student_card['arch']}, distilled)")
+    ckpt.unlink(missing_ok=True)
+    return {"epochs_run": len(history), "student": cfg.compress.student}
+
+
+def run_evaluate(ws: Workspace, cfg: Config) -> dict:
+    from nets.io import WEIGHTS, load_model
+    from tasks.evaluate import evaluate_model, null_model, summary_row
+    from tasks.report import write_evaluation_plots
+
+    meta = read_json(ws.processed / "meta.json")
+    test, train = load_split(ws, "test"), load_split(ws, "train")
+    results = {}
+    for role in ("teacher", "student"):
+        model, card = load_model(ws.model_dir(role))
+        results[role] = {"arch": card["arch"], **evaluate_model(
+            model, card, ws.model_dir(role) / WEIGHTS, test, cfg.evaluate)}
+    results["null_model"] = null_model(train, test, meta["classes"], (meta["mean"], meta["std"]),
+                                       cfg.evaluate)
+    candidate = cfg.promote.candidate
+    metrics = {"candidate": candidate, **summary_row(results[candidate]),
+               "per_class_recall": results[candidate]["per_class_recall"], **results}
+    write_json(ws.reports / "metrics.json", metrics)
+    write_evaluation_plots(ws.reports, results[candidate], meta["classes"])
+    return {"candidate": candidate, **summary_row(results[candidate]),
+            "null_accuracy": results["null_model"]["accuracy"]}
+
+
+PURE_STAGES = {
+    "validate": run_validate,
+    "preprocess": run_preprocess,
+    "train": run_train,
+    "compress": run_compress,
+    "evaluate": run_evaluate,
+}
+
+
+def run_ingest(ws: Workspace, cfg: Config, source: str | None) -> dict:
+    """Land `source` as a new batch; with no source, the default one if the dataset is empty."""
+    from tasks.ingest import ingest, read_metadata
+
+    if source is None:
+        if not read_metadata(ws.batches).empty:
+            return {"batch_id": None, "added": 0, "source": None}
+        source = cfg.ingest.source
+    result = ingest(source, cfg.ingest, ws.batches)
+    log.info("ingest %s: %d new samples (batch %s), %d repeated in the batch, %d already present",
+             source, result.added, result.batch_id, result.duplicates_in_batch,
+             result.already_present)
+    return vars(result)
+
+
+def quarantine_batch(ws: Workspace, batch_id: str, reason: str) -> str:
+    """Move a landed batch out of the dataset into data/quarantine/<id>/ with its reasons."""
+    target = ws.root / "data" / "quarantine" / batch_id
+    target.mkdir(parents=True, exist_ok=True)
+    for path in ws.batches.glob(f"{batch_id}.*"):
+        path.replace(target / path.name)
+    atomic_write_bytes(target / "reasons.txt", (reason + "\n").encode())
+    return str(target)
+
+
+def champion_accuracy(ws: Workspace, registry: dict, test, classes: list[str]) -> float | None:
+    """The champion re-evaluated on the current test split (None if not comparable)."""
+    from nets.io import load_model
+    from tasks.evaluate import predict_proba
+
+    model, card = load_model(ws.root / registry["versions"][registry["champion"]]["path"])
+    if card["classes"] != classes or tuple(card["in_shape"]) != tuple(test[0].shape[1:]):
+        log.warning("champion %s has other classes or input shape; no champion comparison",
+                    registry["champion"])
+        return None
+    return float((predict_proba(model, card, test[0]).argmax(1) == test[1]).mean())
+
+
+def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | None,
+                full_params_hash: str) -> dict:
+    """Gate the candidate against thresholds, the null model and the champion; record it."""
+    from evergreen.workspace import git_commit
+    from nets.io import WEIGHTS, file_sha256
+    from tasks.evaluate import summary_row
+    from tasks.promote import gate_table, load_registry, now, record, run_gates, save_registry
+    from tasks.promote import store_version
+
+    metrics = read_json(ws.reports / "metrics.json")
+    role = cfg.promote.candidate
+    model_dir = ws.model_dir(role)
+    sha = file_sha256(model_dir / WEIGHTS)
+    registry = load_registry(ws.registry)
+    champion = registry["champion"]
+    entry = {"run_id": run_id, "role": role, "arch": metrics[role]["arch"],
+             "metrics": {**summary_row(metrics[role]),
+                         "per_class_recall": metrics[role]["per_class_recall"],
+                         "null_accuracy": metrics["null_model"]["accuracy"],
+                         "teacher_accuracy": metrics["teacher"]["accuracy"]},
+             "data_version": data_version, "params_hash": full_params_hash,
+             "git_commit": git_commit(ws.root), "time": now(), "champion_before": champion}
+    if champion and registry["versions"][champion]["sha256"] == sha:
+        entry.update(version=champion, verdict="unchanged", gates=[],
+                     reasons=[f"candidate is the champion {champion}: nothing changed"])
+        save_registry(ws.registry, record(registry, entry, False, ""))
+        return {**entry, "new_version": False}
+    champ_acc = champion_accuracy(ws, registry, load_split(ws, "test"),
+                                  read_json(ws.processed / "meta.json")["classes"]) if champion else None
+    gates = run_gates(metrics[role], metrics["null_model"]["accuracy"], champ_acc, cfg.promote)
+    passed = all(g.passed for g in gates)
+    known = set(registry["versions"])
+    version = store_version(registry, model_dir, ws.versions, sha)
+    entry.update(version=version, verdict="promoted" if passed else "rejected",
+                 gates=gate_table(gates), reasons=[g.reason() for g in gates if not g.passed],
+                 champion_accuracy_on_current_test=champ_acc)
+    save_registry(ws.registry, record(registry, entry, passed, f"passed all gates in run {run_id}"))
+    return {**entry, "new_version": version not in known}

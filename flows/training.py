@@ -1,0 +1,130 @@
+"""The `training-pipeline` flow: thin Prefect tasks around the stage mains, in order."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from evergreen.config import Config, load_config, params_hash
+from evergreen.errors import DataValidationError, EvergreenError
+from evergreen.workspace import Workspace
+from flows import dvcfile
+from flows.artifacts import publish_run_artifacts
+from flows.stages import PURE_STAGES, quarantine_batch, run_ingest, run_promote
+
+log = logging.getLogger("evergreen.flow")
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry I/O hiccups, never a user error (bad data would fail again the same way)."""
+    try:
+        state.result()
+    except EvergreenError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+    """Run a pure stage unless DVC says it is current; record it in dvc.lock when asked."""
+    if not rerun and dvcfile.stage_is_current(ws.root, name):
+        log.info("%s: unchanged (data, params and outputs match dvc.lock), skipped", name)
+        return {"ran": False}
+    summary = PURE_STAGES[name](ws, cfg)
+    if commit:
+        dvcfile.commit_stage(ws.root, name)
+    return {"ran": True, **summary}
+
+
+@task(name="ingest", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
+    """Land new data as a batch and version it with DVC."""
+    result = run_ingest(ws, cfg, source)
+    if result["batch_id"]:
+        dvcfile.track(ws.root, "data/batches")
+    return result
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+    """Great Expectations suite over the metadata table."""
+    return run_stage("validate", ws, cfg, rerun, commit)
+
+
+@task(name="preprocess", cache_policy=NO_CACHE)
+def preprocess_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+    """Deduplicate, split by content hash, normalization stats."""
+    return run_stage("preprocess", ws, cfg, rerun, commit)
+
+
+@task(name="train", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+    """Train the teacher (a retry resumes from the last epoch checkpoint)."""
+    return run_stage("train", ws, cfg, rerun, commit)
+
+
+@task(name="compress", cache_policy=NO_CACHE)
+def compress_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+    """Distill the teacher into the student."""
+    return run_stage("compress", ws, cfg, rerun, commit)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+    """Test metrics, latency, size, null model."""
+    return run_stage("evaluate", ws, cfg, rerun, commit)
+
+
+@task(name="promote", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+def promote_task(ws: Workspace, cfg: Config, data_version: str | None) -> dict:
+    """Gate the candidate; record it in the registry; move the champion if it passes."""
+    outcome = run_promote(ws, cfg, str(flow_run.id or "local"), data_version,
+                          params_hash(cfg.to_params()))
+    if outcome.pop("new_version"):
+        dvcfile.track(ws.root, "models/versions")
+    return outcome
+
+
+PIPELINE = [("validate", validate_task), ("preprocess", preprocess_task),
+            ("train", train_task), ("compress", compress_task), ("evaluate", evaluate_task)]
+
+
+def overridden_from(overrides: list[str]) -> int:
+    """Index of the first pipeline stage whose params an override touches (len if none)."""
+    sections = {o.split("=", 1)[0].split(".")[0] for o in overrides}
+    if any(o.startswith("promote.candidate") for o in overrides):
+        sections.add("evaluate")
+    hits = [i for i, (name, _) in enumerate(PIPELINE) if name in sections]
+    return min(hits, default=len(PIPELINE))
+
+
+@flow(name="training-pipeline")
+def training_pipeline(workspace: str, data: str | None = None,
+                      overrides: list[str] | None = None) -> dict:
+    """ingest -> validate -> preprocess -> train -> compress -> evaluate -> promote."""
+    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
+    dvcfile.init_workspace(ws)
+    cfg = load_config(ws.params, overrides)
+    landed = ingest_task(ws, cfg, data)
+    first_override, rerun, stages = overridden_from(overrides), False, {}
+    for i, (name, stage_task) in enumerate(PIPELINE):
+        # overridden params are for this run only: those stages run, dvc.lock keeps params.yaml's
+        rerun = rerun or i >= first_override
+        try:
+            stages[name] = stage_task(ws, cfg, rerun, commit=i < first_override)
+        except DataValidationError as exc:
+            if landed["batch_id"]:
+                where = quarantine_batch(ws, landed["batch_id"], str(exc))
+                dvcfile.track(ws.root, "data/batches")
+                raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
+                                          f"{where}; the dataset is as it was") from None
+            raise
+        rerun = rerun or stages[name]["ran"]
+    outcome = promote_task(ws, cfg, dvcfile.data_version(ws.root))
+    publish_run_artifacts(ws, outcome, stages)
+    return {"ingest": landed, "stages": stages, "promote": outcome}

@@ -1,0 +1,62 @@
+"""Save and load models as safetensors weights plus a JSON card; nothing is unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from evergreen.errors import BadInputError
+from evergreen.workspace import atomic_write_bytes, write_json
+from nets import build_model
+
+WEIGHTS, CARD = "model.safetensors", "model.json"
+
+
+def save_model(model: torch.nn.Module, card: dict[str, Any], out_dir: Path) -> Path:
+    """Write weights and card (arch, options, in_shape, classes, mean, std) to out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = out_dir / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    atomic_write_bytes(out_dir / WEIGHTS, tmp.read_bytes())
+    tmp.unlink()
+    write_json(out_dir / CARD, card)
+    return out_dir / WEIGHTS
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / CARD
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: missing model card; is {model_dir} a trained model?") from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"{path}: not valid JSON: {exc}") from None
+    for key in ("arch", "in_shape", "classes", "mean", "std"):
+        if key not in card:
+            raise BadInputError(f"{path}: missing field {key!r}")
+    return card
+
+
+def load_model(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network from its card and load safetensors weights (eval mode)."""
+    card = read_card(model_dir)
+    model = build_model(card["arch"], tuple(card["in_shape"]), len(card["classes"]),
+                        **card.get("options", {}))
+    weights = model_dir / WEIGHTS
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except FileNotFoundError:
+        raise BadInputError(f"{weights}: missing weights file") from None
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise BadInputError(f"{weights}: not loadable safetensors weights: {exc}") from None
+    return model.eval(), card
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

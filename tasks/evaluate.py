@@ -1,0 +1,98 @@
+"""Evaluate: test-split metrics, CPU latency and size of each model, and a null model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score,
+                             recall_score, roc_auc_score)
+from torch import nn
+
+from evergreen.config import EvaluateConfig
+from tasks.train import normalize
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, card: dict, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Class probabilities (N, classes) for uint8 images (N, C, H, W)."""
+    model.eval()
+    inputs = normalize(torch.from_numpy(x), card["mean"], card["std"])
+    logits = torch.cat([model(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro precision/recall/F1, one-vs-rest ROC-AUC, per-class recall, confusion."""
+    pred = proba.argmax(1)
+    labels = list(range(len(classes)))
+    present = np.unique(y)
+    try:
+        auc = float(roc_auc_score(y, proba[:, present] / proba[:, present].sum(1, keepdims=True),
+                                  multi_class="ovr", labels=present)) if len(present) > 2 else None
+    except ValueError:
+        auc = None
+    per_class = recall_score(y, pred, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision_macro": float(precision_score(y, pred, average="macro", zero_division=0)),
+        "recall_macro": float(recall_score(y, pred, average="macro", zero_division=0)),
+        "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "roc_auc_ovr": auc,
+        "per_class_recall": {c: float(r) for c, r in zip(classes, per_class)},
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, in_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
+    """Batch-1 latency p50/p95 (ms) and batch throughput (images/s) on this CPU."""
+    model.eval()
+    one = torch.randn(1, *in_shape)
+    for _ in range(10):
+        model(one)
+    times = []
+    for _ in range(cfg.latency_runs):
+        start = time.perf_counter()
+        model(one)
+        times.append((time.perf_counter() - start) * 1000)
+    batch = torch.randn(cfg.throughput_batch, *in_shape)
+    model(batch)
+    start, reps = time.perf_counter(), 5
+    for _ in range(reps):
+        model(batch)
+    elapsed = time.perf_counter() - start
+    return {"latency_ms_p50": float(np.percentile(times, 50)),
+            "latency_ms_p95": float(np.percentile(times, 95)),
+            "throughput": float(reps * cfg.throughput_batch / elapsed)}
+
+
+def evaluate_model(model: nn.Module, card: dict, weights: Path, test: tuple[np.ndarray, np.ndarray],
+                   cfg: EvaluateConfig) -> dict:
+    """Everything the gate and the reports need about one model."""
+    x, y = test
+    metrics = classification_metrics(y, predict_proba(model, card, x), card["classes"])
+    metrics.update(measure_latency(model, tuple(card["in_shape"]), cfg))
+    metrics["params"] = int(sum(p.numel() for p in model.parameters()))
+    metrics["size_bytes"] = int(weights.stat().st_size)
+    return metrics
+
+
+def null_model(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+               classes: list[str], norm: tuple[list[float], list[float]], cfg: EvaluateConfig) -> dict:
+    """A scikit-learn baseline: logistic regression on flattened normalized pixels."""
+    flat = lambda x: normalize(torch.from_numpy(x), *norm).flatten(1).numpy()  # noqa: E731
+    clf = LogisticRegression(max_iter=cfg.null_model_max_iter)
+    clf.fit(flat(train[0]), train[1])
+    proba = np.zeros((len(test[1]), len(classes)))
+    proba[:, clf.classes_] = clf.predict_proba(flat(test[0]))
+    metrics = classification_metrics(test[1], proba, classes)
+    return {"model": "logistic_regression", **metrics}
+
+
+def summary_row(metrics: dict) -> dict:
+    """The scalar metrics, for tables and the registry."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}

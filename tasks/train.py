@@ -1,0 +1,233 @@
+"""Train: fit a network on the train split with early stopping on the validation loss."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evergreen.config import AugmentConfig, TrainConfig
+from nets import build_model
+
+log = logging.getLogger("evergreen.train")
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class FitSettings:
+    """What the loop needs, whichever stage (train, compress) runs it."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_schedule: str = "cosine"
+    l1: float = 0.0
+    l2: float = 0.0
+    seed: int = 0
+    augment: AugmentConfig | None = None
+    patience: int = 8
+    min_delta: float = 0.0
+    threads: int = 0
+
+    @classmethod
+    def from_train(cls, cfg: TrainConfig) -> FitSettings:
+        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2, cfg.seed,
+                   cfg.augment if cfg.augment.enabled else None, cfg.early_stopping.patience,
+                   cfg.early_stopping.min_delta, cfg.threads)
+
+
+def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float, scaled to [0, 1] then standardized per channel."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - m) / s
+
+
+def augment_batch(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random rotation, zoom and shift (one affine warp per sample), optional flips."""
+    n = len(x)
+    rand = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731 - uniform in [-1, 1)
+    angle = rand() * math.radians(aug.rotation)
+    scale = 1 + rand() * aug.scale
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, rand() * aug.shift * 2], 1),
+                         torch.stack([sin, cos, rand() * aug.shift * 2], 1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    if aug.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-1)
+    if aug.vflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-2)
+    return out
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over weight matrices and kernels (not biases or norm scales)."""
+    return sum(p.abs().sum() for n, p in model.named_parameters() if p.dim() > 1)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, settings: FitSettings):
+    if settings.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs)
+    if settings.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, settings.epochs // 3), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512):
+    """Mean cross-entropy and accuracy of `model` on normalized inputs."""
+    model.eval()
+    logits = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+class Progress:
+    """A rich progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, name: str, total: int):
+        self.bar = None
+        if sys.stderr.isatty():
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(transient=True)
+            self.task = self.bar.add_task(name, total=total)
+            self.bar.start()
+
+    def advance(self, description: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, advance=1, description=description)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path | None, key: str) -> dict | None:
+    """The last epoch checkpoint of this very run (same key), loaded as plain tensors only."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, weights_only=True)
+    return state if state.get("key") == key else None
+
+
+def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+        norm: tuple[list[float], list[float]], settings: FitSettings, *, name: str = "train",
+        loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
+        checkpoint_key: str = "") -> tuple[nn.Module, list[dict]]:
+    """Mini-batch training on in-memory tensors; returns the best model and per-epoch history."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+    x_train = normalize(torch.from_numpy(train[0]), *norm)
+    y_train = torch.from_numpy(train[1])
+    x_val, y_val = normalize(torch.from_numpy(val[0]), *norm), torch.from_numpy(val[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.l2)
+    sched = make_scheduler(opt, settings)
+    history, best, best_state, stale, start = [], math.inf, copy.deepcopy(model.state_dict()), 0, 1
+
+    resumed = load_checkpoint(checkpoint, checkpoint_key)
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optim"])
+        sched.load_state_dict(resumed["sched"])
+        gen.set_state(resumed["gen"])
+        torch.set_rng_state(resumed["rng"])
+        history, best, best_state, stale = (resumed["history"], resumed["best"],
+                                            resumed["best_state"], resumed["stale"])
+        start = resumed["epoch"] + 1
+        log.info("%s: resumed from epoch %d", name, resumed["epoch"])
+
+    progress = Progress(name, settings.epochs)
+    for epoch in range(start, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, len(order), settings.batch_size):
+            idx = order[i:i + settings.batch_size]
+            xb, yb = x_train[idx], y_train[idx]
+            if settings.augment is not None:
+                xb = augment_batch(xb, settings.augment, gen)
+            loss = loss_fn(model(xb), yb, xb)
+            if settings.l1:
+                loss = loss + settings.l1 * l1_penalty(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        sched.step()
+        val_loss, val_acc = evaluate_loss(model, x_val, y_val)
+        row = {"epoch": epoch, "train_loss": round(total / seen, 6), "val_loss": round(val_loss, 6),
+               "val_acc": round(val_acc, 6), "lr": opt.param_groups[0]["lr"]}
+        if not math.isfinite(row["train_loss"]):
+            raise FloatingPointError(f"{name}: loss became {row['train_loss']} at epoch {epoch}; "
+                                     "lower the learning rate")
+        history.append(row)
+        log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f", epoch, settings.epochs,
+                 row["train_loss"], val_loss, val_acc)
+        progress.advance(f"{name} epoch {epoch} val_acc={val_acc:.3f}")
+        if val_loss < best - settings.min_delta:
+            best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "key": checkpoint_key, "epoch": epoch, "model": model.state_dict(),
+                "optim": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                "rng": torch.get_rng_state(), "history": history, "best": best,
+                "best_state": best_state, "stale": stale})
+        if stale >= settings.patience:
+            log.info("%s: early stop at epoch %d (no val_loss gain for %d epochs)",
+                     name, epoch, stale)
+            break
+    progress.close()
+    model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+def model_options(cfg: TrainConfig) -> dict:
+    """The builder options for the configured architecture."""
+    options = {"dropout": cfg.dropout}
+    if cfg.model == "cnn":
+        options["channels"] = list(cfg.cnn.channels)
+    elif cfg.model == "vit":
+        options.update(cfg.vit.model_dump())
+    return options
+
+
+def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                classes: list[str], norm: tuple[list[float], list[float]], cfg: TrainConfig,
+                checkpoint: Path | None = None, checkpoint_key: str = ""):
+    """Build the configured network for the data's shape and fit it; returns (model, card, history)."""
+    in_shape = tuple(int(d) for d in train[0].shape[1:])
+    options = model_options(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, in_shape, len(classes), **options)
+    model, history = fit(model, train, val, norm, FitSettings.from_train(cfg),
+                         checkpoint=checkpoint, checkpoint_key=checkpoint_key)
+    card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
+            "classes": classes, "mean": norm[0], "std": norm[1]}
+    return model, card, history
