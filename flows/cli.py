@@ -45,8 +45,11 @@ def setup_logging() -> None:
 
 
 def cmd_run(args, ws) -> int:
-    from flows.training import training_pipeline
+    from evergreen.config import load_config
     from flows.report import print_outcome
+
+    load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
+    from flows.training import training_pipeline
 
     result = training_pipeline(str(ws.root), data=args.data, overrides=args.overrides)
     print_outcome(result)

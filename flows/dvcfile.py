@@ -87,10 +87,15 @@ def init_workspace(ws: Workspace) -> None:
     for path, text in ((ws.params, default_params_yaml()), (root / "dvc.yaml", dvc_yaml(root))):
         if not path.exists():
             atomic_write_text(path, text)
-    ignore = root / ".gitignore"
-    lines = ignore.read_text().splitlines() if ignore.exists() else []
-    if "/.evergreen/" not in lines:
-        atomic_write_text(ignore, "\n".join([*lines, "/.evergreen/"]) + "\n")
+    ensure_lines(root / ".gitignore", ["/.evergreen/"])
+    ensure_lines(root / ".dvcignore", ["__pycache__/", "*.pyc"])  # code deps hash sources only
+
+
+def ensure_lines(path: Path, wanted: list[str]) -> None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    missing = [w for w in wanted if w not in lines]
+    if missing:
+        atomic_write_text(path, "\n".join([*lines, *missing]) + "\n")
 
 
 def _repo(root: Path):

@@ -35,7 +35,7 @@ def status_view(ws: Workspace) -> dict:
     champion = None
     if registry["champion"]:
         entry = next(c for c in reversed(registry["candidates"])
-                     if c["version"] == registry["champion"] and c["verdict"] != "rejected")
+                     if c["version"] == registry["champion"] and c["verdict"] == "promoted")
         champion = {"version": registry["champion"], "metrics": entry["metrics"],
                     "data_version": entry["data_version"], "since": entry["time"],
                     "path": registry["versions"][registry["champion"]]["path"]}
