@@ -79,11 +79,15 @@ def store_version(registry: dict, model_dir: Path, versions_dir: Path, sha256: s
     if version:
         return version
     version = f"v{len(registry['versions']) + 1}"
-    versions_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}."))
-    for f in model_dir.iterdir():
-        shutil.copy2(f, tmp / f.name)
-    tmp.replace(versions_dir / version)
+    try:
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}."))
+        for f in model_dir.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        tmp.replace(versions_dir / version)
+    except OSError as exc:
+        raise EvergreenError(f"{versions_dir / version}: cannot store the candidate: "
+                             f"{exc.strerror}") from None
     registry["versions"][version] = {"sha256": sha256, "path": f"models/versions/{version}",
                                      "created_at": now()}
     return version

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from evergreen.config import ValidateConfig
+from evergreen.workspace import write_json
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -63,18 +63,12 @@ def validate_metadata(
 
 
 def write_report(report: ValidationReport, path: Path) -> None:
-    """Write `report.results` as indented JSON, atomically (temp file in the dir, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report.results, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `report.results` as indented JSON, atomically; load times are dropped so the
+    same data gives the same file (DVC sees no change)."""
+    results = json.loads(json.dumps(report.results, default=str))
+    for suite in results.get("suites", {}).values():
+        suite.get("meta", {}).get("batch_markers", {}).pop("ge_load_time", None)
+    write_json(Path(path), results)
 
 
 def _report(suites: dict, failures: list[str], statistics: dict) -> ValidationReport:

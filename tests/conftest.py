@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny deterministic data, a small-params workspace, one Prefect harness."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evergreen")
+
+# Small but real: every stage runs for a couple of epochs on the bundled digits.
+TINY_PARAMS = {
+    "validate": {"min_samples_per_class": 5},
+    "train": {"epochs": 2, "batch_size": 128, "cnn": {"channels": [8, 16]}},
+    "compress": {"epochs": 2, "batch_size": 128},
+    "evaluate": {"latency_runs": 10, "throughput_batch": 32, "null_model_max_iter": 200},
+    "promote": {"min_accuracy": 0.5, "min_f1_macro": 0.5, "champion_tolerance": 0.05},
+}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from tasks.ingest import load_digits_batch
+
+    return load_digits_batch()
+
+
+@pytest.fixture
+def tiny_batch(digits):
+    """20 samples per class (200 in all), real digits."""
+    from tasks.ingest import Batch
+
+    keep = np.concatenate([np.flatnonzero(digits.labels == str(c))[:20] for c in range(10)])
+    return Batch(digits.x[keep], digits.labels[keep], [digits.sources[i] for i in keep])
+
+
+def write_params(root: Path, params: dict) -> Path:
+    from evergreen.config import Config
+
+    full = Config.model_validate(params).to_params()
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(full, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """An empty workspace folder whose params.yaml makes every stage quick."""
+    from evergreen.workspace import Workspace
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_params(root, TINY_PARAMS)
+    return Workspace(root)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for every flow test in the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_png_folder(root: Path, x: np.ndarray, labels: np.ndarray) -> Path:
+    """root/<label>/<i>.png from uint8 (N, C, H, W) images."""
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(x, labels)):
+        folder = root / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        Image.fromarray(arr).save(folder / f"{i:05d}.png")
+    return root
+
+
+def write_idx_pair(folder: Path, x: np.ndarray, labels: np.ndarray, gz: bool = False):
+    """MNIST-format train-images-idx3-ubyte / train-labels-idx1-ubyte (optionally .gz)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n, _, h, w = x.shape
+    images = struct.pack(">4B3I", 0, 0, 8, 3, n, h, w) + x[:, 0].tobytes()
+    labs = struct.pack(">4BI", 0, 0, 8, 1, n) + labels.astype(np.uint8).tobytes()
+    suffix = ".gz" if gz else ""
+    pack = gzip.compress if gz else (lambda b: b)
+    img_path = folder / f"train-images-idx3-ubyte{suffix}"
+    lab_path = folder / f"train-labels-idx1-ubyte{suffix}"
+    img_path.write_bytes(pack(images))
+    lab_path.write_bytes(pack(labs))
+    return img_path, lab_path

@@ -1,0 +1,143 @@
+"""The gate: each failing gate blocks promotion and is named; the registry stays consistent."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from evergreen.config import Config, PromoteConfig
+from evergreen.errors import EvergreenError
+from evergreen.workspace import Workspace, read_json, write_json
+from flows.stages import PURE_STAGES, run_promote
+from tasks.ingest import dedupe, write_batch
+from tasks.promote import load_registry, run_gates
+from tests.conftest import TINY_PARAMS
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits):
+    """A workspace where validate..evaluate ran on a 300-sample digits subset."""
+    import numpy as np
+
+    from tasks.ingest import Batch
+
+    root = tmp_path_factory.mktemp("trained")
+    ws = Workspace(root)
+    keep = np.concatenate([np.flatnonzero(digits.labels == str(c))[:30] for c in range(10)])
+    batch, hashes, _, _ = dedupe(Batch(digits.x[keep], digits.labels[keep],
+                                       [digits.sources[i] for i in keep]), set())
+    write_batch(batch, hashes, ws.batches)
+    cfg = Config.model_validate(TINY_PARAMS)
+    for stage in PURE_STAGES.values():
+        stage(ws, cfg)
+    return ws
+
+
+@pytest.fixture
+def ws(trained, tmp_path):
+    shutil.copytree(trained.root, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")
+
+
+def set_metrics(ws, role="student", null_accuracy=None, **values):
+    metrics = read_json(ws.reports / "metrics.json")
+    metrics[role].update(values)
+    if null_accuracy is not None:
+        metrics["null_model"]["accuracy"] = null_accuracy
+    write_json(ws.reports / "metrics.json", metrics)
+
+
+def promote(ws, **promote_params):
+    params = {**TINY_PARAMS, "promote": {**TINY_PARAMS["promote"], **promote_params}}
+    return run_promote(ws, Config.model_validate(params), "test-run", "data-v", "params-h")
+
+
+GOOD = dict(accuracy=0.9, f1_macro=0.9, latency_ms_p95=1.0, size_bytes=100 * 1024)
+
+
+@pytest.mark.parametrize("gate, metrics, params", [
+    ("min_accuracy", {}, {"min_accuracy": 0.95}),
+    ("min_f1_macro", {}, {"min_f1_macro": 0.95}),
+    ("beats_null_model", {"null_accuracy": 0.92}, {}),
+    ("max_latency_ms", {}, {"max_latency_ms": 0.5}),
+    ("max_size_kb", {}, {"max_size_kb": 50.0}),
+])
+def test_each_absolute_gate_blocks_promotion(ws, gate, metrics, params):
+    set_metrics(ws, **GOOD, null_accuracy=metrics.get("null_accuracy", 0.5))
+    outcome = promote(ws, **{"min_accuracy": 0.5, "min_f1_macro": 0.5, **params})
+    assert outcome["verdict"] == "rejected"
+    assert [r.split(":")[0] for r in outcome["reasons"]] == [gate]
+    registry = load_registry(ws.registry)
+    assert registry["champion"] is None
+    assert registry["candidates"][-1]["verdict"] == "rejected"
+    failed = [g for g in registry["candidates"][-1]["gates"] if not g["passed"]]
+    assert failed[0]["name"] == gate and "threshold" in failed[0] and "value" in failed[0]
+
+
+def test_passing_candidate_becomes_champion_with_full_record(ws):
+    set_metrics(ws, **GOOD, null_accuracy=0.5)
+    outcome = promote(ws)
+    registry = load_registry(ws.registry)
+    assert outcome["verdict"] == "promoted" and registry["champion"] == outcome["version"]
+    entry = registry["candidates"][-1]
+    for key in ("version", "verdict", "gates", "metrics", "data_version", "params_hash",
+                "git_commit", "time"):
+        assert key in entry
+    assert (ws.root / registry["versions"][outcome["version"]]["path"] / "model.safetensors").exists()
+
+
+def test_worse_than_champion_is_rejected_and_champion_kept(ws):
+    set_metrics(ws, role="teacher", **GOOD, null_accuracy=0.0)
+    champion = promote(ws, candidate="teacher")  # the real teacher, re-evaluated next
+    assert champion["verdict"] == "promoted"
+    set_metrics(ws, **{**GOOD, "accuracy": 0.0})
+    outcome = promote(ws, min_accuracy=0.0, min_f1_macro=0.0, champion_tolerance=0.01)
+    assert outcome["verdict"] == "rejected"
+    assert outcome["champion_accuracy_on_current_test"] > 0.1  # really re-evaluated
+    assert "not_worse_than_champion" in [r.split(":")[0] for r in outcome["reasons"]]
+    assert load_registry(ws.registry)["champion"] == champion["version"]
+
+
+def test_same_model_again_is_unchanged(ws):
+    set_metrics(ws, **GOOD, null_accuracy=0.5)
+    first = promote(ws)
+    second = promote(ws)
+    assert second["verdict"] == "unchanged" and second["version"] == first["version"]
+    registry = load_registry(ws.registry)
+    assert registry["champion"] == first["version"] and len(registry["candidates"]) == 2
+
+
+def test_failed_registry_write_leaves_previous_state(ws, monkeypatch):
+    set_metrics(ws, **GOOD, null_accuracy=0.5)
+    promote(ws)
+    before = ws.registry.read_text()
+
+    real_replace = os.replace
+
+    def broken_replace(src, dst):
+        if str(dst).endswith("registry.json"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("evergreen.workspace.os.replace", broken_replace)
+    with pytest.raises(EvergreenError, match="registry.json"):
+        promote(ws, candidate="teacher")
+    assert ws.registry.read_text() == before
+    assert not list(ws.models.glob(".registry.json.*"))
+
+
+def test_corrupt_registry_is_an_error_not_a_reset(ws):
+    ws.registry.write_text("{not json")
+    with pytest.raises(EvergreenError, match="registry is not valid JSON"):
+        load_registry(ws.registry)
+    assert ws.registry.read_text() == "{not json"
+
+
+def test_champion_gate_only_with_a_champion():
+    cfg = PromoteConfig()
+    metrics = {"accuracy": 0.99, "f1_macro": 0.99, "latency_ms_p95": 1.0, "size_bytes": 1024}
+    assert "not_worse_than_champion" not in [g.name for g in run_gates(metrics, 0.5, None, cfg)]
+    gates = run_gates(metrics, 0.5, 0.999, cfg)
+    assert json.dumps([g.name for g in gates]).count("not_worse_than_champion") == 1
+    assert not gates[-1].passed  # 0.99 < 0.999 - 0.005
