@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -98,24 +99,27 @@ def ensure_lines(path: Path, wanted: list[str]) -> None:
         atomic_write_text(path, "\n".join([*lines, *missing]) + "\n")
 
 
+@contextlib.contextmanager
 def _repo(root: Path):
+    """A DVC Repo of the workspace; DVC resolves targets from the cwd, so chdir there."""
     from dvc.repo import Repo
 
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     logging.getLogger("dvc").setLevel(logging.WARNING)  # its git hints are not for flow logs
-    return Repo(str(root))
+    with contextlib.chdir(root), Repo(str(root)) as repo:
+        yield repo
 
 
 def stage_is_current(root: Path, name: str) -> bool:
     """True when DVC sees the stage's deps, params and outs unchanged since its last commit."""
     with _repo(root) as repo:
-        return not repo.status(targets=[name])
+        return not repo.status(targets=[f"dvc.yaml:{name}"])
 
 
 def commit_stage(root: Path, name: str) -> None:
     """Record the stage in dvc.lock and its outs in the DVC cache (as `dvc commit -f`)."""
     with _repo(root) as repo:
-        repo.commit(name, force=True)
+        repo.commit(f"dvc.yaml:{name}", force=True)
 
 
 def track(root: Path, path: str) -> None:

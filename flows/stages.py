@@ -164,6 +164,9 @@ def quarantine_batch(ws: Workspace, batch_id: str, reason: str) -> str:
     for path in ws.batches.glob(f"{batch_id}.*"):
         path.replace(target / path.name)
     atomic_write_bytes(target / "reasons.txt", (reason + "\n").encode())
+    report = ws.reports / "validation.json"
+    if report.exists():
+        atomic_write_bytes(target / "validation.json", report.read_bytes())
     return str(target)
 
 

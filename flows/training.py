@@ -118,12 +118,14 @@ def training_pipeline(workspace: str, data: str | None = None,
         try:
             stages[name] = stage_task(ws, cfg, rerun, commit=i < first_override)
         except DataValidationError as exc:
-            if landed["batch_id"]:
-                where = quarantine_batch(ws, landed["batch_id"], str(exc))
-                dvcfile.track(ws.root, "data/batches")
-                raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
-                                          f"{where}; the dataset is as it was") from None
-            raise
+            if not landed["batch_id"]:
+                raise
+            where = quarantine_batch(ws, landed["batch_id"], str(exc))
+            dvcfile.track(ws.root, "data/batches")
+            if any(ws.batches.glob("*.csv")):  # the report again matches the data kept
+                run_stage("validate", ws, cfg, rerun=False, commit=True)
+            raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
+                                      f"{where}; the dataset is as it was") from None
         rerun = rerun or stages[name]["ran"]
     outcome = promote_task(ws, cfg, dvcfile.data_version(ws.root))
     publish_run_artifacts(ws, outcome, stages)

@@ -30,11 +30,12 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     pred = proba.argmax(1)
     labels = list(range(len(classes)))
     present = np.unique(y)
-    try:
-        auc = float(roc_auc_score(y, proba[:, present] / proba[:, present].sum(1, keepdims=True),
-                                  multi_class="ovr", labels=present)) if len(present) > 2 else None
-    except ValueError:
-        auc = None
+    auc = None
+    if len(present) == 2:
+        auc = float(roc_auc_score(y == present[1], proba[:, present[1]]))
+    elif len(present) > 2:
+        scores = proba[:, present] / np.maximum(proba[:, present].sum(1, keepdims=True), 1e-12)
+        auc = float(roc_auc_score(y, scores, multi_class="ovr", labels=present))
     per_class = recall_score(y, pred, labels=labels, average=None, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y, pred)),

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _open_maybe_gz(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise BadInputError(f"{path.name}: corrupt gzip stream: {exc}") from None
     return raw
 
@@ -196,7 +197,8 @@ def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFra
 def read_metadata(batches_dir: Path) -> pd.DataFrame:
     """All batches' metadata rows, oldest batch first."""
     files = sorted(batches_dir.glob("*.csv")) if batches_dir.exists() else []
-    frames = [pd.read_csv(f, dtype={"label": str, "content_hash": str}) for f in files]
+    frames = [pd.read_csv(f, dtype={"label": str, "content_hash": str, "batch_id": str,
+                                   "source": str}, keep_default_na=False) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=META_COLUMNS)
 
 

@@ -161,6 +161,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
         start = resumed["epoch"] + 1
         log.info("%s: resumed from epoch %d", name, resumed["epoch"])
 
+    if stale >= settings.patience:  # the checkpointed run had already stopped early
+        start = settings.epochs + 1
     progress = Progress(name, settings.epochs)
     for epoch in range(start, settings.epochs + 1):
         model.train()

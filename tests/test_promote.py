@@ -49,6 +49,7 @@ def set_metrics(ws, role="student", null_accuracy=None, **values):
 
 
 def promote(ws, **promote_params):
+    promote_params.setdefault("candidate", "student")
     params = {**TINY_PARAMS, "promote": {**TINY_PARAMS["promote"], **promote_params}}
     return run_promote(ws, Config.model_validate(params), "test-run", "data-v", "params-h")
 

@@ -1,0 +1,123 @@
+"""Compress stage: distillation trains the student from the teacher's soft targets."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evergreen.config import CompressConfig, PreprocessConfig, TrainConfig
+from nets import build_model
+from nets.cnn import SeedCNN
+from tasks.compress import distill, distillation_loss
+from tasks.ingest import content_hash, metadata_table
+from tasks.preprocess import preprocess
+from tasks.train import normalize, train_model
+from tests.conftest import TINY_PARAMS
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def data(tiny_batch):
+    meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
+    p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
+    return p.splits["train"], p.splits["val"], p.classes, (p.mean, p.std)
+
+
+class Fixed(nn.Module):
+    """A 'teacher' that answers every input with the same logits."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits
+
+
+def test_distill_trains_a_seed_cnn_student(data):
+    train, val, classes, norm = data
+    cfg = TrainConfig.model_validate({**TINY_PARAMS["train"], "epochs": 1})
+    teacher, teacher_card, _ = train_model(train, val, classes, norm, cfg)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ccfg = CompressConfig.model_validate({**TINY_PARAMS["compress"], "epochs": 2})
+
+    student, card, history = distill(teacher, teacher_card, train, val, ccfg)
+
+    assert isinstance(student, SeedCNN) and not student.training
+    assert card["arch"] == "seed_cnn"
+    assert card["compression"]["method"] == "distillation"
+    assert card["compression"]["teacher_arch"] == "cnn"
+    assert (card["classes"], card["mean"], card["in_shape"]) == (
+        teacher_card["classes"], teacher_card["mean"], teacher_card["in_shape"])
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+               for row in history)
+    with torch.no_grad():
+        out = student(normalize(torch.from_numpy(val[0]), *norm))
+    assert out.shape == (len(val[0]), len(classes)) and torch.isfinite(out).all()
+    after = teacher.state_dict()  # the teacher only teaches
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def batch(n=16, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    logits = torch.randn(n, classes, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return logits, y, x
+
+
+def test_soft_loss_depends_on_the_teacher():
+    logits, y, x = batch()
+    torch.manual_seed(1)
+    one = build_model("seed_cnn", (1, 8, 8), 10)
+    torch.manual_seed(2)
+    two = build_model("seed_cnn", (1, 8, 8), 10)
+
+    a = distillation_loss(one, temperature=4.0, alpha=1.0)(logits, y, x)
+    b = distillation_loss(two, temperature=4.0, alpha=1.0)(logits, y, x)
+
+    assert torch.isfinite(a) and torch.isfinite(b)
+    assert not torch.isclose(a, b)
+
+
+def test_soft_loss_is_zero_when_the_student_matches_the_teacher():
+    logits, y, x = batch()
+    loss = distillation_loss(Fixed(logits), temperature=3.0, alpha=1.0)(logits, y, x)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    logits, y, x = batch()
+    teacher = Fixed(torch.randn_like(logits))
+    loss = distillation_loss(teacher, temperature=4.0, alpha=0.0)(logits, y, x)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y))
+
+
+def test_loss_mixes_soft_and_hard_by_alpha():
+    logits, y, x = batch()
+    teacher = Fixed(torch.randn_like(logits))
+    soft = distillation_loss(teacher, 2.0, 1.0)(logits, y, x)
+    hard = distillation_loss(teacher, 2.0, 0.0)(logits, y, x)
+    mixed = distillation_loss(teacher, 2.0, 0.3)(logits, y, x)
+    torch.testing.assert_close(mixed, 0.3 * soft + 0.7 * hard)
+
+
+def test_loss_gives_the_student_gradients_but_not_the_teacher():
+    torch.manual_seed(0)
+    teacher = build_model("seed_cnn", (1, 8, 8), 10)
+    _, y, x = batch()
+    logits = torch.randn(len(x), 10, requires_grad=True)
+    distillation_loss(teacher, 4.0, 0.5)(logits, y, x).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())

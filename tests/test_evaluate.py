@@ -1,0 +1,98 @@
+"""Evaluate stage: metrics on known predictions, probabilities, latency, null model."""
+
+import numpy as np
+import pytest
+import torch
+
+from evergreen.config import EvaluateConfig, PreprocessConfig
+from nets import build_model
+from tasks.evaluate import classification_metrics, measure_latency, null_model, predict_proba
+from tasks.ingest import content_hash, metadata_table
+from tasks.preprocess import preprocess
+from tests.conftest import TINY_PARAMS
+
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def one_hot(pred, classes=3, sure=0.9):
+    """Probabilities that put `sure` on the predicted class and share the rest."""
+    proba = np.full((len(pred), classes), (1 - sure) / (classes - 1))
+    proba[np.arange(len(pred)), pred] = sure
+    return proba
+
+
+def test_perfect_prediction():
+    y = np.array([0, 1, 2, 0, 1, 2, 2])
+    m = classification_metrics(y, one_hot(y), CLASSES)
+
+    assert m["accuracy"] == 1.0
+    assert m["f1_macro"] == 1.0
+    assert m["precision_macro"] == m["recall_macro"] == 1.0
+    assert m["roc_auc_ovr"] == 1.0
+    assert m["per_class_recall"] == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert m["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 0, 3]]
+
+
+def test_known_confusion():
+    y = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 2, 0, 1])
+    m = classification_metrics(y, one_hot(pred), CLASSES)
+
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 1, 2]]  # rows: true, cols: pred
+    assert m["per_class_recall"] == pytest.approx({"a": 0.5, "b": 1.0, "c": 0.5})
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    assert m["recall_macro"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    assert 0.0 < m["roc_auc_ovr"] < 1.0
+
+
+def test_class_missing_from_the_test_split_still_has_a_row():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    m = classification_metrics(y, one_hot(y), CLASSES)
+    assert m["per_class_recall"]["c"] == 0.0
+    assert m["confusion_matrix"][2] == [0, 0, 0]
+    assert len(m["confusion_matrix"]) == 3
+
+
+def test_predict_proba_rows_sum_to_one(tiny_batch):
+    torch.manual_seed(0)
+    model = build_model("cnn", (1, 8, 8), 10, channels=[8, 16])
+    card = {"mean": [0.3], "std": [0.4]}
+
+    proba = predict_proba(model, card, tiny_batch.x, batch=64)  # several inner batches
+
+    assert proba.shape == (len(tiny_batch), 10)
+    assert np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    assert not model.training
+
+
+def test_measure_latency():
+    torch.manual_seed(0)
+    model = build_model("seed_cnn", (1, 8, 8), 10)
+    cfg = EvaluateConfig.model_validate(TINY_PARAMS["evaluate"])
+
+    m = measure_latency(model, (1, 8, 8), cfg)
+
+    assert 0 < m["latency_ms_p50"] <= m["latency_ms_p95"]
+    assert m["throughput"] > 0
+
+
+def test_null_model_beats_chance_on_tiny_digits(tiny_batch):
+    meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
+    p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
+    cfg = EvaluateConfig.model_validate(TINY_PARAMS["evaluate"])
+
+    m = null_model(p.splits["train"], p.splits["test"], p.classes, (p.mean, p.std), cfg)
+
+    assert m["model"] == "logistic_regression"
+    assert m["accuracy"] > 0.5  # chance is 0.1
+    assert set(m["per_class_recall"]) == set(p.classes)
