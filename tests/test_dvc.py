@@ -1,0 +1,50 @@
+"""dvc.yaml drives the same stage functions: `dvc repro` in a fresh workspace runs them all."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from evergreen.workspace import Workspace
+from flows import dvcfile
+from tasks.ingest import dedupe, write_batch
+from tests.conftest import TINY_PARAMS, write_params
+
+BIN = Path(sys.executable).parent
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run([str(BIN / "dvc"), *args], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=900)
+
+
+def test_dvc_repro_runs_the_pipeline_then_nothing(tmp_path, tiny_batch):
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    write_params(ws.root, {**TINY_PARAMS, "preprocess": {"test_fraction": 0.25}})
+    dvcfile.init_workspace(ws)
+    batch, hashes, _, _ = dedupe(tiny_batch, set())
+    write_batch(batch, hashes, ws.batches)
+    dvcfile.track(ws.root, "data/batches")
+
+    first = dvc(ws.root, "repro")
+    assert first.returncode == 0, first.stderr[-3000:]
+    for stage in ("validate", "preprocess", "train", "compress", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    metrics = yaml.safe_load((ws.reports / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["null_model"]["accuracy"] > 0
+    assert (ws.model_dir("student") / "model.safetensors").exists()
+
+    again = dvc(ws.root, "repro")
+    assert again.returncode == 0 and "Running stage" not in again.stdout
+    assert dvc(ws.root, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_workspace_dvc_yaml_has_no_code_deps_outside_it(tmp_path):
+    text = dvcfile.dvc_yaml(tmp_path)
+    stages = yaml.safe_load(text)["stages"]
+    assert all(not d.startswith(("tasks/", "nets")) for s in stages.values() for d in s["deps"])
+    assert list(stages) == ["validate", "preprocess", "train", "compress", "evaluate"]
