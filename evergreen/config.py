@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,7 +189,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         parts = key.strip().split(".")
         if parts[0] not in STAGES:
-            raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}, expected one of {', '.join(STAGES)}")
+            raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}, "
+                              f"expected one of {', '.join(STAGES)}")
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})

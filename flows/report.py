@@ -89,5 +89,5 @@ def predict_paths(ws: Workspace, paths: list[str]) -> list[dict]:
     proba = predict_proba(model, card, x)
     return [{"path": p, "class": card["classes"][int(row.argmax())],
              "probability": float(row.max()),
-             "probabilities": {c: round(float(v), 6) for c, v in zip(card["classes"], row)},
-             "champion": registry["champion"]} for p, row in zip(paths, proba)]
+             "probabilities": {c: round(float(v), 6) for c, v in zip(card["classes"], row, strict=False)},
+             "champion": registry["champion"]} for p, row in zip(paths, proba, strict=False)]

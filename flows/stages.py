@@ -189,8 +189,15 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
     from evergreen.workspace import git_commit
     from nets.io import WEIGHTS, file_sha256
     from tasks.evaluate import summary_row
-    from tasks.promote import gate_table, load_registry, now, record, run_gates, save_registry
-    from tasks.promote import store_version
+    from tasks.promote import (
+        gate_table,
+        load_registry,
+        now,
+        record,
+        run_gates,
+        save_registry,
+        store_version,
+    )
 
     metrics = read_json(ws.reports / "metrics.json")
     role = cfg.promote.candidate

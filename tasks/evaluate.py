@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score,
-                             recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from torch import nn
 
 from evergreen.config import EvaluateConfig
@@ -43,7 +49,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
         "recall_macro": float(recall_score(y, pred, average="macro", zero_division=0)),
         "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
         "roc_auc_ovr": auc,
-        "per_class_recall": {c: float(r) for c, r in zip(classes, per_class)},
+        "per_class_recall": {c: float(r) for c, r in zip(classes, per_class, strict=False)},
         "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
     }
 

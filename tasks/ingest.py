@@ -230,13 +230,13 @@ def dedupe(batch: Batch, known: set[str]) -> tuple[Batch, list[str], int, int]:
         else:
             keep[i] = True
             seen.add(h)
-    return batch.take(keep), [h for h, k in zip(hashes, keep) if k], repeats, present
+    return batch.take(keep), [h for h, k in zip(hashes, keep, strict=False) if k], repeats, present
 
 
 def write_batch(batch: Batch, hashes: list[str], batches_dir: Path) -> str:
     """Write the shard (.npz) and metadata (.csv); the id is a hash of the content."""
     batch_id = hashlib.sha256("".join(sorted(
-        f"{h}:{y}" for h, y in zip(hashes, batch.labels))).encode()).hexdigest()[:16]
+        f"{h}:{y}" for h, y in zip(hashes, batch.labels, strict=False))).encode()).hexdigest()[:16]
     buf = io.BytesIO()
     np.savez_compressed(buf, x=batch.x, labels=batch.labels.astype(str))
     batches_dir.mkdir(parents=True, exist_ok=True)

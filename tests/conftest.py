@@ -45,6 +45,29 @@ def tiny_batch(digits):
     return Batch(digits.x[keep], digits.labels[keep], [digits.sources[i] for i in keep])
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def data(tiny_batch):
+    """tiny_batch -> preprocess -> (train, val, classes, norm)."""
+    from evergreen.config import PreprocessConfig
+    from tasks.ingest import content_hash, metadata_table
+    from tasks.preprocess import preprocess
+
+    meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
+    p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
+    return p.splits["train"], p.splits["val"], p.classes, (p.mean, p.std)
+
+
 def write_params(root: Path, params: dict) -> Path:
     from evergreen.config import Config
 
@@ -78,7 +101,7 @@ def write_png_folder(root: Path, x: np.ndarray, labels: np.ndarray) -> Path:
     """root/<label>/<i>.png from uint8 (N, C, H, W) images."""
     from PIL import Image
 
-    for i, (img, label) in enumerate(zip(x, labels)):
+    for i, (img, label) in enumerate(zip(x, labels, strict=False)):
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)

@@ -111,8 +111,9 @@ def test_new_user_run_twice_then_dvc_is_clean(tmp_path):
     second = run_cli("run", cwd=root)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stages run: none" in second.stdout and "verdict: unchanged" in second.stdout
-    dvc = lambda *a: subprocess.run([str(BIN / "dvc"), *a], cwd=root, text=True,  # noqa: E731
-                                    capture_output=True, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    from tests.test_dvc import dvc as run_dvc
+
+    dvc = lambda *a: run_dvc(root, *a)  # noqa: E731
     assert "up to date" in dvc("status").stdout
     repro = dvc("repro")
     assert repro.returncode == 0 and "didn't change" in repro.stdout

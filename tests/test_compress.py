@@ -7,30 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evergreen.config import CompressConfig, PreprocessConfig, TrainConfig
+from evergreen.config import CompressConfig, TrainConfig
 from nets import build_model
 from nets.cnn import SeedCNN
 from tasks.compress import distill, distillation_loss
-from tasks.ingest import content_hash, metadata_table
-from tasks.preprocess import preprocess
 from tasks.train import normalize, train_model
 from tests.conftest import TINY_PARAMS
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def data(tiny_batch):
-    meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
-    p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
-    return p.splits["train"], p.splits["val"], p.classes, (p.mean, p.std)
 
 
 class Fixed(nn.Module):

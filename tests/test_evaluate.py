@@ -14,15 +14,6 @@ from tests.conftest import TINY_PARAMS
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def one_hot(pred, classes=3, sure=0.9):
     """Probabilities that put `sure` on the predicted class and share the rest."""
     proba = np.full((len(pred), classes), (1 - sure) / (classes - 1))

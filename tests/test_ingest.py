@@ -68,7 +68,7 @@ def test_grayscale_png_folder_with_nested_subfolders(tmp_path, tiny_batch):
     batch = read_source(str(root), IngestConfig())
 
     assert batch.x.shape == (30, 1, 8, 8) and batch.x.dtype == np.uint8
-    for img, label, source in zip(batch.x, batch.labels, batch.sources):
+    for img, label, source in zip(batch.x, batch.labels, batch.sources, strict=False):
         i = index_of(source)
         assert label == labels[i]
         np.testing.assert_array_equal(img, x[i])  # PNG is lossless
@@ -83,7 +83,7 @@ def test_rgb_png_folder_reads_three_channels(tmp_path, tiny_batch):
     batch = read_source(str(root), IngestConfig())
 
     assert batch.x.shape == (12, 3, 8, 8)
-    for img, source in zip(batch.x, batch.sources):
+    for img, source in zip(batch.x, batch.sources, strict=False):
         np.testing.assert_array_equal(img, rgb[index_of(source)])
 
 
@@ -273,8 +273,8 @@ def test_read_batches_round_trips_every_batch(workspace, tmp_path, tiny_batch):
     assert list(meta["content_hash"]) == [content_hash(img) for img in x]
     assert list(meta["label"]) == list(y)
     assert set(meta["batch_id"]) == {first.batch_id, second.batch_id}
-    by_hash = {content_hash(img): label for img, label in zip(tiny_batch.x, tiny_batch.labels)}
-    assert all(by_hash[content_hash(img)] == label for img, label in zip(x, y))
+    by_hash = {content_hash(img): label for img, label in zip(tiny_batch.x, tiny_batch.labels, strict=False)}
+    assert all(by_hash[content_hash(img)] == label for img, label in zip(x, y, strict=False))
 
 
 def test_read_batches_of_an_empty_dataset_is_bad_input(workspace):

@@ -13,15 +13,6 @@ from evergreen.errors import BadInputError
 from nets.io import CARD, WEIGHTS, load_model, save_model
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(arch, in_shape, classes=10, seed=0, **options):
     torch.manual_seed(seed)
     return nets.build_model(arch, in_shape, classes, **options)

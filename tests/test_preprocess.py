@@ -136,9 +136,9 @@ def test_labels_become_class_indices(tiny_batch):
     for name in SPLITS:
         x, y = processed.splits[name]
         assert x.dtype == np.uint8 and y.dtype == np.int64 and len(x) == len(y) > 0
-    by_hash = {content_hash(img): label for img, label in zip(tiny_batch.x, tiny_batch.labels)}
+    by_hash = {content_hash(img): label for img, label in zip(tiny_batch.x, tiny_batch.labels, strict=False)}
     x, y = processed.splits["train"]
-    assert all(processed.classes[c] == by_hash[content_hash(img)] for img, c in zip(x, y))
+    assert all(processed.classes[c] == by_hash[content_hash(img)] for img, c in zip(x, y, strict=False))
 
 
 @pytest.mark.parametrize("labels, expected", [

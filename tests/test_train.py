@@ -8,31 +8,13 @@ import pytest
 import torch
 
 import tasks.train as train_mod
-from evergreen.config import AugmentConfig, PreprocessConfig, TrainConfig
+from evergreen.config import AugmentConfig, TrainConfig
 from nets import build_model
-from tasks.ingest import content_hash, metadata_table
-from tasks.preprocess import preprocess
 from tasks.train import FitSettings, augment_batch, fit, l1_penalty, normalize, train_model
 from tests.conftest import TINY_PARAMS
 
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_acc", "lr"}
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny nets run fastest on one thread, and a busy 2-core box makes more threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def data(tiny_batch):
-    """tiny_batch -> preprocess -> (train, val, classes, norm)."""
-    meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
-    p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
-    return p.splits["train"], p.splits["val"], p.classes, (p.mean, p.std)
 
 
 def small_cnn(seed=0):
