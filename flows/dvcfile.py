@@ -83,7 +83,8 @@ def init_workspace(ws: Workspace) -> None:
 
         top = Path(git(root, "rev-parse", "--show-toplevel").stdout.strip()).resolve()
         logging.getLogger("dvc").setLevel(logging.WARNING)
-        Repo.init(str(root), subdir=top != root)
+        with Repo.init(str(root), subdir=top != root) as repo, repo.config.edit() as conf:
+            conf["core"]["analytics"] = False  # no network calls from an offline workspace
         log.info("initialized DVC in %s", root)
     for path, text in ((ws.params, default_params_yaml()), (root / "dvc.yaml", dvc_yaml(root))):
         if not path.exists():

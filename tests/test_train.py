@@ -208,6 +208,7 @@ def test_resume_continues_at_next_epoch_and_matches_uninterrupted(data, tmp_path
     assert saved == [1, 2]
 
     caplog.set_level(logging.INFO, logger="evergreen.train")
+    caplog.clear()  # only what the resumed run logs
     resumed, history = run3(data, ckpt, key="k", seed=123)  # weights come from the checkpoint
 
     assert "resumed from epoch 2" in caplog.text
@@ -227,6 +228,7 @@ def test_different_key_ignores_the_checkpoint(data, tmp_path, monkeypatch, caplo
             run3(data, ckpt, key="old")
 
     caplog.set_level(logging.INFO, logger="evergreen.train")
+    caplog.clear()
     _, history = run3(data, ckpt, key="new")
     _, reference_history = run3(data)
 
