@@ -24,11 +24,17 @@ class Section(BaseModel):
 class IngestConfig(Section):
     """Where data comes from when the dataset is empty, and how images are read."""
 
-    source: str = Field("digits", description="'digits' or a path (image folder, IDX files)")
+    source: str = Field("digits", description="'digits' or a path (folder, IDX, NPZ, CSV, archive)")
     grayscale: bool | None = Field(None, description="force 1 channel (True) or 3 (False)")
     image_size: list[int] | None = Field(
-        None, min_length=2, max_length=2, description="resize to [H, W]; None keeps"
+        None, min_length=2, max_length=2, description="resize to [H, W]; None rejects odd sizes"
     )
+    on_bad_sample: Literal["reject", "drop"] = Field(
+        "reject", description="a bad sample rejects the whole batch, or is dropped and reported")
+    csv_label_column: str = Field("label", description="CSV column holding the label")
+    max_image_pixels: int = Field(16_777_216, ge=1, description="larger headers are refused")
+    max_archive_bytes: int = Field(2_000_000_000, ge=1, description="uncompressed archive cap")
+    max_archive_members: int = Field(1_000_000, ge=1)
 
 
 class ValidateConfig(Section):
@@ -38,6 +44,13 @@ class ValidateConfig(Section):
     max_class_imbalance: float = Field(3.0, ge=1.0, description="largest / smallest class")
     min_pixel: int = Field(0, ge=0, le=255)
     max_pixel: int = Field(255, ge=0, le=255)
+    new_classes: Literal["reject", "allow"] = Field(
+        "reject", description="a batch label outside the dataset's classes")
+    min_batch_size: int = Field(1, ge=1)
+    max_duplicate_rate: float = Field(0.5, ge=0.0, le=1.0, description="share already present")
+    min_label_shift_pvalue: float = Field(
+        0.001, ge=0.0, le=1.0, description="chi-square test of the batch's label counts")
+    max_pixel_psi: float = Field(0.25, ge=0.0, description="PSI of per-sample mean intensity")
 
 
 class PreprocessConfig(Section):
