@@ -32,6 +32,10 @@ class Workspace:
         return self.root / "data" / "processed"
 
     @property
+    def quarantine(self) -> Path:
+        return self.root / "data" / "quarantine"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from evergreen.errors import EvergreenError
+from evergreen.errors import BadInputError, EvergreenError
 
 STAGE_NAMES = ("validate", "preprocess", "train", "compress", "evaluate")
 
@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help="ingest this source first: image folder or IDX files")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
                      help="override a params.yaml key for this run (repeatable)")
+    ingest = sub.add_parser("ingest", help="check and land a batch (new data version), or quarantine it")
+    ingest.add_argument("source", nargs="+", metavar="SRC",
+                        help="image folder, IDX folder/file (or IMAGES LABELS), NPZ, CSV, zip/tar")
     stage = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     stage.add_argument("name", choices=STAGE_NAMES)
     status = sub.add_parser("status", help="champion, candidates, data version")
@@ -53,6 +56,30 @@ def cmd_run(args, ws) -> int:
 
     result = training_pipeline(str(ws.root), data=args.data, overrides=args.overrides)
     print_outcome(result)
+    return 0
+
+
+def cmd_ingest(args, ws) -> int:
+    from evergreen.config import load_config
+    from flows import dvcfile
+    from flows.stages import run_ingest
+
+    if len(args.source) > 2:
+        raise BadInputError(f"ingest: one source, or an IDX images file and its labels file; "
+                            f"got {len(args.source)} paths")
+    cfg = load_config(ws.params)
+    dvcfile.init_workspace(ws)
+    source = tuple(args.source) if len(args.source) == 2 else args.source[0]
+    result = run_ingest(ws, cfg, source)
+    if result["batch_id"]:
+        dvcfile.track(ws.root, "data/batches")
+        print(f"landed batch {result['batch_id']}: {result['added']} new samples "
+              f"(data version {dvcfile.data_version(ws.root)})")
+    else:
+        print(f"nothing new: {result['already_present']} samples already in the dataset, "
+              f"{result['repeated_in_batch']} repeated in the source; no new data version")
+    for row in result["dropped"]:
+        print(f"  dropped {row['source']}: {row['reason']}")
     return 0
 
 
@@ -87,7 +114,8 @@ def cmd_predict(args, ws) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "stage": cmd_stage, "status": cmd_status, "predict": cmd_predict}
+COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": cmd_status,
+            "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from evergreen.config import Config, params_hash
-from evergreen.errors import DataValidationError
+from evergreen.errors import BadInputError, DataValidationError
 from evergreen.workspace import Workspace, atomic_write_bytes, read_json, write_json
 
 log = logging.getLogger("evergreen.stages")
@@ -142,24 +142,84 @@ PURE_STAGES = {
 }
 
 
-def run_ingest(ws: Workspace, cfg: Config, source: str | None) -> dict:
-    """Land `source` as a new batch; with no source, the default one if the dataset is empty."""
-    from tasks.ingest import ingest, read_metadata
+def shown(source: str | tuple[str, str]) -> str:
+    return " + ".join(source) if isinstance(source, tuple) else source
+
+
+def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None) -> dict:
+    """Read, check and land `source` as a new batch, or quarantine it (exit 2).
+
+    With no source, the default one (digits) is ingested if the dataset is empty.
+    """
+    from tasks.ingest import land_batch, quarantine_candidate, read_metadata
 
     if source is None:
         if not read_metadata(ws.batches).empty:
             return {"batch_id": None, "added": 0, "source": None}
         source = cfg.ingest.source
-    result = ingest(source, cfg.ingest, ws.batches)
-    log.info("ingest %s: %d new samples (batch %s), %d repeated in the batch, %d already present",
-             source, result.added, result.batch_id, result.duplicates_in_batch,
-             result.already_present)
-    return vars(result)
+    candidate = read_candidate(ws, cfg, source)
+    summary = {"source": shown(source), "batch_id": None, "added": 0, "read": len(candidate.batch)
+               + candidate.duplicates, "already_present": candidate.present,
+               "repeated_in_batch": candidate.repeats,
+               "dropped": [vars(r) for r in candidate.rejected]}
+    if len(candidate.batch) == 0:
+        log.info("ingest %s: nothing new (%d samples already in the dataset)", source,
+                 candidate.duplicates)
+        return summary
+    report = check_batch(ws, cfg, candidate)
+    if not report.success:
+        where = quarantine_candidate(candidate, report.failures, ws.quarantine)
+        failed = "\n  ".join(report.failures)
+        raise DataValidationError(f"{shown(source)}: batch {candidate.batch_id} failed validation:\n  "
+                                  f"{failed}\nquarantined in {where}; the dataset is unchanged")
+    land_batch(candidate, ws.batches)
+    log.info("ingest %s: %d new samples (batch %s), %d repeated in the batch, %d already present, "
+             "%d bad samples dropped", source, len(candidate.batch), candidate.batch_id,
+             candidate.repeats, candidate.present, len(candidate.rejected))
+    return {**summary, "batch_id": candidate.batch_id, "added": len(candidate.batch)}
+
+
+def read_candidate(ws: Workspace, cfg: Config, source: str | tuple[str, str]):
+    """Read and deduplicate; unreadable sources and (by policy) bad samples are quarantined."""
+    from tasks.ingest import prepare_batch, quarantine_candidate, quarantine_source
+
+    try:
+        candidate = prepare_batch(source, cfg.ingest, ws.batches, ws.root)
+    except BadInputError as exc:
+        where = quarantine_source(source, str(exc), ws.quarantine, cfg.ingest.max_archive_bytes,
+                                  ws.root)
+        raise BadInputError(str(exc) + (f"\nsource kept in {where}" if where else "")) from None
+    if candidate.rejected and cfg.ingest.on_bad_sample == "reject":
+        reason = (f"{len(candidate.rejected)} bad samples and ingest.on_bad_sample is 'reject' "
+                  "(set it to 'drop' to land the rest)")
+        where = quarantine_candidate(candidate, [reason], ws.quarantine)
+        listed = "\n  ".join(f"{r.source}: {r.reason}" for r in candidate.rejected[:20])
+        more = len(candidate.rejected) - 20
+        listed += f"\n  … and {more} more" if more > 0 else ""
+        raise BadInputError(f"{shown(source)}: {reason}:\n  {listed}\n"
+                            f"batch quarantined in {where}; the dataset is unchanged")
+    return candidate
+
+
+def check_batch(ws: Workspace, cfg: Config, candidate):
+    """Per-sample and drift checks against the dataset; JSON and HTML reports under reports/."""
+    from tasks.ingest import read_metadata
+    from tasks.validate import render_html, validate_batch, write_report
+
+    report = validate_batch(candidate.meta, read_metadata(ws.batches), cfg.validate_,
+                            candidate.duplicates)
+    report.results["dropped"] = [vars(r) for r in candidate.rejected]
+    out = ws.reports / "ingest" / candidate.batch_id
+    write_report(report, out.with_suffix(".json"))
+    atomic_write_bytes(out.with_suffix(".html"),
+                       render_html(report, f"batch {candidate.batch_id} from {shown(candidate.source)}")
+                       .encode())
+    return report
 
 
 def quarantine_batch(ws: Workspace, batch_id: str, reason: str) -> str:
     """Move a landed batch out of the dataset into data/quarantine/<id>/ with its reasons."""
-    target = ws.root / "data" / "quarantine" / batch_id
+    target = ws.quarantine / batch_id
     target.mkdir(parents=True, exist_ok=True)
     for path in ws.batches.glob(f"{batch_id}.*"):
         path.replace(target / path.name)

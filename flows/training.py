@@ -123,7 +123,7 @@ def training_pipeline(workspace: str, data: str | None = None,
             where = quarantine_batch(ws, landed["batch_id"], str(exc))
             dvcfile.track(ws.root, "data/batches")
             if any(ws.batches.glob("*.csv")):  # the report again matches the data kept
-                run_stage("validate", ws, cfg, rerun=False, commit=True)
+                run_stage("validate", ws, load_config(ws.params), rerun=False, commit=True)
             raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
                                       f"{where}; the dataset is as it was") from None
         rerun = rerun or stages[name]["ran"]

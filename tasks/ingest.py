@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
-import struct
-import zlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,165 +13,12 @@ import pandas as pd
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from evergreen.workspace import atomic_write_bytes
+from evergreen.workspace import atomic_write_bytes, atomic_write_text
+from tasks.readers import Batch, Rejected, read_idx, read_source
+from tasks.readers import load_digits_batch as load_digits_batch  # re-exported
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 META_COLUMNS = ["content_hash", "label", "height", "width", "channels",
                 "pixel_min", "pixel_max", "pixel_mean", "source", "batch_id"]
-
-
-@dataclass
-class Batch:
-    """Images as uint8 (N, C, H, W), string labels (N,), and where each sample came from."""
-
-    x: np.ndarray
-    labels: np.ndarray
-    sources: list[str]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def take(self, keep: np.ndarray) -> Batch:
-        return Batch(self.x[keep], self.labels[keep], [self.sources[i] for i in np.flatnonzero(keep)])
-
-
-@dataclass
-class IngestResult:
-    batch_id: str | None  # None when nothing new was added
-    added: int
-    duplicates_in_batch: int
-    already_present: int
-    source: str
-
-
-def load_digits_batch() -> Batch:
-    """scikit-learn's bundled 8x8 digits (0..16 levels), rescaled to uint8 0..255."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
-    labels = digits.target.astype(str)
-    return Batch(x, labels, [f"sklearn:digits[{i}]" for i in range(len(x))])
-
-
-def _open_maybe_gz(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise BadInputError(f"{path.name}: corrupt gzip stream: {exc}") from None
-    return raw
-
-
-def read_idx_array(path: Path, ndim: int) -> np.ndarray:
-    """Parse one MNIST-format IDX file of unsigned bytes with `ndim` dimensions."""
-    raw = _open_maybe_gz(path)
-    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
-        raise BadInputError(
-            f"{path.name}: not an IDX file of unsigned bytes with {ndim} dimensions "
-            f"(magic {raw[:4].hex() or 'missing'}, expected 000008{ndim:02x})"
-        )
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    payload = raw[4 + 4 * ndim:]
-    expected = int(np.prod(dims))
-    if len(payload) != expected:
-        shape = "x".join(map(str, dims[1:])) or "scalar"
-        raise BadInputError(
-            f"{path.name}: truncated IDX: header says {dims[0]} items of {shape}, "
-            f"found {len(payload)} bytes, expected {expected}"
-        )
-    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
-
-
-def find_idx_pair(path: Path) -> tuple[Path, Path]:
-    """Locate (images, labels) IDX files from a directory or from the images file."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if "idx" in p.name or "ubyte" in p.name)
-        images = [p for p in files if "idx3" in p.name or "images" in p.name]
-        labels = [p for p in files if "idx1" in p.name or "labels" in p.name]
-        if len(images) != 1 or len(labels) != 1:
-            raise BadInputError(
-                f"{path}: expected one IDX images file (idx3) and one labels file (idx1), "
-                f"found {[p.name for p in images]} and {[p.name for p in labels]}"
-            )
-        return images[0], labels[0]
-    name = path.name.replace("idx3", "idx1").replace("images", "labels")
-    if name == path.name or not (path.parent / name).exists():
-        raise BadInputError(f"{path}: no matching IDX labels file next to it (looked for {name})")
-    return path, path.parent / name
-
-
-def read_idx(images_path: Path, labels_path: Path) -> Batch:
-    """MNIST-format image and label IDX files (raw or .gz)."""
-    x = read_idx_array(images_path, 3)
-    y = read_idx_array(labels_path, 1)
-    if len(x) != len(y):
-        raise BadInputError(
-            f"{labels_path.name}: {len(y)} labels for {len(x)} images in {images_path.name}"
-        )
-    sources = [f"{images_path.name}[{i}]" for i in range(len(x))]
-    return Batch(np.ascontiguousarray(x[:, None]), y.astype(str), sources)
-
-
-def _decode_image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: cannot decode image: {exc}") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
-
-
-def _image_mode(paths: list[Path], grayscale: bool | None) -> str:
-    from PIL import Image
-
-    if grayscale is not None:
-        return "L" if grayscale else "RGB"
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                if img.mode not in ("1", "L", "LA", "I", "I;16", "F"):
-                    return "RGB"
-        except OSError as exc:
-            raise BadInputError(f"{path}: cannot decode image: {exc}") from None
-    return "L"
-
-
-def read_image_folder(root: Path, cfg: IngestConfig) -> Batch:
-    """Images under root/<label>/... (nested folders allowed); the label is the top folder."""
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    paths = [p for p in paths if len(p.relative_to(root).parts) >= 2]
-    if not paths:
-        raise BadInputError(f"{root}: no images found in {root}/<label>/ (PNG, JPEG, BMP)")
-    mode = _image_mode(paths, cfg.grayscale)
-    images = [_decode_image(p, mode, cfg.image_size) for p in paths]
-    odd = next((i for i, img in enumerate(images) if img.shape != images[0].shape), None)
-    if odd is not None:
-        raise BadInputError(
-            f"{paths[odd]}: image shape {images[odd].shape} (C, H, W) differs from "
-            f"{paths[0].name} {images[0].shape}; set ingest.image_size: [H, W] to resize"
-        )
-    labels = np.array([p.relative_to(root).parts[0] for p in paths])
-    return Batch(np.stack(images), labels, [str(p.relative_to(root)) for p in paths])
-
-
-def read_source(source: str, cfg: IngestConfig) -> Batch:
-    """Dispatch on the source: 'digits', an IDX file or folder, or an image folder."""
-    if source == "digits":
-        return load_digits_batch()
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise BadInputError(f"{source}: no such file or directory (expected 'digits', an image "
-                            "folder root/<label>/*.png, or MNIST IDX files)")
-    is_idx = (path.is_file()
-              or any("idx" in p.name or "ubyte" in p.name for p in path.iterdir()))
-    return read_idx(*find_idx_pair(path)) if is_idx else read_image_folder(path, cfg)
 
 
 def content_hash(image: np.ndarray) -> str:
@@ -183,8 +28,8 @@ def content_hash(image: np.ndarray) -> str:
 
 def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFrame:
     """One row per sample: hash, label, shape, pixel statistics, source."""
-    x = batch.x.reshape(len(batch), -1)
     n, c, h, w = batch.x.shape
+    x = batch.x.reshape(n, c * h * w)
     return pd.DataFrame({
         "content_hash": hashes, "label": batch.labels.astype(str),
         "height": h, "width": w, "channels": c,
@@ -234,39 +79,99 @@ def dedupe(batch: Batch, known: set[str]) -> tuple[Batch, list[str], int, int]:
 
 
 def write_batch(batch: Batch, hashes: list[str], batches_dir: Path) -> str:
-    """Write the shard (.npz) and metadata (.csv); the id is a hash of the content."""
-    batch_id = hashlib.sha256("".join(sorted(
-        f"{h}:{y}" for h, y in zip(hashes, batch.labels, strict=False))).encode()).hexdigest()[:16]
-    buf = io.BytesIO()
-    np.savez_compressed(buf, x=batch.x, labels=batch.labels.astype(str))
-    batches_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(batches_dir / f"{batch_id}.npz", buf.getvalue())
-    meta = metadata_table(batch, hashes, batch_id).to_csv(index=False).encode()
-    atomic_write_bytes(batches_dir / f"{batch_id}.csv", meta)  # written last: marks it landed
+    """Land a batch directly (no checks): shard, then metadata. Returns its id."""
+    batch_id = batch_id_of(hashes, batch.labels)
+    land_batch(Candidate("", batch, hashes, batch_id, metadata_table(batch, hashes, batch_id),
+                         [], 0, 0), batches_dir)
     return batch_id
 
 
-def check_compatible(batch: Batch, batches_dir: Path) -> None:
-    """A new batch must have the dataset's image shape (C, H, W)."""
-    meta = read_metadata(batches_dir)
-    if meta.empty or len(batch) == 0:
-        return
-    row = meta.iloc[0]
-    have = (int(row["channels"]), int(row["height"]), int(row["width"]))
-    if batch.x.shape[1:] != have:
-        raise BadInputError(
-            f"new batch: images are {batch.x.shape[1:]} (C, H, W) but the dataset holds {have}; "
-            "set ingest.image_size and ingest.grayscale to match"
-        )
+@dataclass
+class Candidate:
+    """A read, deduplicated batch that is not in the dataset yet."""
+
+    source: str | tuple[str, str]
+    batch: Batch
+    hashes: list[str]
+    batch_id: str
+    meta: pd.DataFrame
+    rejected: list[Rejected]
+    repeats: int
+    present: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.repeats + self.present
 
 
-def ingest(source: str, cfg: IngestConfig, batches_dir: Path) -> IngestResult:
-    """Read `source`, drop known samples, land the rest as one content-addressed batch."""
-    batch = read_source(source, cfg)
-    if len(batch) == 0:
-        raise BadInputError(f"{source}: holds no samples")
-    check_compatible(batch, batches_dir)
+def batch_id_of(hashes: list[str], labels: np.ndarray) -> str:
+    """Content address of a batch: its samples and labels, in any order."""
+    pairs = sorted(f"{h}:{y}" for h, y in zip(hashes, labels))
+    return hashlib.sha256("".join(pairs).encode()).hexdigest()[:16]
+
+
+def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir: Path,
+                  workspace: Path | None = None) -> Candidate:
+    """Read `source` (or an IDX (images, labels) pair) and drop samples already in the
+    dataset or repeated in the batch."""
+    if isinstance(source, tuple):
+        batch, rejected = read_idx(Path(source[0]), Path(source[1]), cfg, workspace)
+    else:
+        batch, rejected = read_source(source, cfg, workspace)
     known = set(read_metadata(batches_dir)["content_hash"])
     fresh, hashes, repeats, present = dedupe(batch, known)
-    batch_id = write_batch(fresh, hashes, batches_dir) if len(fresh) else None
-    return IngestResult(batch_id, len(fresh), repeats, present, source)
+    batch_id = batch_id_of(hashes, fresh.labels)
+    meta = metadata_table(fresh, hashes, batch_id)
+    return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present)
+
+
+def pack_shard(batch: Batch) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=batch.x, labels=batch.labels.astype(str))
+    return buf.getvalue()
+
+
+def land_batch(candidate: Candidate, batches_dir: Path) -> None:
+    """Write the shard (.npz), then the metadata (.csv), which marks the batch as landed."""
+    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.npz", pack_shard(candidate.batch))
+    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv",
+                       candidate.meta.to_csv(index=False).encode())
+
+
+def quarantine_candidate(candidate: Candidate, reasons: list[str], quarantine_dir: Path) -> Path:
+    """Keep a rejected batch whole in quarantine/<batch-id>/ with its reasons; never delete it."""
+    target = quarantine_dir / candidate.batch_id
+    target.mkdir(parents=True, exist_ok=True)
+    if len(candidate.batch):
+        atomic_write_bytes(target / "batch.npz", pack_shard(candidate.batch))
+        atomic_write_bytes(target / "metadata.csv", candidate.meta.to_csv(index=False).encode())
+    lines = [f"source: {candidate.source}", *reasons]
+    lines += [f"rejected sample {r.source}: {r.reason}" for r in candidate.rejected]
+    atomic_write_text(target / "reasons.txt", "\n".join(lines) + "\n")
+    return target
+
+
+def quarantine_source(source: str | tuple[str, str], reason: str, quarantine_dir: Path,
+                      max_bytes: int, workspace: Path) -> Path | None:
+    """A source that could not be read at all: copy its files (if small enough) with the reason.
+
+    Nothing is copied from a missing path, or from a path inside (or holding) the workspace.
+    """
+    paths = [Path(p) for p in (source if isinstance(source, tuple) else (source,))]
+    root = workspace.resolve()
+    if not all(p.exists() for p in paths) or any(
+            p.resolve().is_relative_to(root) or root.is_relative_to(p.resolve()) for p in paths):
+        return None
+    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
+                    if f.is_file() and not f.is_symlink()})
+    path = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
+    stamp = "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    target = quarantine_dir / ("source-" + hashlib.sha256(stamp.encode()).hexdigest()[:12])
+    target.mkdir(parents=True, exist_ok=True)
+    if sum(p.stat().st_size for p in files) <= max_bytes:
+        for f in files:
+            dest = target / "files" / (f.relative_to(path) if path else f.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest, follow_symlinks=False)
+    atomic_write_text(target / "reasons.txt", f"source: {source}\n{reason}\n")
+    return target

@@ -88,6 +88,8 @@ def test_run_on_user_data_then_status_and_predict(kind, workspace, digits, tmp_p
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_truncated_idx_exits_2_naming_the_file(workspace, tmp_path, capsys):
+    tmp_path = tmp_path / "idx"
+    tmp_path.mkdir()
     header = b"\x00\x00\x08\x03" + (100).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
     (tmp_path / "train-images-idx3-ubyte").write_bytes(header + bytes(1024))
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(
@@ -95,7 +97,7 @@ def test_truncated_idx_exits_2_naming_the_file(workspace, tmp_path, capsys):
     code = main(["--workspace", str(workspace.root), "run", "--data", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "train-images-idx3-ubyte: truncated IDX: header says 100 items of 28x28" in err
+    assert "train-images-idx3-ubyte: truncated IDX: header says 100 images of 28x28" in err
     assert not list(workspace.batches.glob("*")) if workspace.batches.exists() else True
 
 

@@ -77,7 +77,12 @@ def test_override_changes_one_run_only(ran_twice, tmp_path):
     assert not dvcfile.stage_is_current(ws.root, "compress")  # outputs differ from params.yaml's
 
 
-def test_bad_batch_is_quarantined_and_dataset_kept(ran_twice, tmp_path, digits):
+@pytest.mark.parametrize("overrides, message", [
+    ([], "unknown labels ['x']"),  # refused by the batch checks at ingest
+    (["validate.new_classes=allow", "validate.min_label_shift_pvalue=0"],
+     "min samples per class"),  # landed, then refused by the dataset suite
+])
+def test_bad_batch_is_quarantined_and_dataset_kept(ran_twice, tmp_path, digits, overrides, message):
     import shutil
 
     from evergreen.workspace import Workspace
@@ -86,13 +91,13 @@ def test_bad_batch_is_quarantined_and_dataset_kept(ran_twice, tmp_path, digits):
     ws = Workspace(tmp_path / "ws")
     batches_before = sorted(p.name for p in ws.batches.iterdir())
     registry_before = ws.registry.read_text()
-    # 3 images of an unknown class "x": too few samples for a class, so validation fails
-    folder = write_png_folder(tmp_path / "new", 255 - digits.x[:3], ["x"] * 3)  # new images
+    # 3 new images of an unknown class "x": a new label, and too few samples for a class
+    folder = write_png_folder(tmp_path / "new", 255 - digits.x[:3], ["x"] * 3)
     with pytest.raises(DataValidationError) as err:
-        training_pipeline(str(ws.root), data=str(folder))
-    assert "min samples per class" in str(err.value) and "quarantined" in str(err.value)
+        training_pipeline(str(ws.root), data=str(folder), overrides=overrides)
+    assert message in str(err.value) and "quarantined" in str(err.value)
     assert sorted(p.name for p in ws.batches.iterdir()) == batches_before
     assert ws.registry.read_text() == registry_before
-    quarantined = list((ws.root / "data" / "quarantine").iterdir())
+    quarantined = list(ws.quarantine.iterdir())
     assert len(quarantined) == 1 and (quarantined[0] / "reasons.txt").exists()
     assert dvcfile.stage_is_current(ws.root, "preprocess")
