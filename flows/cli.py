@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging() -> None:
     """Stage modules log to `evergreen.*`; Prefect forwards those loggers to the UI."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "evergreen")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

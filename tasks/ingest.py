@@ -29,6 +29,8 @@ def content_hash(image: np.ndarray) -> str:
 def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFrame:
     """One row per sample: hash, label, shape, pixel statistics, source."""
     n, c, h, w = batch.x.shape
+    if n == 0:
+        return pd.DataFrame(columns=META_COLUMNS)
     x = batch.x.reshape(n, c * h * w)
     return pd.DataFrame({
         "content_hash": hashes, "label": batch.labels.astype(str),

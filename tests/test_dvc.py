@@ -48,3 +48,24 @@ def test_workspace_dvc_yaml_has_no_code_deps_outside_it(tmp_path):
     stages = yaml.safe_load(text)["stages"]
     assert all(not d.startswith(("tasks/", "nets")) for s in stages.values() for d in s["deps"])
     assert list(stages) == ["validate", "preprocess", "train", "compress", "evaluate"]
+
+
+def test_dvc_push_and_pull_through_a_local_remote(tmp_path, tiny_batch):
+    import shutil
+
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    dvcfile.init_workspace(ws)
+    batch, hashes, _, _ = dedupe(tiny_batch, set())
+    write_batch(batch, hashes, ws.batches)
+    dvcfile.track(ws.root, "data/batches")
+    before = {p.name: p.read_bytes() for p in ws.batches.iterdir()}
+
+    assert dvc(ws.root, "remote", "add", "-d", "store", str(tmp_path / "remote")).returncode == 0
+    pushed = dvc(ws.root, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    shutil.rmtree(ws.batches)
+    shutil.rmtree(ws.root / ".dvc" / "cache")
+    pulled = dvc(ws.root, "pull", "data/batches.dvc")  # the stages never ran here
+    assert pulled.returncode == 0, pulled.stderr
+    assert {p.name: p.read_bytes() for p in ws.batches.iterdir()} == before
