@@ -92,6 +92,31 @@ class VitConfig(Section):
     heads: int = Field(4, ge=1)
 
 
+class DistributedConfig(Section):
+    """Data-parallel training (DDP) started by torch's elastic launcher; 1 process trains in-process."""
+
+    nproc_per_node: int = Field(1, ge=1, description="worker processes per machine (one per GPU)")
+    nnodes: int = Field(1, ge=1, description="machines in the job")
+    node_rank: int = Field(0, ge=0, description="this machine's index; node 0 hosts the rendezvous")
+    rdzv_endpoint: str = Field("127.0.0.1:29400", description="HOST:PORT of the rendezvous (nnodes > 1)")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on GPU, else gloo")
+    max_restarts: int = Field(0, ge=0, description="elastic restarts of all workers after a failure")
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over the global batch: "
+                                 "exactly one process's model, at one all-reduce per layer and pass")
+
+    @model_validator(mode="after")
+    def _node_rank_in_range(self) -> DistributedConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d+", self.rdzv_endpoint):
+            raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} must be HOST:PORT")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class TrainConfig(Section):
     """The teacher's training run."""
 
@@ -104,15 +129,55 @@ class TrainConfig(Section):
     l2: float = Field(0.0005, ge=0.0, description="weight decay (AdamW)")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     seed: int = 0
-    threads: int = Field(0, ge=0, description="torch threads; 0 = torch default")
+    threads: int = Field(0, ge=0, description="torch threads per process; 0 = torch default "
+                         "(distributed: cores / processes on the machine)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     cnn: CnnConfig = Field(default_factory=CnnConfig)
     vit: VitConfig = Field(default_factory=VitConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+
+class PruneConfig(Section):
+    """Structured (channel) pruning of the cnn teacher with Torch-Pruning, then a fine-tune."""
+
+    ratios: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                description="share of each conv layer's channels removed")
+    epochs: int = Field(4, ge=0, description="fine-tune epochs after pruning")
+    lr: float = Field(0.001, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ratios_in_range(self) -> PruneConfig:
+        bad = [r for r in self.ratios if not 0.0 < r < 1.0]
+        if bad:
+            raise ValueError(f"ratios must lie strictly between 0 and 1, got {bad}")
+        return self
+
+
+class QuantizeConfig(Section):
+    """Static int8 (torchao PT2E, X86 quantizer) of the named variants, served by onnxruntime."""
+
+    variants: list[str] = Field(default_factory=lambda: ["pruned_50", "pruned_75", "distilled"],
+                                description="variants to quantize; missing ones are skipped")
+    calibration_samples: int = Field(256, ge=1, description="train samples for calibration")
+
+
+class SelectConfig(Section):
+    """The budget a compressed variant must meet to become the candidate."""
+
+    max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0,
+                                     description="validation accuracy below the teacher's")
+    max_latency_ms: float = Field(5.0, gt=0.0, description="batch-1 p95 in onnxruntime")
+    max_size_kb: float = Field(256.0, gt=0.0, description="exported model file")
+    objective: Literal["accuracy", "latency", "size"] = Field(
+        "accuracy", description="among variants in budget: best val accuracy (ties: faster), "
+                                "lowest latency or smallest file")
+    latency_runs: int = Field(200, ge=10)
+    throughput_batch: int = Field(256, ge=1)
 
 
 class CompressConfig(Section):
-    """Knowledge distillation of the teacher into the student."""
+    """Variants of the teacher (pruned, distilled, int8), measured, and one selected by budget."""
 
     student: Literal["seed_cnn", "cnn", "vit"] = "seed_cnn"
     temperature: float = Field(4.0, gt=0.0)
@@ -124,6 +189,10 @@ class CompressConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     augment: bool = True
     seed: int = 0
+    control: bool = Field(True, description="also train the student without distillation")
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
 
 
 class EvaluateConfig(Section):
@@ -135,7 +204,8 @@ class EvaluateConfig(Section):
 class PromoteConfig(Section):
     """The gate: absolute thresholds, the null model and the champion."""
 
-    candidate: Literal["student", "teacher"] = "student"
+    candidate: Literal["selected", "student", "teacher"] = Field(
+        "selected", description="selected: the variant the compress stage chose by budget")
     min_accuracy: float = Field(0.95, ge=0.0, le=1.0)
     min_f1_macro: float = Field(0.95, ge=0.0, le=1.0)
     max_latency_ms: float = Field(25.0, gt=0.0, description="batch-1 p95")

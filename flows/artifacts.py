@@ -1,4 +1,4 @@
-"""Prefect artifacts of a run: a markdown summary with the gate table, a metrics table."""
+"""Prefect artifacts of a run: summary with the gate table, metrics table, compression table."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def summary_markdown(outcome: dict, stages: dict) -> str:
     """Verdict, gate table and key metrics, as the UI's run summary."""
     m = outcome["metrics"]
     lines = [f"# Run summary: {outcome['verdict']} ({outcome['version']})", "",
-             f"- candidate: **{outcome['role']}** ({outcome['arch']})",
+             f"- candidate: **{outcome['role']}** ({outcome['arch']}, compression "
+             f"{outcome.get('compression', 'none')})",
              f"- champion before: {outcome['champion_before'] or 'none'}",
              f"- accuracy {_fmt(m['accuracy'])}, macro-F1 {_fmt(m['f1_macro'])}, "
              f"null model accuracy {_fmt(m['null_accuracy'])}, teacher {_fmt(m['teacher_accuracy'])}",
@@ -42,5 +43,11 @@ def publish_run_artifacts(ws: Workspace, outcome: dict, stages: dict) -> None:
                              description="verdict, gates and key metrics of the run")
     metrics = read_json(ws.reports / "metrics.json")
     rows = [{"model": role, **{k: _fmt(metrics[role].get(k)) for k in METRIC_KEYS}}
-            for role in ("teacher", "student", "null_model")]
+            for role in ("teacher", "student", "selected", "null_model") if role in metrics]
     create_table_artifact(rows, key="training-metrics", description="test-split metrics per model")
+    compression = ws.reports / "compression.json"
+    if compression.exists():
+        from tasks.pareto import pareto_markdown
+
+        create_markdown_artifact(pareto_markdown(read_json(compression)), key="compression-pareto",
+                                 description="compression variants: accuracy, latency, size, selection")

@@ -78,16 +78,21 @@ def load_image(path: Path, in_shape: list[int]) -> np.ndarray:
 def predict_paths(ws: Workspace, paths: list[str]) -> list[dict]:
     """The champion's class probabilities for each image file."""
     from nets.io import load_model
+    from nets.runtime import OnnxModel
     from tasks.evaluate import predict_proba
     from tasks.promote import load_registry
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:
         raise EvergreenError(f"{ws.registry}: no champion yet; run `evergreen run` first")
-    model, card = load_model(ws.root / registry["versions"][registry["champion"]]["path"])
+    # served from the ONNX export (onnxruntime) when the champion has one
+    model, card = load_model(ws.root / registry["versions"][registry["champion"]]["path"],
+                             prefer_onnx=True)
     x = np.stack([load_image(Path(p), card["in_shape"]) for p in paths])
     proba = predict_proba(model, card, x)
     return [{"path": p, "class": card["classes"][int(row.argmax())],
              "probability": float(row.max()),
              "probabilities": {c: round(float(v), 6) for c, v in zip(card["classes"], row, strict=False)},
-             "champion": registry["champion"]} for p, row in zip(paths, proba, strict=False)]
+             "champion": registry["champion"],
+             "runtime": "onnxruntime" if isinstance(model, OnnxModel) else "torch"}
+            for p, row in zip(paths, proba, strict=False)]

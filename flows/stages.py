@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 
 import numpy as np
 
@@ -81,47 +82,100 @@ def run_train(ws: Workspace, cfg: Config) -> dict:
 
     meta = read_json(ws.processed / "meta.json")
     ckpt, key = checkpoint_for(ws, "train", params_hash(cfg.train))
-    model, card, history = train_model(load_split(ws, "train"), load_split(ws, "val"),
+    train = load_split(ws, "train")
+    start = time.perf_counter()
+    model, card, history = train_model(train, load_split(ws, "val"),
                                        meta["classes"], (meta["mean"], meta["std"]), cfg.train,
                                        checkpoint=ckpt, checkpoint_key=key)
+    seconds = time.perf_counter() - start
     save_model(model, card, ws.model_dir("teacher"))
     write_csv(ws.reports / "plots" / "train.csv", history)
     plot_history(history, ws.reports / "figures" / "train_curves.png", f"teacher ({card['arch']})")
     ckpt.unlink(missing_ok=True)
-    return {"epochs_run": len(history), "val_acc": history[-1]["val_acc"] if history else None}
+    world = card.get("training", {}).get("world_size", 1)
+    # end to end: launcher start-up and validation included; a resumed run counts all its epochs
+    images_per_s = len(train[0]) * len(history) / seconds
+    return {"epochs_run": len(history), "val_acc": history[-1]["val_acc"] if history else None,
+            "world_size": world, "seconds": round(seconds, 2), "images_per_s": round(images_per_s, 1),
+            "images_per_s_per_process": round(images_per_s / world, 1)}
 
 
 def run_compress(ws: Workspace, cfg: Config) -> dict:
+    """Build, export and measure the variants; copy the selected one to models/selected."""
+    import shutil
+
     from nets.io import file_sha256, load_model, save_model
-    from tasks.compress import distill
+    from tasks.compress import (
+        Inputs,
+        build_variants,
+        calibration_batch,
+        distillation_gain,
+        measure_variant,
+        save_variant,
+        select_variant,
+    )
+    from tasks.pareto import plot_pareto
     from tasks.report import plot_history
 
     teacher, card = load_model(ws.model_dir("teacher"))
     teacher_sha = file_sha256(ws.model_dir("teacher") / "model.safetensors")
     ckpt, key = checkpoint_for(ws, "compress", params_hash(cfg.compress), teacher_sha)
-    student, student_card, history = distill(teacher, card, load_split(ws, "train"),
-                                             load_split(ws, "val"), cfg.compress,
-                                             checkpoint=ckpt, checkpoint_key=key)
-    save_model(student, student_card, ws.model_dir("student"))
-    write_csv(ws.reports / "plots" / "compress.csv", history)
-    plot_history(history, ws.reports / "figures" / "compress_curves.png",
-                 f"student ({student_card['arch']}, distilled)")
-    ckpt.unlink(missing_ok=True)
-    return {"epochs_run": len(history), "student": cfg.compress.student}
+    train, val, test = (load_split(ws, name) for name in ("train", "val", "test"))
+    variants, skipped = build_variants(Inputs(teacher, card, train, val, ckpt.parent, key),
+                                       cfg.compress)
+    out = ws.models / "variants"
+    shutil.rmtree(out, ignore_errors=True)
+    check = calibration_batch(val, card, len(val[0]), 0)
+    rows = []
+    for name, variant in variants.items():
+        info = save_variant(variant, out / name, check)
+        rows.append({**measure_variant(variant, out / name, val, test, cfg.compress.select), **info})
+    selected, reason = select_variant(rows, cfg.compress.select)
+    log.info("compress: %s", reason)
+    shutil.rmtree(ws.model_dir("selected"), ignore_errors=True)
+    shutil.copytree(out / (selected or "teacher"), ws.model_dir("selected"))
+    # the selection travels with the model, so promote can judge (and reject) it
+    chosen = next(r for r in rows if r["name"] == (selected or "teacher"))
+    write_json(ws.model_dir("selected") / "selection.json",
+               {"variant": selected, "fits_budget": selected is not None, "reason": reason,
+                "params": chosen["params"]})
+    report = {"variants": rows, "selected": selected, "reason": reason,
+              "budget": cfg.compress.select.model_dump(), "skipped": skipped,
+              "distillation_gain": distillation_gain(rows)}
+    write_json(ws.reports / "compression.json", report)
+    plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
+    student = variants["distilled"]
+    save_model(student.model, student.card, ws.model_dir("student"))
+    write_csv(ws.reports / "plots" / "compress.csv", student.history)
+    plot_history(student.history, ws.reports / "figures" / "compress_curves.png",
+                 f"student ({student.card['arch']}, distilled)")
+    for path in ckpt.parent.glob("compress-*.pt"):
+        path.unlink()
+    return {"variants": len(rows), "selected": selected, "reason": reason}
 
 
 def run_evaluate(ws: Workspace, cfg: Config) -> dict:
-    from nets.io import WEIGHTS, load_model
+    from nets.io import load_model, model_file
     from tasks.evaluate import evaluate_model, null_model, summary_row
     from tasks.report import write_evaluation_plots
 
     meta = read_json(ws.processed / "meta.json")
     test, train = load_split(ws, "test"), load_split(ws, "train")
     results = {}
-    for role in ("teacher", "student"):
-        model, card = load_model(ws.model_dir(role))
-        results[role] = {"arch": card["arch"], **evaluate_model(
-            model, card, ws.model_dir(role) / WEIGHTS, test, cfg.evaluate)}
+    for role in ("teacher", "student", "selected"):
+        model_dir = ws.model_dir(role)
+        if role == "selected" and not (model_dir / "model.json").exists():
+            continue  # a workspace from before the selection existed
+        # the selected model is judged as it is served: from its ONNX export
+        model, card = load_model(model_dir, prefer_onnx=role == "selected")
+        served = model_dir / "model.onnx" if role == "selected" else model_file(model_dir)
+        results[role] = {"arch": card["arch"],
+                         "method": card.get("compression", {}).get("method", "none"),
+                         **evaluate_model(model, card, served, test, cfg.evaluate)}
+        if role == "selected":
+            selection = read_json(model_dir / "selection.json")
+            results[role].update(variant=selection["variant"], selection=selection["reason"],
+                                 fits_budget=selection["fits_budget"], params=selection["params"])
     results["null_model"] = null_model(train, test, meta["classes"], (meta["mean"], meta["std"]),
                                        cfg.evaluate)
     candidate = cfg.promote.candidate
@@ -247,7 +301,7 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
                 full_params_hash: str) -> dict:
     """Gate the candidate against thresholds, the null model and the champion; record it."""
     from evergreen.workspace import git_commit
-    from nets.io import WEIGHTS, file_sha256
+    from nets.io import file_sha256, model_file, read_card
     from tasks.evaluate import summary_row
     from tasks.promote import (
         gate_table,
@@ -262,15 +316,20 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
     metrics = read_json(ws.reports / "metrics.json")
     role = cfg.promote.candidate
     model_dir = ws.model_dir(role)
-    sha = file_sha256(model_dir / WEIGHTS)
+    sha = file_sha256(model_file(model_dir))
     registry = load_registry(ws.registry)
     champion = registry["champion"]
     entry = {"run_id": run_id, "role": role, "arch": metrics[role]["arch"],
+             "compression": metrics[role].get("method", "none"),
+             "variant": metrics[role].get("variant"),
              "metrics": {**summary_row(metrics[role]),
                          "per_class_recall": metrics[role]["per_class_recall"],
                          "null_accuracy": metrics["null_model"]["accuracy"],
                          "teacher_accuracy": metrics["teacher"]["accuracy"]},
              "data_version": data_version, "params_hash": full_params_hash,
+             # processes that trained the teacher (its card; 1 for cards from before DDP)
+             "train_world_size": read_card(ws.model_dir("teacher")).get("training", {})
+                                 .get("world_size", 1),
              "git_commit": git_commit(ws.root), "time": now(), "champion_before": champion}
     if champion and registry["versions"][champion]["sha256"] == sha:
         entry.update(version=champion, verdict="unchanged", gates=[],
@@ -280,11 +339,14 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
     champ_acc = champion_accuracy(ws, registry, load_split(ws, "test"),
                                   read_json(ws.processed / "meta.json")["classes"]) if champion else None
     gates = run_gates(metrics[role], metrics["null_model"]["accuracy"], champ_acc, cfg.promote)
-    passed = all(g.passed for g in gates)
+    # a selection that found no variant within the compression budget is not promoted
+    over_budget = [] if metrics[role].get("fits_budget", True) else [metrics[role]["selection"]]
+    passed = all(g.passed for g in gates) and not over_budget
     known = set(registry["versions"])
     version = store_version(registry, model_dir, ws.versions, sha)
     entry.update(version=version, verdict="promoted" if passed else "rejected",
-                 gates=gate_table(gates), reasons=[g.reason() for g in gates if not g.passed],
+                 gates=gate_table(gates),
+                 reasons=[g.reason() for g in gates if not g.passed] + over_budget,
                  champion_accuracy_on_current_test=champ_acc)
     save_registry(ws.registry, record(registry, entry, passed, f"passed all gates in run {run_id}"))
     return {**entry, "new_version": version not in known}

@@ -65,7 +65,12 @@ def preprocess_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> di
 @task(name="train", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
 def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
     """Train the teacher (a retry resumes from the last epoch checkpoint)."""
-    return run_stage("train", ws, cfg, rerun, commit)
+    summary = run_stage("train", ws, cfg, rerun, commit)
+    if summary["ran"]:
+        log.info("train: world size %d, %.0f images/s (%.0f per process), %.1f s in all",
+                 summary["world_size"], summary["images_per_s"],
+                 summary["images_per_s_per_process"], summary["seconds"])
+    return summary
 
 
 @task(name="compress", cache_policy=NO_CACHE)

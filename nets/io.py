@@ -14,7 +14,7 @@ from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, write_json
 from nets import build_model
 
-WEIGHTS, CARD = "model.safetensors", "model.json"
+WEIGHTS, CARD, ONNX = "model.safetensors", "model.json", "model.onnx"
 
 
 def save_model(model: torch.nn.Module, card: dict[str, Any], out_dir: Path) -> Path:
@@ -43,9 +43,33 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
-def load_model(model_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the network from its card and load safetensors weights (eval mode)."""
+def model_file(model_dir: Path) -> Path:
+    """The file a model is served from and identified by: weights, or the ONNX-only export."""
+    return model_dir / (WEIGHTS if (model_dir / WEIGHTS).exists() else ONNX)
+
+
+def load_onnx(model_dir: Path) -> torch.nn.Module:
+    """The exported model.onnx behind an nn.Module (onnxruntime, CPU)."""
+    from nets.runtime import OnnxModel
+
+    path = model_dir / ONNX
+    if not path.exists():
+        raise BadInputError(f"{path}: missing ONNX export")
+    try:
+        return OnnxModel(path).eval()
+    except Exception as exc:  # onnxruntime raises its own error types for bad graphs
+        raise BadInputError(f"{path}: not a loadable ONNX model: {exc}") from None
+
+
+def load_model(model_dir: Path, prefer_onnx: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network from its card and load safetensors weights (eval mode).
+
+    An ONNX-only model (card format "onnx", e.g. int8) runs in onnxruntime; so does any
+    model with an export when `prefer_onnx` (how `evergreen predict` serves).
+    """
     card = read_card(model_dir)
+    if card.get("format") == "onnx" or (prefer_onnx and (model_dir / ONNX).exists()):
+        return load_onnx(model_dir), card
     model = build_model(card["arch"], tuple(card["in_shape"]), len(card["classes"]),
                         **card.get("options", {}))
     weights = model_dir / WEIGHTS

@@ -1,12 +1,15 @@
-"""Compress: knowledge distillation of the teacher into a smaller student.
+"""Compress: variants of the teacher (pruned, distilled, int8), measured, one selected by budget.
 
-Each variant is a function returning (model, card, history); pruning and int8 variants
-join the VARIANTS dict later.
+The variants come from a plain dict of builders; each returns Variant objects. int8 copies
+of the named variants follow. Every variant is exported to ONNX and measured there, the
+runtime it is served from.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +17,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evergreen.config import AugmentConfig, CompressConfig
+from evergreen.config import AugmentConfig, CompressConfig, EvaluateConfig, SelectConfig
 from nets import build_model
-from tasks.train import FitSettings, LossFn, fit
+from tasks.train import FitSettings, LossFn, cross_entropy_loss, fit, normalize
 
 log = logging.getLogger("evergreen.compress")
+Split = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Variant:
+    """A compressed (or not) model; int8 ones are PT2E graphs, saved and served as ONNX only."""
+
+    name: str
+    model: nn.Module
+    card: dict
+    history: list[dict] = field(default_factory=list)
+    int8: bool = False
+
+    @property
+    def method(self) -> str:
+        return self.card.get("compression", {}).get("method", "none")
+
+
+@dataclass
+class Inputs:
+    """What every variant builder may use."""
+
+    teacher: nn.Module
+    card: dict
+    train: Split
+    val: Split
+    checkpoints: Path | None = None  # folder for per-variant epoch checkpoints
+    checkpoint_key: str = ""
+
+    def checkpoint(self, name: str) -> Path | None:
+        return self.checkpoints / f"compress-{name}.pt" if self.checkpoints else None
 
 
 def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
@@ -41,19 +75,265 @@ def student_settings(cfg: CompressConfig) -> FitSettings:
                        augment=augment, patience=cfg.epochs)
 
 
-def distill(teacher: nn.Module, teacher_card: dict, train: tuple[np.ndarray, np.ndarray],
-            val: tuple[np.ndarray, np.ndarray], cfg: CompressConfig,
-            checkpoint: Path | None = None, checkpoint_key: str = ""):
-    """Train the student architecture on the teacher's softened outputs; returns (model, card, history)."""
+def train_student(teacher: nn.Module, teacher_card: dict, train: Split, val: Split,
+                  cfg: CompressConfig, distilled: bool = True, checkpoint: Path | None = None,
+                  checkpoint_key: str = ""):
+    """The student architecture, from the teacher's soft targets or (control) the labels only.
+
+    Both use the same seed, epochs and optimizer, so the difference is the distillation.
+    Returns (model, card, history).
+    """
     in_shape, classes = tuple(teacher_card["in_shape"]), teacher_card["classes"]
     options = {"dropout": cfg.dropout}
     torch.manual_seed(cfg.seed)
     student = build_model(cfg.student, in_shape, len(classes), **options)
     norm = (teacher_card["mean"], teacher_card["std"])
-    loss = distillation_loss(teacher, cfg.temperature, cfg.alpha)
+    loss = distillation_loss(teacher, cfg.temperature, cfg.alpha) if distilled else cross_entropy_loss
     student, history = fit(student, train, val, norm, student_settings(cfg), name="compress",
                            loss_fn=loss, checkpoint=checkpoint, checkpoint_key=checkpoint_key)
-    card = {**teacher_card, "arch": cfg.student, "options": options,
-            "compression": {"method": "distillation", "teacher_arch": teacher_card["arch"],
-                            "temperature": cfg.temperature, "alpha": cfg.alpha}}
+    method = ({"method": "distillation", "teacher_arch": teacher_card["arch"],
+               "temperature": cfg.temperature, "alpha": cfg.alpha} if distilled
+              else {"method": "student_without_distillation", "role": "control"})
+    inherited = {k: v for k, v in teacher_card.items() if k != "training"}  # not how it trained
+    card = {**inherited, "arch": cfg.student, "options": options, "compression": method}
     return student, card, history
+
+
+def distill(teacher: nn.Module, teacher_card: dict, train: Split, val: Split, cfg: CompressConfig,
+            checkpoint: Path | None = None, checkpoint_key: str = ""):
+    """Train the student architecture on the teacher's softened outputs; returns (model, card, history)."""
+    return train_student(teacher, teacher_card, train, val, cfg, True, checkpoint, checkpoint_key)
+
+
+def conv_channels(model: nn.Module) -> list[int]:
+    """Output channels of every Conv2d, in order."""
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def prune_channels(model: nn.Module, card: dict, ratio: float) -> tuple[nn.Module, dict]:
+    """Remove `ratio` of every conv layer's channels (L2 magnitude, dependency-aware).
+
+    Torch-Pruning removes whole filters together with what depends on them (BatchNorm,
+    the next conv's inputs), so the result is a smaller dense `cnn`; it is rebuilt from
+    its card's channel list, which proves the card describes it. Returns (model, card).
+    """
+    import torch_pruning as tp
+
+    if card["arch"] != "cnn":
+        raise ValueError(f"pruning supports the cnn teacher, not {card['arch']!r}")
+    pruned = copy.deepcopy(model).eval()
+    example = torch.zeros(1, *card["in_shape"])
+    head = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1]  # classes stay
+    pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.MagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, ignored_layers=[head])
+    pruner.step()
+    widths = conv_channels(pruned)
+    channels = widths[::2]  # a cnn block is two convs of equal width
+    if widths[1::2] != channels:
+        raise ValueError(f"pruning left unequal widths within a block: {widths}")
+    options = {**card.get("options", {}), "channels": channels}
+    rebuilt = build_model("cnn", tuple(card["in_shape"]), len(card["classes"]), **options)
+    rebuilt.load_state_dict(pruned.state_dict())
+    pruned_card = {**card, "options": options, "compression": {
+        "method": "pruning", "tool": "torch-pruning", "importance": "L2 magnitude",
+        "ratio": ratio, "channels_before": conv_channels(model)[::2], "channels_after": channels}}
+    return rebuilt.eval(), pruned_card
+
+
+def calibration_batch(train: Split, card: dict, n: int, seed: int) -> torch.Tensor:
+    """n normalized train samples, a seeded random choice."""
+    order = np.random.default_rng(seed).permutation(len(train[0]))[:n]
+    return normalize(torch.from_numpy(train[0][order]), card["mean"], card["std"])
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    """Static int8 with the PT2E flow (torchao): per-channel int8 weights, uint8 activations.
+
+    Returns the converted graph (quantize/dequantize around float ops); onnxruntime fuses
+    those into int8 kernels once exported.
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    batch = torch.export.Dim("batch")
+    captured = torch.export.export(model.eval(), (calibration[:2],),
+                                   dynamic_shapes=({0: batch},)).module()
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for chunk in calibration.split(64):
+            prepared(chunk)
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # .eval() as on any model (dropout: identity)
+    converted.eval()  # the patched method returns None, not the model
+    return converted
+
+
+def teacher_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
+    return [Variant("teacher", inputs.teacher, {**inputs.card, "compression": {"method": "none"}})]
+
+
+def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
+    """One pruned teacher per ratio, fine-tuned with distillation from the unpruned teacher."""
+    out = []
+    for ratio in cfg.prune.ratios:
+        name = f"pruned_{round(ratio * 100)}"
+        model, card = prune_channels(inputs.teacher, inputs.card, ratio)
+        history = []
+        if cfg.prune.epochs:
+            settings = FitSettings(cfg.prune.epochs, cfg.batch_size, cfg.prune.lr, "cosine",
+                                   l2=cfg.l2, seed=cfg.seed, patience=cfg.prune.epochs,
+                                   augment=AugmentConfig() if cfg.augment else None)
+            loss = distillation_loss(inputs.teacher, cfg.temperature, cfg.alpha)
+            model, history = fit(model, inputs.train, inputs.val, (card["mean"], card["std"]),
+                                 settings, name=name, loss_fn=loss,
+                                 checkpoint=inputs.checkpoint(name),
+                                 checkpoint_key=inputs.checkpoint_key)
+            card["compression"]["finetune_epochs"] = cfg.prune.epochs
+        out.append(Variant(name, model, card, history))
+    return out
+
+
+def distilled_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
+    model, card, history = train_student(inputs.teacher, inputs.card, inputs.train, inputs.val, cfg,
+                                         True, inputs.checkpoint("distilled"), inputs.checkpoint_key)
+    return [Variant("distilled", model, card, history)]
+
+
+def control_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
+    if not cfg.control:
+        return []
+    model, card, history = train_student(inputs.teacher, inputs.card, inputs.train, inputs.val, cfg,
+                                         False, inputs.checkpoint("control"), inputs.checkpoint_key)
+    return [Variant("control", model, card, history)]
+
+
+VARIANTS = {"teacher": teacher_variants, "pruned": pruned_variants,
+            "distilled": distilled_variants, "control": control_variants}
+
+
+def int8_variant(source: Variant, calibration: torch.Tensor) -> Variant:
+    card = {**source.card, "format": "onnx", "compression": {
+        "method": f"{source.method}+int8" if source.method != "none" else "int8",
+        "source": source.name, "source_compression": source.card.get("compression", {}),
+        "quantization": {"tool": "torchao pt2e", "quantizer": "X86InductorQuantizer",
+                         "weights": "int8 per channel", "activations": "uint8 per tensor",
+                         "calibration_samples": len(calibration)}}}
+    return Variant(f"{source.name}_int8", quantize_int8(source.model, calibration), card, int8=True)
+
+
+def build_variants(inputs: Inputs, cfg: CompressConfig) -> tuple[dict[str, Variant], dict[str, str]]:
+    """Every variant the config asks for, by name; and why any could not be built."""
+    variants, skipped = {}, {}
+    for kind, builder in VARIANTS.items():
+        try:
+            variants.update((v.name, v) for v in builder(inputs, cfg))
+        except ValueError as exc:  # e.g. pruning an architecture it does not support
+            skipped[kind] = str(exc)
+            log.warning("compress: no %s variant: %s", kind, exc)
+    calibration = calibration_batch(inputs.train, inputs.card, cfg.quantize.calibration_samples,
+                                    cfg.seed)
+    for name in cfg.quantize.variants:
+        if name not in variants:
+            skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
+            continue
+        try:
+            v = int8_variant(variants[name], calibration)
+            variants[v.name] = v
+        except Exception as exc:  # export/quantizer support differs per architecture
+            skipped[f"{name}_int8"] = f"int8 failed: {type(exc).__name__}: {exc}"
+            log.warning("compress: no int8 of %s: %s", name, exc)
+    return variants, skipped
+
+
+def save_variant(variant: Variant, out_dir: Path, check: torch.Tensor) -> dict:
+    """Write the ONNX export, card and (fp32) safetensors; check fp32 parity. Returns export info."""
+    from nets.io import CARD, ONNX, load_onnx, save_model
+    from tasks.export import check_parity, export_onnx, parity
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_onnx(variant.model, tuple(variant.card["in_shape"]), out_dir / ONNX)
+    served = load_onnx(out_dir)
+    if variant.int8:  # no fp32 weights to keep; compare with the PT2E graph it came from
+        from evergreen.workspace import write_json
+
+        write_json(out_dir / CARD, variant.card)
+        return {"onnx_max_abs_diff": parity(variant.model, served, check)}
+    save_model(variant.model, variant.card, out_dir)
+    return {"onnx_max_abs_diff": check_parity(variant.model, served, check, out_dir / ONNX)}
+
+
+def measure_variant(variant: Variant, out_dir: Path, val: Split, test: Split,
+                    cfg: SelectConfig) -> dict:
+    """Test metrics, val accuracy (what selection uses), ONNX latency and file size."""
+    from nets.io import ONNX, load_onnx
+    from tasks.evaluate import classification_metrics, measure_latency, predict_proba
+
+    speed_cfg = EvaluateConfig(latency_runs=cfg.latency_runs, throughput_batch=cfg.throughput_batch)
+    served, card = load_onnx(out_dir), variant.card
+    metrics = classification_metrics(test[1], predict_proba(served, card, test[0]), card["classes"])
+    val_acc = float((predict_proba(served, card, val[0]).argmax(1) == val[1]).mean())
+    speed = measure_latency(served, tuple(card["in_shape"]), speed_cfg)
+    params = sum(p.numel() for p in variant.model.parameters()) if not variant.int8 else None
+    row = {"name": variant.name, "method": variant.method, "accuracy": metrics["accuracy"],
+           "f1_macro": metrics["f1_macro"], "latency_ms_p50": speed["latency_ms_p50"],
+           "latency_ms_p95": speed["latency_ms_p95"], "size_bytes": (out_dir / ONNX).stat().st_size,
+           "params": params, "val_accuracy": val_acc, "throughput": speed["throughput"],
+           "runtime": "onnxruntime", "int8": variant.int8}
+    if not variant.int8:
+        row["torch_latency_ms_p50"] = measure_latency(variant.model, tuple(card["in_shape"]),
+                                                      speed_cfg)["latency_ms_p50"]
+    return row
+
+
+def budget_failures(row: dict, teacher: dict, cfg: SelectConfig) -> list[str]:
+    """Why a variant is outside the budget (empty when it fits)."""
+    why = []
+    drop = round(teacher["val_accuracy"] - row["val_accuracy"], 6)
+    if drop > cfg.max_accuracy_drop:
+        why.append(f"val accuracy {drop:.4f} below the teacher's (max_accuracy_drop "
+                   f"{cfg.max_accuracy_drop})")
+    if row["latency_ms_p95"] > cfg.max_latency_ms:
+        why.append(f"latency p95 {row['latency_ms_p95']:.3f} ms > max_latency_ms {cfg.max_latency_ms}")
+    if row["size_bytes"] / 1024 > cfg.max_size_kb:
+        why.append(f"size {row['size_bytes'] / 1024:.1f} KB > max_size_kb {cfg.max_size_kb}")
+    return why
+
+
+OBJECTIVES = {
+    "accuracy": lambda r: (-r["val_accuracy"], r["latency_ms_p50"], r["size_bytes"]),
+    "latency": lambda r: (r["latency_ms_p50"], -r["val_accuracy"]),
+    "size": lambda r: (r["size_bytes"], -r["val_accuracy"]),
+}
+
+
+def select_variant(rows: list[dict], cfg: SelectConfig) -> tuple[str | None, str]:
+    """The best variant within budget by the objective, and a sentence saying why.
+
+    Marks every row with `fits` and `outside_budget` (the reasons it does not fit).
+    """
+    teacher = next(r for r in rows if r["name"] == "teacher")
+    for row in rows:
+        row["outside_budget"] = budget_failures(row, teacher, cfg)
+        row["fits"] = not row["outside_budget"]
+    fitting = [r for r in rows if r["fits"]]
+    if not fitting:
+        detail = "; ".join(f"{r['name']}: {', '.join(r['outside_budget'])}" for r in rows)
+        return None, f"no variant fits the compression budget ({detail})"
+    best = min(fitting, key=OBJECTIVES[cfg.objective])
+    return best["name"], (f"{best['name']}: best {cfg.objective} of {len(fitting)} variants "
+                          f"within budget ({', '.join(r['name'] for r in fitting)})")
+
+
+def distillation_gain(rows: list[dict]) -> dict | None:
+    """Test accuracy of the distilled student minus its no-distillation control."""
+    by_name = {r["name"]: r for r in rows}
+    if "distilled" not in by_name or "control" not in by_name:
+        return None
+    d, c = by_name["distilled"]["accuracy"], by_name["control"]["accuracy"]
+    return {"distilled": d, "control": c, "gain": d - c}

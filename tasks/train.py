@@ -17,6 +17,7 @@ from torch import nn
 
 from evergreen.config import AugmentConfig, TrainConfig
 from nets import build_model
+from tasks.distributed import Replica
 
 log = logging.getLogger("evergreen.train")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,22 +53,28 @@ def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Ten
     return (x.float() / 255.0 - m) / s
 
 
-def augment_batch(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random rotation, zoom and shift (one affine warp per sample), optional flips."""
-    n = len(x)
+def augment_batch(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator, n: int | None = None,
+                  part: slice = slice(None)) -> torch.Tensor:
+    """Random rotation, zoom and shift (one affine warp per sample), optional flips.
+
+    A DDP rank passes its `part` of a global batch of `n`: the draws are the global batch's,
+    so every rank's generator stays in step and the warps match one process's.
+    """
+    n = len(x) if n is None else n
     rand = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731 - uniform in [-1, 1)
     angle = rand() * math.radians(aug.rotation)
     scale = 1 + rand() * aug.scale
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, rand() * aug.shift * 2], 1),
-                         torch.stack([sin, cos, rand() * aug.shift * 2], 1)], 1)  # (N, 2, 3)
+                         torch.stack([sin, cos, rand() * aug.shift * 2], 1)], 1)  # (n, 2, 3)
+    theta = theta[part].to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
     if aug.hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
+        flip = (torch.rand(n, generator=gen) < 0.5)[part].to(x.device)
         out[flip] = out[flip].flip(-1)
     if aug.vflip:
-        flip = torch.rand(n, generator=gen) < 0.5
+        flip = (torch.rand(n, generator=gen) < 0.5)[part].to(x.device)
         out[flip] = out[flip].flip(-2)
     return out
 
@@ -91,6 +98,15 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
     model.eval()
     logits = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, replica: Replica) -> tuple[float, float]:
+    """Validation loss and accuracy; a DDP rank holds a slice of val, so sum over ranks."""
+    if replica.world == 1:
+        return evaluate_loss(model, x, y)
+    loss, acc = evaluate_loss(model, x, y) if len(x) else (0.0, 0.0)
+    loss_sum, correct, n = replica.sum([loss * len(x), acc * len(x), float(len(x))])
+    return loss_sum / n, correct / n
 
 
 def cross_entropy_loss(logits: torch.Tensor, y: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
@@ -129,27 +145,37 @@ def load_checkpoint(path: Path | None, key: str) -> dict | None:
     """The last epoch checkpoint of this very run (same key), loaded as plain tensors only."""
     if path is None or not path.exists():
         return None
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True, map_location="cpu")
     return state if state.get("key") == key else None
 
 
 def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
         norm: tuple[list[float], list[float]], settings: FitSettings, *, name: str = "train",
         loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
-        checkpoint_key: str = "") -> tuple[nn.Module, list[dict]]:
-    """Mini-batch training on in-memory tensors; returns the best model and per-epoch history."""
+        checkpoint_key: str = "", replica: Replica | None = None) -> tuple[nn.Module, list[dict]]:
+    """Mini-batch training on in-memory tensors; returns the best model and per-epoch history.
+
+    With the `replica` of a DDP worker (tasks.distributed), settings.batch_size is the global
+    batch: each rank steps on its slice, validates on its slice of val, and the leader alone
+    writes the checkpoint; the updates are those of one process with the same batch.
+    """
+    replica = replica or Replica()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    x_train = normalize(torch.from_numpy(train[0]), *norm)
-    y_train = torch.from_numpy(train[1])
-    x_val, y_val = normalize(torch.from_numpy(val[0]), *norm), torch.from_numpy(val[1])
+    x_train = replica.to_device(normalize(torch.from_numpy(train[0]), *norm))
+    y_train = replica.to_device(torch.from_numpy(train[1]))
+    mine = replica.part(len(val[0]))
+    x_val = replica.to_device(normalize(torch.from_numpy(val[0][mine]), *norm))
+    y_val = replica.to_device(torch.from_numpy(val[1][mine]))
+    model = replica.prepare(model)
+    step_model = replica.wrap(model)  # DDP when distributed; the same module otherwise
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.l2)
     sched = make_scheduler(opt, settings)
     history, best, best_state, stale, start = [], math.inf, copy.deepcopy(model.state_dict()), 0, 1
 
-    resumed = load_checkpoint(checkpoint, checkpoint_key)
+    resumed = replica.share(load_checkpoint(checkpoint, checkpoint_key) if replica.leader else None)
     if resumed:
         model.load_state_dict(resumed["model"])
         opt.load_state_dict(resumed["optim"])
@@ -165,23 +191,29 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
         start = settings.epochs + 1
     progress = Progress(name, settings.epochs)
     for epoch in range(start, settings.epochs + 1):
-        model.train()
-        order = torch.randperm(len(x_train), generator=gen)
+        replica.seed_epoch(settings.seed, epoch)
+        step_model.train()
+        order = torch.randperm(len(x_train), generator=gen)  # the same on every rank
         total, seen = 0.0, 0
         for i in range(0, len(order), settings.batch_size):
             idx = order[i:i + settings.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
+            part = replica.part(len(idx))
+            xb, yb = x_train[idx[part]], y_train[idx[part]]
             if settings.augment is not None:
-                xb = augment_batch(xb, settings.augment, gen)
-            loss = loss_fn(model(xb), yb, xb)
+                xb = augment_batch(xb, settings.augment, gen, len(idx), part)
+            xb = replica.inputs(xb)
+            with replica.autocast():
+                loss = replica.batch_loss(loss_fn, step_model(xb), yb, xb, len(idx))
             if settings.l1:
                 loss = loss + settings.l1 * l1_penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            # summed over ranks, the shares add up to the global batch's loss x len(idx)
+            total, seen = total + loss.item() * len(idx) / replica.world, seen + len(idx)
         sched.step()
-        val_loss, val_acc = evaluate_loss(model, x_val, y_val)
+        total = replica.sum([total])[0]
+        val_loss, val_acc = validate(model, x_val, y_val, replica)
         row = {"epoch": epoch, "train_loss": round(total / seen, 6), "val_loss": round(val_loss, 6),
                "val_acc": round(val_acc, 6), "lr": opt.param_groups[0]["lr"]}
         if not math.isfinite(row["train_loss"]):
@@ -195,7 +227,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
             best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-        if checkpoint is not None:
+        if checkpoint is not None and replica.leader:
             save_checkpoint(checkpoint, {
                 "key": checkpoint_key, "epoch": epoch, "model": model.state_dict(),
                 "optim": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
@@ -223,7 +255,15 @@ def model_options(cfg: TrainConfig) -> dict:
 def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                 classes: list[str], norm: tuple[list[float], list[float]], cfg: TrainConfig,
                 checkpoint: Path | None = None, checkpoint_key: str = ""):
-    """Build the configured network for the data's shape and fit it; returns (model, card, history)."""
+    """Build the configured network for the data's shape and fit it; returns (model, card, history).
+
+    With train.distributed.world_size > 1 (or backend nccl: the GPU path) the elastic
+    launcher runs the fit in DDP workers.
+    """
+    if cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl":
+        from tasks.distributed import launch
+
+        return launch(train, val, classes, norm, cfg, checkpoint, checkpoint_key)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     options = model_options(cfg)
     torch.manual_seed(cfg.seed)
@@ -231,5 +271,5 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
     model, history = fit(model, train, val, norm, FitSettings.from_train(cfg),
                          checkpoint=checkpoint, checkpoint_key=checkpoint_key)
     card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
-            "classes": classes, "mean": norm[0], "std": norm[1]}
+            "classes": classes, "mean": norm[0], "std": norm[1], "training": {"world_size": 1}}
     return model, card, history

@@ -1,0 +1,29 @@
+"""An exported ONNX model behind the nn.Module interface, run by onnxruntime on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class OnnxModel(nn.Module):
+    """Logits (N, classes) from an ONNX file; callable wherever a torch model is."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # tiny nets at batch 1: one thread avoids the scheduling cost of a thread pool
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: inputs})[0])

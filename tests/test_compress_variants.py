@@ -1,0 +1,141 @@
+"""Compress variants: real structured pruning, int8, ONNX parity, selection by budget."""
+
+import numpy as np
+import pytest
+import torch
+
+from evergreen.config import CompressConfig, SelectConfig, TrainConfig
+from nets import build_model
+from nets.io import load_model
+from tasks.compress import (
+    Inputs,
+    build_variants,
+    calibration_batch,
+    conv_channels,
+    measure_variant,
+    prune_channels,
+    save_variant,
+    select_variant,
+)
+from tasks.export import PARITY_ATOL, parity
+from tasks.train import normalize, train_model
+from tests.conftest import TINY_PARAMS
+
+
+def cnn_card(channels=(16, 32)):
+    return {"arch": "cnn", "options": {"channels": list(channels), "dropout": 0.2},
+            "in_shape": [1, 8, 8], "classes": [str(i) for i in range(10)],
+            "mean": [0.3], "std": [0.4]}
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("ratio, expected", [(0.5, [8, 16]), (0.75, [4, 8])])
+def test_pruning_removes_channels_and_parameters(ratio, expected):
+    card = cnn_card()
+    torch.manual_seed(0)
+    teacher = build_model("cnn", (1, 8, 8), 10, **card["options"]).eval()
+    pruned, pcard = prune_channels(teacher, card, ratio)
+    assert conv_channels(pruned)[::2] == expected and pcard["options"]["channels"] == expected
+    assert n_params(pruned) < n_params(teacher) * (1 - ratio) ** 2 * 1.5
+    out = pruned(torch.randn(3, 1, 8, 8))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    # the card alone rebuilds it: a dense cnn of the smaller widths
+    rebuilt = build_model("cnn", (1, 8, 8), 10, **pcard["options"])
+    rebuilt.load_state_dict(pruned.state_dict())
+    assert pcard["compression"]["method"] == "pruning"
+
+
+def test_pruning_refuses_other_architectures():
+    card = {**cnn_card(), "arch": "seed_cnn", "options": {}}
+    with pytest.raises(ValueError, match="supports the cnn teacher"):
+        prune_channels(build_model("seed_cnn", (1, 8, 8), 10), card, 0.5)
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory, digits):
+    """Every variant of a 1-epoch teacher on 200 digits, saved and measured."""
+    from evergreen.config import PreprocessConfig
+    from tasks.ingest import content_hash, metadata_table
+    from tasks.preprocess import preprocess
+
+    keep = np.concatenate([np.flatnonzero(digits.labels == str(c))[:20] for c in range(10)])
+    x, labels = digits.x[keep], digits.labels[keep]
+    meta = metadata_table(type(digits)(x, labels, [digits.sources[i] for i in keep]),
+                          [content_hash(img) for img in x], "b0")
+    p = preprocess(x, labels, meta, PreprocessConfig())
+    train, val, test = p.splits["train"], p.splits["val"], p.splits["test"]
+    torch.set_num_threads(1)
+    teacher, card, _ = train_model(train, val, p.classes, (p.mean, p.std),
+                                   TrainConfig.model_validate({**TINY_PARAMS["train"], "epochs": 1}))
+    cfg = CompressConfig.model_validate({**TINY_PARAMS["compress"], "epochs": 1})
+    built, skipped = build_variants(Inputs(teacher, card, train, val), cfg)
+    out = tmp_path_factory.mktemp("variants")
+    check = calibration_batch(val, card, len(val[0]), 0)
+    rows = {}
+    for name, v in built.items():
+        info = save_variant(v, out / name, check)
+        rows[name] = {**measure_variant(v, out / name, val, test, cfg.select), **info}
+    return built, skipped, rows, out, check
+
+
+def test_every_configured_variant_is_built(variants):
+    built, skipped, rows, _, _ = variants
+    assert set(built) == {"teacher", "pruned_50", "distilled", "control", "pruned_50_int8"}, skipped
+    for row in rows.values():
+        for key in ("name", "method", "accuracy", "f1_macro", "latency_ms_p50", "latency_ms_p95",
+                    "size_bytes", "params"):
+            assert key in row
+    assert rows["control"]["method"] == "student_without_distillation"
+    assert rows["pruned_50_int8"]["method"] == "pruning+int8"
+
+
+def test_fp32_onnx_export_matches_pytorch(variants):
+    built, _, rows, out, check = variants
+    for name in ("teacher", "pruned_50", "distilled"):
+        assert rows[name]["onnx_max_abs_diff"] <= PARITY_ATOL
+        served, _ = load_model(out / name, prefer_onnx=True)
+        assert parity(built[name].model, served, check) <= PARITY_ATOL
+
+
+def test_int8_is_smaller_and_served_from_onnx_alone(variants):
+    _, _, rows, out, _ = variants
+    import onnx
+
+    assert rows["pruned_50_int8"]["size_bytes"] < rows["pruned_50"]["size_bytes"]
+    weights = [t for t in onnx.load(str(out / "pruned_50_int8" / "model.onnx")).graph.initializer
+               if len(t.dims) > 1]  # kernels and matrices, not biases or scales
+    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    assert not (out / "pruned_50_int8" / "model.safetensors").exists()
+    model, card = load_model(out / "pruned_50_int8")  # no pickle, no fp32 weights
+    assert card["format"] == "onnx"
+    x = normalize(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), card["mean"], card["std"])
+    assert model(x).shape == (4, 10)
+    assert rows["pruned_50_int8"]["onnx_max_abs_diff"] < 0.05  # vs the PT2E graph, int8 rounding
+
+
+def row(name, val_accuracy=0.99, latency=1.0, size_kb=100):
+    return {"name": name, "val_accuracy": val_accuracy, "accuracy": val_accuracy,
+            "latency_ms_p50": latency, "latency_ms_p95": latency, "size_bytes": size_kb * 1024}
+
+
+def test_selection_takes_the_best_variant_within_budget():
+    rows = [row("teacher", 1.0, 2.0, 1000), row("pruned", 0.995, 1.0, 200),
+            row("small", 0.995, 0.5, 50), row("bad", 0.9, 0.1, 10)]
+    cfg = SelectConfig(max_accuracy_drop=0.01, max_latency_ms=1.5, max_size_kb=300)
+    name, reason = select_variant(rows, cfg)
+    assert name == "small" and "within budget" in reason
+    assert not rows[0]["fits"] and "max_size_kb" in " ".join(rows[0]["outside_budget"])
+    assert "max_accuracy_drop" in " ".join(rows[3]["outside_budget"])
+    assert select_variant(rows, cfg.model_copy(update={"objective": "latency"}))[0] == "small"
+    assert select_variant(rows, cfg.model_copy(update={"max_accuracy_drop": 0.2,
+                                                       "objective": "size"}))[0] == "bad"
+
+
+def test_selection_explains_when_nothing_fits():
+    rows = [row("teacher", 1.0, 2.0, 1000), row("small", 0.9, 0.5, 50)]
+    name, reason = select_variant(rows, SelectConfig(max_accuracy_drop=0.01, max_size_kb=100))
+    assert name is None
+    assert "no variant fits" in reason and "teacher: size" in reason and "small: val accuracy" in reason

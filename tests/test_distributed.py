@@ -1,0 +1,194 @@
+"""Distributed training: DDP through torch's elastic launcher, on CPU with gloo.
+
+Each launch starts fresh Python processes (seconds), so the runs are tiny: a 2-block CNN
+with BatchNorm on 130 digits, 2-3 epochs.
+"""
+
+import logging
+import os
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from evergreen.config import DistributedConfig, TrainConfig
+from tasks.distributed import (
+    FAULT_ENV,
+    CpuSyncBatchNorm,
+    Replica,
+    convert_to_cpu_sync_bn,
+    launcher_command,
+    launcher_env,
+    threads_per_rank,
+)
+from tasks.train import train_model
+
+# dropout 0: the masks are per rank and cannot match one process's (documented)
+BASE = {"epochs": 2, "batch_size": 32, "dropout": 0.0, "threads": 1, "augment": {"enabled": False},
+        "cnn": {"channels": [8, 16]}}
+
+
+def config(**distributed) -> TrainConfig:
+    """BASE with train.distributed set; synced BatchNorm unless said otherwise (exact results)."""
+    epochs = distributed.pop("epochs", BASE["epochs"])
+    distributed = {"sync_batchnorm": True, **distributed}
+    return TrainConfig.model_validate({**BASE, "epochs": epochs, "distributed": distributed})
+
+
+def relative_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest ||a - b|| / ||a|| over the float tensors of two state dicts."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max(((sa[k] - sb[k]).double().norm() / sa[k].double().norm().clamp_min(1e-12)).item()
+               for k in sa if sa[k].is_floating_point())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- plain functions, no processes ------------------------------------------------------
+
+@pytest.mark.parametrize("n, world", [(32, 2), (41, 2), (7, 3), (1, 2)])
+def test_parts_tile_the_global_batch(n, world):
+    parts = [Replica(rank=r, world=world).part(n) for r in range(world)]
+    covered = [i for p in parts for i in range(n)[p]]
+    assert covered == list(range(n))
+    assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_single_replica_is_the_identity():
+    replica, model = Replica(), torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    assert replica.prepare(model) is model and replica.wrap(model) is model
+    assert replica.sum([1.5, 2.0]) == [1.5, 2.0] and replica.share({"a": 1}) == {"a": 1}
+    assert replica.leader and replica.part(10) == slice(0, 10)
+
+
+def test_cpu_sync_batchnorm_keeps_state_and_matches_batchnorm_alone():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(4)
+    bn.running_mean.normal_()
+    model = convert_to_cpu_sync_bn(torch.nn.Sequential(bn))
+    assert isinstance(model[0], CpuSyncBatchNorm)
+    torch.testing.assert_close(model[0].running_mean, bn.running_mean)
+    x = torch.randn(8, 4, 3, 3)
+    # no process group: it is plain BatchNorm (the process-group path is tested end to end)
+    torch.testing.assert_close(model(x), torch.nn.functional.batch_norm(
+        x, None, None, bn.weight, bn.bias, training=True))
+
+
+def test_launcher_command_single_and_multi_node():
+    single = launcher_command(DistributedConfig(nproc_per_node=2, max_restarts=1), None)
+    assert single[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in single
+    assert single[single.index("--nproc_per_node") + 1] == "2"
+    assert single[single.index("--max_restarts") + 1] == "1"
+    assert single[-4:] == ["-m", "tasks.distributed", "--backend", "gloo"]
+
+    node1 = launcher_command(DistributedConfig(nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500"),
+                             None)
+    assert "--standalone" not in node1 and node1[node1.index("--nnodes") + 1] == "2"
+    assert node1[node1.index("--rdzv_endpoint") + 1] == "10.0.0.1:29500"
+    assert "is_host=false" in node1
+
+
+def test_threads_per_rank_shares_the_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_rank(0, 1) == cores
+    assert threads_per_rank(0, 2 * cores) == 1
+    assert threads_per_rank(3, 2) == 3
+
+
+@pytest.mark.parametrize("bad, key", [({"node_rank": 2, "nnodes": 2}, "node_rank 2"),
+                                      ({"rdzv_endpoint": "localhost"}, "HOST:PORT"),
+                                      ({"backend": "mpi"}, "backend")])
+def test_distributed_config_errors_name_the_field(bad, key):
+    from evergreen.config import parse_config
+    from evergreen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        parse_config({"train": {"distributed": bad}})
+
+
+# --- launched jobs -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_two_processes_match_one_process(data, augment):
+    """2 ranks x B/2 == 1 process x B: same data order, SyncBatchNorm, weighted loss."""
+    train, val, classes, norm = data
+    base = {**BASE, "augment": {"enabled": augment}}
+    single = TrainConfig.model_validate(base)
+    double = TrainConfig.model_validate({**base, "distributed": {"nproc_per_node": 2,
+                                                                  "sync_batchnorm": True}})
+
+    one, one_card, one_history = train_model(train, val, classes, norm, single)
+    two, two_card, two_history = train_model(train, val, classes, norm, double)
+
+    assert (one_card["training"], two_card["training"]) == ({"world_size": 1}, {"world_size": 2})
+    assert relative_gap(one, two) < 1e-5
+    assert [r["epoch"] for r in two_history] == [1, 2]
+    for a, b in zip(one_history, two_history):
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a)
+
+
+def test_two_launchers_form_one_multi_node_job(data):
+    """nnodes=2 on one machine: node 1 runs the bare launcher, node 0 the train stage's.
+
+    Per-rank BatchNorm here (the default), so the model is not one process's: check it learns.
+    """
+    train, val, classes, norm = data
+    node = {"nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{free_port()}", "sync_batchnorm": False}
+    node1 = subprocess.Popen(launcher_command(config(**node, node_rank=1).distributed, None),
+                             env=launcher_env(1), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        model, card, history = train_model(train, val, classes, norm, config(**node, node_rank=0))
+        output = node1.communicate(timeout=120)[0]
+    finally:
+        node1.kill()
+    assert node1.returncode == 0, output
+    assert card["training"]["world_size"] == 2 and len(history) == 2
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def test_killed_rank_restarts_from_the_epoch_checkpoint(data, tmp_path, monkeypatch, caplog):
+    """Rank 1 dies mid-epoch 2; the elastic agent restarts both, they resume from epoch 1."""
+    train, val, classes, norm = data
+    monkeypatch.setenv(FAULT_ENV, "1:2")
+    caplog.set_level(logging.INFO, logger="evergreen")
+    ckpt = tmp_path / "train.pt"
+
+    model, card, history = train_model(train, val, classes, norm,
+                                       config(nproc_per_node=2, max_restarts=1, epochs=3),
+                                       checkpoint=ckpt, checkpoint_key="k")
+
+    assert "injected failure in epoch 2" in caplog.text
+    assert "resumed from epoch 1" in caplog.text
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    clean, _, clean_history = train_model(train, val, classes, norm, config(epochs=3))
+    assert relative_gap(clean, model) < 1e-5
+    assert history[-1]["val_acc"] == pytest.approx(clean_history[-1]["val_acc"], abs=1e-6)
+
+
+def test_failure_without_restarts_is_reported(data, monkeypatch):
+    train, val, classes, norm = data
+    monkeypatch.setenv(FAULT_ENV, "0:1")
+    with pytest.raises(RuntimeError, match="distributed training failed"):
+        train_model(train, val, classes, norm, config(nproc_per_node=2, epochs=1))
+
+
+# --- the GPU path (NCCL, bf16 autocast, channels_last, pinned memory) ---------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_path_trains_with_nccl(data):
+    train, val, classes, norm = data
+    nproc = max(1, min(2, torch.cuda.device_count()))
+    model, card, history = train_model(train, val, classes, norm,
+                                       config(nproc_per_node=nproc, backend="nccl"))
+    assert card["training"]["world_size"] == nproc and len(history) == 2
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
