@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from evergreen.errors import EvergreenError
+from evergreen.errors import EvergreenError, WorkspaceBusyError
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,58 @@ def git_commit(root: Path) -> str | None:
     """The workspace's HEAD commit, or None before the first commit."""
     out = git(root, "rev-parse", "HEAD", check=False)
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _holder(lock: Path) -> dict | None:
+    """Who holds the lock, or None when it is free or stale (its process is gone)."""
+    try:
+        info = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a half-written lock: its writer died between create and write
+        return None
+    same_host = info.get("host") == socket.gethostname()
+    return None if same_host and not _alive(int(info.get("pid", -1))) else info
+
+
+@contextlib.contextmanager
+def workspace_lock(ws: Workspace, command: str, wait_s: float = 0.0):
+    """One writer per workspace: wait up to `wait_s`, else WorkspaceBusyError (exit 75).
+
+    A lock left by a dead process on this host is stale and cleared.
+    """
+    lock = ws.state / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+          "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is None:
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            if time.monotonic() >= deadline:
+                raise WorkspaceBusyError(
+                    f"workspace busy: {holder.get('command', 'run')} (pid {holder.get('pid')}) "
+                    f"since {holder.get('since')}; lock {lock}") from None
+            time.sleep(0.5)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(me, fh)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

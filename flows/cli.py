@@ -20,6 +20,8 @@ STAGE_NAMES = ("validate", "preprocess", "train", "compress", "evaluate")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evergreen", description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", help="workspace folder (default: $EVERGREEN_WORKSPACE or .)")
+    parser.add_argument("--wait", type=float, default=float(os.environ.get("EVERGREEN_LOCK_WAIT", 0)),
+                        metavar="S", help="wait up to S seconds for a busy workspace (default 0: exit 75)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the training-pipeline flow")
     run.add_argument("--data", help="ingest this source first: image folder or IDX files")
@@ -115,6 +117,7 @@ def cmd_predict(args, ws) -> int:
     return 0
 
 
+WRITERS = {"run", "ingest", "stage"}  # one of these at a time per workspace
 COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": cmd_status,
             "predict": cmd_predict}
 
@@ -122,10 +125,14 @@ COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    from evergreen.workspace import resolve_workspace
+    from evergreen.workspace import resolve_workspace, workspace_lock
 
     try:
-        return COMMANDS[args.command](args, resolve_workspace(args.workspace))
+        ws = resolve_workspace(args.workspace)
+        if args.command not in WRITERS:
+            return COMMANDS[args.command](args, ws)
+        with workspace_lock(ws, f"evergreen {args.command}", args.wait):
+            return COMMANDS[args.command](args, ws)
     except EvergreenError as exc:
         print(f"evergreen {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
