@@ -75,7 +75,7 @@ def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
 
 @task(name="compress", cache_policy=NO_CACHE)
 def compress_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
-    """Distill the teacher into the student."""
+    """Build, measure and select compressed variants of the teacher."""
     return run_stage("compress", ws, cfg, rerun, commit)
 
 
