@@ -110,7 +110,7 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
         build_variants,
         calibration_batch,
         distillation_gain,
-        measure_variant,
+        measure_variants,
         save_variant,
         select_variant,
     )
@@ -126,10 +126,9 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
     out = ws.models / "variants"
     shutil.rmtree(out, ignore_errors=True)
     check = calibration_batch(val, card, len(val[0]), 0)
-    rows = []
-    for name, variant in variants.items():
-        info = save_variant(variant, out / name, check)
-        rows.append({**measure_variant(variant, out / name, val, test, cfg.compress.select), **info})
+    exports = {name: save_variant(variant, out / name, check) for name, variant in variants.items()}
+    measured = measure_variants(variants, out, val, test, cfg.compress.select)
+    rows = [{**measured[name], **exports[name]} for name in variants]
     selected, reason = select_variant(rows, cfg.compress.select)
     log.info("compress: %s", reason)
     shutil.rmtree(ws.model_dir("selected"), ignore_errors=True)

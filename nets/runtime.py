@@ -24,6 +24,10 @@ class OnnxModel(nn.Module):
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a float32 array: the serving path, with no torch conversion around it."""
+        return self.session.run(None, {self.input_name: x})[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: inputs})[0])
+        return torch.from_numpy(self.run_numpy(inputs))

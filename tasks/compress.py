@@ -268,27 +268,32 @@ def save_variant(variant: Variant, out_dir: Path, check: torch.Tensor) -> dict:
     return {"onnx_max_abs_diff": check_parity(variant.model, served, check, out_dir / ONNX)}
 
 
-def measure_variant(variant: Variant, out_dir: Path, val: Split, test: Split,
-                    cfg: SelectConfig) -> dict:
-    """Test metrics, val accuracy (what selection uses), ONNX latency and file size."""
+def measure_variants(variants: dict[str, Variant], out: Path, val: Split, test: Split,
+                     cfg: SelectConfig) -> dict[str, dict]:
+    """Per variant: test metrics, val accuracy (what selection uses), size, and latency of the
+    ONNX export (the runtime it is served from) measured side by side with the others."""
     from nets.io import ONNX, load_onnx
-    from tasks.evaluate import classification_metrics, measure_latency, predict_proba
+    from tasks.evaluate import classification_metrics, measure_latencies, predict_proba
 
     speed_cfg = EvaluateConfig(latency_runs=cfg.latency_runs, throughput_batch=cfg.throughput_batch)
-    served, card = load_onnx(out_dir), variant.card
-    metrics = classification_metrics(test[1], predict_proba(served, card, test[0]), card["classes"])
-    val_acc = float((predict_proba(served, card, val[0]).argmax(1) == val[1]).mean())
-    speed = measure_latency(served, tuple(card["in_shape"]), speed_cfg)
-    params = sum(p.numel() for p in variant.model.parameters()) if not variant.int8 else None
-    row = {"name": variant.name, "method": variant.method, "accuracy": metrics["accuracy"],
-           "f1_macro": metrics["f1_macro"], "latency_ms_p50": speed["latency_ms_p50"],
-           "latency_ms_p95": speed["latency_ms_p95"], "size_bytes": (out_dir / ONNX).stat().st_size,
-           "params": params, "val_accuracy": val_acc, "throughput": speed["throughput"],
-           "runtime": "onnxruntime", "int8": variant.int8}
-    if not variant.int8:
-        row["torch_latency_ms_p50"] = measure_latency(variant.model, tuple(card["in_shape"]),
-                                                      speed_cfg)["latency_ms_p50"]
-    return row
+    in_shape = tuple(next(iter(variants.values())).card["in_shape"])
+    served = {name: load_onnx(out / name) for name in variants}
+    speed = measure_latencies(served, in_shape, speed_cfg)
+    eager = measure_latencies({n: v.model for n, v in variants.items() if not v.int8}, in_shape,
+                              speed_cfg)
+    rows = {}
+    for name, variant in variants.items():
+        card = variant.card
+        metrics = classification_metrics(test[1], predict_proba(served[name], card, test[0]),
+                                         card["classes"])
+        val_acc = float((predict_proba(served[name], card, val[0]).argmax(1) == val[1]).mean())
+        rows[name] = {"name": name, "method": variant.method, "accuracy": metrics["accuracy"],
+                      "f1_macro": metrics["f1_macro"], **speed[name],
+                      "size_bytes": (out / name / ONNX).stat().st_size,
+                      "params": None if variant.int8 else sum(p.numel() for p in variant.model.parameters()),
+                      "val_accuracy": val_acc, "runtime": "onnxruntime", "int8": variant.int8,
+                      "torch_latency_ms_p50": eager.get(name, {}).get("latency_ms_p50")}
+    return rows
 
 
 def budget_failures(row: dict, teacher: dict, cfg: SelectConfig) -> list[str]:

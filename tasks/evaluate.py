@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,27 +55,52 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     }
 
 
+def batch_call(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One forward pass on `x` as the model is served: an ONNX model gets numpy directly."""
+    if hasattr(model, "run_numpy"):
+        array = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        return lambda: model.run_numpy(array)
+    return lambda: model(x)
+
+
 @torch.no_grad()
-def measure_latency(model: nn.Module, in_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
-    """Batch-1 latency p50/p95 (ms) and batch throughput (images/s) on this CPU."""
-    model.eval()
-    one = torch.randn(1, *in_shape)
-    for _ in range(10):
-        model(one)
-    times = []
+def measure_latencies(models: dict[str, nn.Module], in_shape: tuple[int, ...],
+                      cfg: EvaluateConfig) -> dict[str, dict]:
+    """Batch-1 latency p50/p95 (ms) and batch throughput (images/s) of each model on this CPU.
+
+    Batch-1 calls go round-robin across the models, so a change in machine load hits them
+    all alike and their ratios hold even on a busy machine.
+    """
+    one, batch = torch.randn(1, *in_shape), torch.randn(cfg.throughput_batch, *in_shape)
+    calls = {}
+    for name, model in models.items():
+        model.eval()
+        calls[name] = batch_call(model, one)
+        for _ in range(10):
+            calls[name]()
+    times = {name: [] for name in models}
     for _ in range(cfg.latency_runs):
-        start = time.perf_counter()
-        model(one)
-        times.append((time.perf_counter() - start) * 1000)
-    batch = torch.randn(cfg.throughput_batch, *in_shape)
-    model(batch)
-    start, reps = time.perf_counter(), 5
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: {"latency_ms_p50": float(np.percentile(times[name], 50)),
+                   "latency_ms_p95": float(np.percentile(times[name], 95)),
+                   "throughput": throughput(batch_call(model, batch), cfg.throughput_batch)}
+            for name, model in models.items()}
+
+
+def throughput(call: Callable[[], object], batch_size: int, reps: int = 5) -> float:
+    call()
+    start = time.perf_counter()
     for _ in range(reps):
-        model(batch)
-    elapsed = time.perf_counter() - start
-    return {"latency_ms_p50": float(np.percentile(times, 50)),
-            "latency_ms_p95": float(np.percentile(times, 95)),
-            "throughput": float(reps * cfg.throughput_batch / elapsed)}
+        call()
+    return float(reps * batch_size / (time.perf_counter() - start))
+
+
+def measure_latency(model: nn.Module, in_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
+    """Batch-1 latency p50/p95 (ms) and batch throughput (images/s) of one model."""
+    return measure_latencies({"model": model}, in_shape, cfg)["model"]
 
 
 def evaluate_model(model: nn.Module, card: dict, weights: Path, test: tuple[np.ndarray, np.ndarray],

@@ -12,7 +12,7 @@ from tasks.compress import (
     build_variants,
     calibration_batch,
     conv_channels,
-    measure_variant,
+    measure_variants,
     prune_channels,
     save_variant,
     select_variant,
@@ -74,10 +74,9 @@ def variants(tmp_path_factory, digits):
     built, skipped = build_variants(Inputs(teacher, card, train, val), cfg)
     out = tmp_path_factory.mktemp("variants")
     check = calibration_batch(val, card, len(val[0]), 0)
-    rows = {}
-    for name, v in built.items():
-        info = save_variant(v, out / name, check)
-        rows[name] = {**measure_variant(v, out / name, val, test, cfg.select), **info}
+    exports = {name: save_variant(v, out / name, check) for name, v in built.items()}
+    rows = {name: {**row, **exports[name]}
+            for name, row in measure_variants(built, out, val, test, cfg.select).items()}
     return built, skipped, rows, out, check
 
 

@@ -77,6 +77,29 @@ def test_measure_latency():
     assert m["throughput"] > 0
 
 
+def test_measure_latencies_times_each_model_and_serves_onnx_from_numpy(tmp_path):
+    from nets.runtime import OnnxModel
+    from tasks.evaluate import measure_latencies
+    from tasks.export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_model("seed_cnn", (1, 8, 8), 10).eval()
+    export_onnx(model, (1, 8, 8), tmp_path / "model.onnx")
+    served = OnnxModel(tmp_path / "model.onnx")
+    seen = []
+    run_numpy = served.run_numpy
+    served.run_numpy = lambda x: seen.append(x) or run_numpy(x)  # records what ORT is given
+    cfg = EvaluateConfig.model_validate({**TINY_PARAMS["evaluate"], "latency_runs": 12})
+
+    m = measure_latencies({"eager": model, "onnx": served}, (1, 8, 8), cfg)
+
+    assert set(m) == {"eager", "onnx"}
+    assert all(0 < r["latency_ms_p50"] <= r["latency_ms_p95"] and r["throughput"] > 0
+               for r in m.values())
+    assert all(isinstance(x, np.ndarray) and x.dtype == np.float32 for x in seen)
+    assert sum(len(x) == 1 for x in seen) == 10 + 12  # warm-up, then one call per run
+
+
 def test_null_model_beats_chance_on_tiny_digits(tiny_batch):
     meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
     p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
