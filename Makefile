@@ -4,9 +4,10 @@ VENV ?= .venv
 # The pinned CPU build (a multi-GB CUDA build comes with an unpinned torch).
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+CHROMIUM ?= /usr/bin/chromium
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast lint clean
+.PHONY: setup run test test-fast lint clean chromium
 
 setup: $(STAMP)
 
@@ -20,8 +21,18 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/evergreen run
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -m "not gpu"
+
+# Debian's chromium for the browser test (tests/test_browser.py); it skips, saying why, without it.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "chromium: not installed (apt-get needs root or passwordless sudo); the browser test will skip"; exit 0; fi; \
+	  command -v apt-get >/dev/null || { echo "chromium: no apt-get here; the browser test will skip"; exit 0; }; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+	  echo "chromium: apt-get install failed; the browser test will skip"; }
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not gpu and not slow and not e2e"

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evergreen.errors import ConfigError
 
 STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "promote")
+SECTIONS = (*STAGES, "retrain", "gan")  # params.yaml sections: the stages, then the GAN pipeline
 
 
 class Section(BaseModel):
@@ -180,8 +181,8 @@ class CompressConfig(Section):
     """Variants of the teacher (pruned, distilled, int8), measured, and one selected by budget."""
 
     student: Literal["seed_cnn", "cnn", "vit"] = "seed_cnn"
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the soft-target loss")
+    temperature: float = Field(2.0, gt=0.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft-target loss")
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0.0)
@@ -211,6 +212,110 @@ class PromoteConfig(Section):
     max_latency_ms: float = Field(25.0, gt=0.0, description="batch-1 p95")
     max_size_kb: float = Field(2048.0, gt=0.0)
     champion_tolerance: float = Field(0.005, ge=0.0, description="accuracy a challenger may lose")
+    max_class_recall_drop: float = Field(
+        0.1, ge=0.0, le=1.0, description="no class's recall may fall more than this vs the champion")
+    max_forgetting: float = Field(
+        0.01, ge=0.0, le=1.0, description="accuracy drop allowed on the champion's own test split")
+    mcnemar_alpha: float = Field(
+        0.05, gt=0.0, lt=1.0, description="McNemar's test level for calling a difference an improvement")
+    require_improvement: bool = Field(
+        False, description="promote only a significant improvement over the champion (McNemar)")
+
+
+class RetrainConfig(Section):
+    """Continual retraining: label-noise screen, warm start with replay, or full training."""
+
+    mode: Literal["warm", "full"] = Field(
+        "warm", description="warm: fine-tune the champion's teacher when the classes and "
+        "architecture match; full: always train from scratch")
+    replay_ratio: float = Field(1.0, ge=0.0, description="old train samples replayed per new one")
+    epochs: int = Field(10, ge=1, description="fine-tune epochs of a warm start")
+    lr: float = Field(0.001, gt=0.0, description="fine-tune learning rate (cosine schedule)")
+    max_label_noise_drop: float = Field(
+        0.2, ge=0.0, le=1.0, description="quarantine a batch when the champion's accuracy on it "
+        "falls this far below the champion's test accuracy")
+    min_scored_samples: int = Field(20, ge=1, description="smaller batches are not scored")
+
+
+class GanConfig(Section):
+    """The gan-pipeline: DCGAN training, its evaluation by the champion classifier, its gate."""
+
+    epochs: int = Field(70, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-4, gt=0.0, description="Adam, generator and discriminator")
+    beta1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta1 (DCGAN: 0.5)")
+    latent_dim: int = Field(64, ge=2)
+    width: int = Field(32, ge=4, description="channels of the finest feature map; doubled per "
+                       "halving, capped at 8x")
+    label_smoothing: float = Field(0.9, gt=0.5, le=1.0,
+                                   description="one-sided: the discriminator's target for real")
+    conditional: bool = Field(True, description="class-conditional generator and discriminator")
+    class_loss_weight: float = Field(1.0, ge=0.0, description="conditional: weight of the "
+                                     "discriminator's auxiliary class loss (AC-GAN); 0 = off")
+    ema_decay: float = Field(0.995, ge=0.0, lt=1.0, description="the saved generator is an "
+                             "exponential moving average of the weights, per step; 0 = the last")
+    seed: int = 0
+    threads: int = Field(1, ge=0, description="torch threads while training; 0 = torch default. "
+                         "One is fastest for these small nets on a shared machine, and the run "
+                         "is the same on any core count")
+    samples: int = Field(1000, ge=10, description="generated images evaluated")
+    max_distance_ratio: float = Field(0.25, gt=0.0,
+                                      description="gate: domain FID / the noise ceiling's")
+    max_distance: float | None = Field(None, gt=0.0, description="gate: absolute domain FID")
+    min_coverage_ratio: float = Field(0.5, ge=0.0, le=1.0,
+                                      description="gate: each class's share of the samples, "
+                                      "as a fraction of the uniform share 1/classes")
+    champion_tolerance: float = Field(0.0, ge=0.0,
+                                      description="relative distance a challenger may lose")
+
+
+class UiConfig(Section):
+    """`evergreen ui`: the local Prefect server (EVERGREEN_UI_HOST / EVERGREEN_UI_PORT win)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="bind address; loopback keeps it local")
+    port: int = Field(4200, ge=1, le=65535)
+
+
+class WatchConfig(Section):
+    """`evergreen watch DIR`: when a drop is complete, and how its retrain starts."""
+
+    marker: str = Field("_READY", min_length=1, pattern=r"^[^/\\]+$",
+                        description="a folder drop is complete when it holds this file, "
+                                    "a file drop when <file><marker> sits beside it")
+    quiet_seconds: float = Field(30.0, gt=0.0, description="...or when nothing in it changed "
+                                 "for this long")
+    poll_seconds: float = Field(1.0, gt=0.0, description="how often pending drops are re-checked")
+    force_polling: bool = Field(False, description="poll the folder instead of OS change "
+                                "notifications (network mounts)")
+    retrain: Literal["auto", "event", "local"] = Field(
+        "auto", description="event: emit evergreen.batch.ingested for the served "
+        "continual-retraining deployment; local: retrain in this process; auto: event when "
+        "a Prefect server is configured (PREFECT_API_URL), else local")
+    lock_wait_seconds: float = Field(3600.0, ge=0.0, description="wait this long for a busy "
+                                     "workspace, then leave the drops for the next try")
+
+
+class ServeConfig(Section):
+    """`evergreen serve`: schedules of the training-pipeline and continual-retraining deployments."""
+
+    training_cron: str | None = Field("0 2 * * *", description="training-pipeline schedule "
+                                      "(cron); null: none")
+    retrain_cron: str | None = Field(None, description="continual-retraining on a schedule too, "
+                                     "besides its event trigger")
+    timezone: str = Field("UTC", description="IANA zone the cron schedules are read in")
+    lock_wait_seconds: float = Field(3600.0, ge=0.0, description="a deployment run waits this "
+                                     "long for a busy workspace, then fails (exit 75)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError("not an IANA zone name (e.g. UTC, Europe/Paris)") from None
+        return value
 
 
 class Config(Section):
@@ -221,6 +326,11 @@ class Config(Section):
     compress: CompressConfig = Field(default_factory=CompressConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    gan: GanConfig = Field(default_factory=GanConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
@@ -271,9 +381,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected section.key=value")
         parts = key.strip().split(".")
-        if parts[0] not in STAGES:
+        if parts[0] not in SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}, "
-                              f"expected one of {', '.join(STAGES)}")
+                              f"expected one of {', '.join(SECTIONS)}")
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})

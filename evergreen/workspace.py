@@ -84,9 +84,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual mode
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise EvergreenError(f"{path}: write failed: {exc.strerror}") from None
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames, new files) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under root (before renaming a finished temp folder in)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(folder))
 
 
 def _umask() -> int:

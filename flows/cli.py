@@ -37,7 +37,66 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="class probabilities from the champion")
     predict.add_argument("paths", nargs="+", metavar="PATH")
     predict.add_argument("--json", action="store_true")
+    add_ui_parser(sub)
+    add_trigger_parsers(sub)
+    add_registry_parsers(sub)
+    add_gan_parser(sub)
+    add_bench_parser(sub)
     return parser
+
+
+def add_bench_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks, side by side on this machine; writes "
+                           "reports/bench.json")
+    bench.add_argument("--quick", action="store_true", help="reduced sizes (about 2 minutes)")
+    bench.add_argument("--json", action="store_true", help="print only the JSON report on stdout")
+    bench.add_argument("--only", action="append", default=[], metavar="GROUP",
+                       help="run only this group (repeatable): pipeline, noop_rerun, compression, "
+                       "inference, train_throughput, time_to_accuracy, ddp, ingest, "
+                       "warm_vs_scratch, gan")
+
+
+def add_ui_parser(sub) -> None:
+    ui = sub.add_parser("ui", help="start a local Prefect server (127.0.0.1), print its URL and "
+                        "PREFECT_API_URL")
+    ui.add_argument("--port", type=int, help="port (default: $EVERGREEN_UI_PORT or ui.port)")
+    ui.add_argument("--host", help="bind address (default: $EVERGREEN_UI_HOST or ui.host, 127.0.0.1)")
+    mode = ui.add_mutually_exclusive_group()
+    mode.add_argument("--background", action="store_true",
+                      help="return once the server answers, leaving it running")
+    mode.add_argument("--stop", action="store_true", help="stop this workspace's background server")
+
+
+def add_gan_parser(sub) -> None:
+    gan = sub.add_parser("gan", help="the GAN image generator: `evergreen gan run`")
+    gan_sub = gan.add_subparsers(dest="gan_command", required=True)
+    run = gan_sub.add_parser("run", help="run the gan-pipeline flow: ingest, validate, preprocess, "
+                             "train, evaluate and promote the generator")
+    run.add_argument("--data", help="ingest this source first: image folder, IDX, NPZ, CSV, archive")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
+                     help="override a params.yaml key for this run (repeatable), e.g. gan.epochs=5")
+
+
+def add_registry_parsers(sub) -> None:
+    retrain = sub.add_parser("retrain", help="continual-retraining flow on the batches landed "
+                             "since the champion's data")
+    retrain.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="SEC.KEY=VAL", help="override a params.yaml key for this run")
+    promote = sub.add_parser("promote", help="make VERSION the champion past the gates (audited)")
+    promote.add_argument("version", metavar="VERSION", help="a version in the registry, e.g. v3")
+    promote.add_argument("--force", action="store_true", help="required: the gates are bypassed")
+    promote.add_argument("--reason", required=True, metavar="TEXT", help="why, for the audit entry")
+    rollback = sub.add_parser("rollback", help="return the champion to the one before (audited)")
+    rollback.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit entry")
+
+
+def add_trigger_parsers(sub) -> None:
+    watch = sub.add_parser("watch", help="ingest batches dropped in DIR and retrain on them")
+    watch.add_argument("folder", metavar="DIR", help="the drop folder: each file or sub-folder is a batch")
+    watch.add_argument("--once", action="store_true",
+                       help="process the drops there now (waiting for each to be complete), then exit")
+    sub.add_parser("serve", help="serve the deployments: training-pipeline on a cron schedule, "
+                   "continual-retraining on ingest events (needs PREFECT_API_URL)")
 
 
 def setup_logging() -> None:
@@ -47,6 +106,9 @@ def setup_logging() -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # without PREFECT_API_URL each command starts a temporary server; on a busy machine that
+    # takes longer than Prefect's default 20 s wait
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     logging.getLogger("evergreen").setLevel(logging.INFO)
 
 
@@ -97,11 +159,87 @@ def cmd_stage(args, ws) -> int:
     return 0
 
 
+def cmd_gan(args, ws) -> int:
+    from evergreen.config import load_config
+
+    load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
+    from flows.gan import gan_pipeline, print_gan_outcome
+
+    print_gan_outcome(gan_pipeline(str(ws.root), data=args.data, overrides=args.overrides))
+    return 0
+
+
 def cmd_status(args, ws) -> int:
     from flows.report import print_status, status_view
 
     view = status_view(ws)
     print(json.dumps(view, indent=2) if args.json else print_status(view))
+    return 0
+
+
+def cmd_ui(args, ws) -> int:
+    from evergreen.config import load_config
+    from flows.ui import resolve_server, run_ui, stop_ui
+
+    server = resolve_server(ws, load_config(ws.params).ui, args.host, args.port)
+    return stop_ui(server) if args.stop else run_ui(server, background=args.background)
+
+
+def cmd_watch(args, ws) -> int:
+    from pathlib import Path
+
+    from prefect.logging.configuration import setup_logging as prefect_logging
+
+    from flows.watch import watch_folder
+
+    prefect_logging()  # now, not at the first retrain: its console handler prints evergreen.* lines
+    summary = watch_folder(ws, Path(args.folder), once=args.once)
+    print(f"landed {len(summary.landed)} batch(es), {len(summary.unchanged)} drop(s) with nothing "
+          f"new, {len(summary.failed)} refused (see DIR/.failed/); {len(summary.retrains)} "
+          f"retrain(s), {len(summary.retrain_errors)} failed; {len(summary.events)} event(s) sent")
+    return 2 if summary.failed else 1 if summary.retrain_errors else 0
+
+
+def cmd_serve(args, ws) -> int:
+    from flows.serve import serve_workspace
+
+    serve_workspace(ws)
+    return 0
+
+
+def cmd_retrain(args, ws) -> int:
+    from evergreen.config import load_config
+    from flows.report import print_retrain
+
+    load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
+    from flows.retraining import continual_retraining
+
+    print_retrain(continual_retraining(str(ws.root), overrides=args.overrides))
+    return 0
+
+
+def cmd_promote(args, ws) -> int:
+    from tasks.promote import force_promote, load_registry, save_registry
+
+    if not args.force:
+        raise BadInputError(f"promote {args.version}: a manual promotion bypasses the gates; "
+                            "add --force (and --reason) to do it")
+    registry = load_registry(ws.registry)
+    before = registry["champion"]
+    save_registry(ws.registry, force_promote(registry, args.version, args.reason))
+    print(f"champion: {before or 'none'} -> {args.version} (forced: {args.reason.strip()})")
+    return 0
+
+
+def cmd_rollback(args, ws) -> int:
+    from tasks.promote import load_registry, rollback, save_registry
+
+    registry = load_registry(ws.registry)
+    before = registry["champion"]
+    registry = rollback(registry, args.reason)
+    save_registry(ws.registry, registry)
+    print(f"champion: {before} -> {registry['champion']} (rollback: "
+          f"{registry['history'][-1]['reason']})")
     return 0
 
 
@@ -120,6 +258,46 @@ def cmd_predict(args, ws) -> int:
 WRITERS = {"run", "ingest", "stage"}  # one of these at a time per workspace
 COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": cmd_status,
             "predict": cmd_predict}
+COMMANDS["ui"] = cmd_ui
+WRITERS |= {"retrain", "promote", "rollback"}
+COMMANDS |= {"retrain": cmd_retrain, "promote": cmd_promote, "rollback": cmd_rollback}
+COMMANDS |= {"watch": cmd_watch, "serve": cmd_serve}  # take the lock per run, not for life
+WRITERS.add("gan")
+COMMANDS["gan"] = cmd_gan
+
+
+def cmd_bench(args, ws) -> int:
+    """Run the benchmarks (each group in its own process), print them, write reports/bench.json."""
+    from bench.core import GROUPS, run_all
+    from evergreen.workspace import write_json
+
+    unknown = sorted(set(args.only) - set(GROUPS))
+    if unknown:
+        raise BadInputError(f"bench --only: unknown group(s) {', '.join(unknown)}; "
+                            f"expected one of {', '.join(GROUPS)}")
+    say = None if args.json else (lambda line: print(line, flush=True))
+    report = run_all(ws.root, args.quick, args.only or None, progress=say)
+    table = report.pop("table")
+    write_json(ws.reports / "bench.json", report)
+    print(json.dumps(report, indent=2) if args.json else f"\n{table}\n\nwritten to "
+          f"{ws.reports / 'bench.json'} ({report['seconds']:.0f} s)")
+    return 0
+
+
+COMMANDS["bench"] = cmd_bench
+
+
+def os_error_message(exc: OSError) -> str:
+    """'PATH: No space left on device (ENOSPC)' and what to do; files are replaced only whole."""
+    import errno
+
+    where = exc.filename or "a workspace file"
+    code = errno.errorcode.get(exc.errno or 0, "")
+    hint = {"ENOSPC": "free some disk space", "EDQUOT": "free some disk space",
+            "EACCES": "make it writable for this user", "EPERM": "make it writable for this user",
+            "EROFS": "use a writable workspace"}.get(code, "check the disk and permissions")
+    return (f"{where}: {exc.strerror or exc}{f' ({code})' if code else ''}; {hint}, then run "
+            "again (files already there are unchanged: they are only ever replaced whole)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvergreenError as exc:
         print(f"evergreen {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, permissions: the environment, not the input (exit 1)
+        print(f"evergreen {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"evergreen {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -18,29 +18,32 @@ log = logging.getLogger("evergreen.dvc")
 CODE_ROOT = Path(__file__).resolve().parent.parent
 NOCACHE = {"cache": False}
 
-# stage -> (data deps, code deps, params, outs, plots); every path relative to the workspace
+# stage -> (data deps, code deps, params, outs, plots); every path relative to the workspace.
+# Plot data (CSV) are plain outs drawn by the top-level PLOTS: as stage plots too, `dvc plots
+# show` would draw each twice, once with DVC's default axes. Figures are stage plots (images).
 STAGES = {
     "validate": (["data/batches"], ["tasks/validate.py"], ["validate"],
-                 [{"reports/validation.json": NOCACHE}], []),
+                 [{"reports/validation.json": NOCACHE}, {"reports/validation.html": NOCACHE}], []),
     "preprocess": (["data/batches", "reports/validation.json"],
                    ["tasks/preprocess.py", "tasks/ingest.py"], ["preprocess"],
                    ["data/processed"], []),
     "train": (["data/processed"], ["tasks/train.py", "tasks/distributed.py", "nets"], ["train"],
-              ["models/teacher"],
-              [{"reports/plots/train.csv": NOCACHE}, {"reports/figures/train_curves.png": NOCACHE}]),
+              ["models/teacher", {"reports/plots/train.csv": NOCACHE}],
+              [{"reports/figures/train_curves.png": NOCACHE}]),
     "compress": (["data/processed", "models/teacher"],
                  ["tasks/compress.py", "tasks/export.py", "tasks/pareto.py", "tasks/evaluate.py",
                   "tasks/train.py", "nets"],
                  ["compress"], ["models/student", "models/variants", "models/selected",
-                                {"reports/compression.json": NOCACHE}],
-                 [{"reports/plots/compress.csv": NOCACHE},
-                  {"reports/figures/compress_curves.png": NOCACHE},
+                                {"reports/compression.json": NOCACHE},
+                                {"reports/plots/compress.csv": NOCACHE}],
+                 [{"reports/figures/compress_curves.png": NOCACHE},
                   {"reports/figures/pareto.png": NOCACHE}]),
     "evaluate": (["data/processed", "models/teacher", "models/student", "models/selected"],
                  ["tasks/evaluate.py", "nets/runtime.py"],
-                 ["evaluate", "promote.candidate"], [],
-                 [{"reports/plots/confusion.csv": NOCACHE},
-                  {"reports/figures/confusion_matrix.png": NOCACHE}]),
+                 ["evaluate", "promote.candidate"],
+                 [{"reports/plots/confusion.csv": NOCACHE}, {"reports/plots/roc.csv": NOCACHE}],
+                 [{"reports/figures/confusion_matrix.png": NOCACHE}, {"reports/figures/roc.png": NOCACHE},
+                  {"reports/figures/predictions.png": NOCACHE}]),
 }
 PLOTS = [
     {"reports/plots/train.csv": {"x": "epoch", "y": ["train_loss", "val_loss"],
@@ -49,6 +52,9 @@ PLOTS = [
                                     "title": "student (distillation) loss"}},
     {"reports/plots/confusion.csv": {"template": "confusion", "x": "actual", "y": "predicted",
                                      "title": "candidate confusion matrix"}},
+    {"reports/plots/roc.csv": {"x": "fpr", "y": ["tpr_micro", "tpr_macro"], "template": "linear",
+                               "title": "candidate ROC (test; per-class curves in figures/roc.png)",
+                               "x_label": "false positive rate", "y_label": "true positive rate"}},
 ]
 
 

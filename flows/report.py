@@ -26,7 +26,7 @@ def print_outcome(result: dict) -> None:
 
 def status_view(ws: Workspace) -> dict:
     """Champion (version, metrics, data version) and every candidate with its verdict."""
-    from tasks.promote import load_registry
+    from tasks.promote import champion_entry, load_registry
 
     registry = load_registry(ws.registry)
     candidates = [{k: c.get(k) for k in ("version", "verdict", "reasons", "run_id", "time",
@@ -34,12 +34,15 @@ def status_view(ws: Workspace) -> dict:
                   | {"accuracy": c["metrics"]["accuracy"]} for c in registry["candidates"]]
     champion = None
     if registry["champion"]:
-        entry = next(c for c in reversed(registry["candidates"])
-                     if c["version"] == registry["champion"] and c["verdict"] == "promoted")
+        # its latest entry: a forced promotion or a rollback may pick a once-rejected version
+        entry = champion_entry(registry)
+        switch = next((h for h in reversed(registry["history"])
+                       if h["champion"] == registry["champion"]), {})
         champion = {"version": registry["champion"], "metrics": entry["metrics"],
-                    "data_version": entry["data_version"], "since": entry["time"],
+                    "data_version": entry["data_version"], "since": switch.get("time", entry["time"]),
                     "path": registry["versions"][registry["champion"]]["path"]}
-    return {"workspace": str(ws.root), "champion": champion, "candidates": candidates}
+    return {"workspace": str(ws.root), "champion": champion, "candidates": candidates,
+            "history": registry["history"]}
 
 
 def print_status(view: dict) -> str:
@@ -54,7 +57,40 @@ def print_status(view: dict) -> str:
     for c in view["candidates"]:
         why = f" — {'; '.join(c['reasons'])}" if c["reasons"] else ""
         lines.append(f"  {c['time']} {c['version']:>4} {c['verdict']:<9} acc {c['accuracy']:.4f}{why}")
+    lines += history_lines(view.get("history", []))
     return "\n".join(lines)
+
+
+def history_lines(history: list[dict]) -> list[str]:
+    """Who was champion when, and why (promotions, forced promotions, rollbacks)."""
+    lines = ["champion history:"] if history else []
+    for h in history:
+        by = f" by {h['by']}" if h.get("by") else ""
+        lines.append(f"  {h['time']} {h.get('action', 'promote'):<13} {h['previous'] or '-':>4} -> "
+                     f"{h['champion']}{by}: {h['reason']}")
+    return lines
+
+
+def print_retrain(result: dict) -> None:
+    """A retrain's outcome: nothing new, or the batches, the training and the verdict."""
+    batches = result["batches"]
+    if batches["new"]:
+        print(f"new batches: {len(batches['new'])} since champion {result['champion']}'s data, "
+              f"{len(batches['usable'])} usable, {len(batches['quarantined'])} quarantined")
+    for row in batches["quarantined"]:
+        print(f"  quarantined {row['batch_id']} in {row['where']}: {'; '.join(row['reasons'])}")
+    if result["status"] == "nothing-new":
+        print(result["message"])
+        return
+    print(f"training: {result['training']['mode']} ({result['training']['why']})")
+    print_outcome(result)
+    for name, c in (result["promote"].get("comparison") or {}).items():
+        if c:
+            m = c["mcnemar"]
+            print(f"{name} ({c['samples']} samples): champion {c['champion_accuracy']:.4f}, "
+                  f"challenger {c['challenger_accuracy']:.4f}; McNemar p={m['pvalue']:.3g} "
+                  f"({m['champion_only']} vs {m['challenger_only']} discordant): "
+                  f"{'improvement' if c['improvement'] else 'no significant difference'}")
 
 
 def load_image(path: Path, in_shape: list[int]) -> np.ndarray:

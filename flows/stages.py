@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -30,10 +31,12 @@ def write_csv(path, rows: list[dict]) -> None:
 
 def run_validate(ws: Workspace, cfg: Config) -> dict:
     from tasks.ingest import read_metadata
-    from tasks.validate import validate_metadata, write_report
+    from tasks.validate import render_html, validate_metadata, write_report
 
     report = validate_metadata(read_metadata(ws.batches), cfg.validate_)
     write_report(report, ws.reports / "validation.json")
+    atomic_write_bytes(ws.reports / "validation.html",
+                       render_html(report, f"dataset validation: {ws.batches}").encode())
     if not report.success:
         failed = "\n  ".join(report.failures)
         raise DataValidationError(
@@ -75,7 +78,7 @@ def checkpoint_for(ws: Workspace, stage: str, *parts) -> tuple:
                                                                   "data": data})
 
 
-def run_train(ws: Workspace, cfg: Config) -> dict:
+def run_train(ws: Workspace, cfg: Config, on_epoch=None) -> dict:
     from nets.io import save_model
     from tasks.report import plot_history
     from tasks.train import train_model
@@ -86,7 +89,7 @@ def run_train(ws: Workspace, cfg: Config) -> dict:
     start = time.perf_counter()
     model, card, history = train_model(train, load_split(ws, "val"),
                                        meta["classes"], (meta["mean"], meta["std"]), cfg.train,
-                                       checkpoint=ckpt, checkpoint_key=key)
+                                       checkpoint=ckpt, checkpoint_key=key, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     save_model(model, card, ws.model_dir("teacher"))
     write_csv(ws.reports / "plots" / "train.csv", history)
@@ -155,8 +158,8 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
 
 def run_evaluate(ws: Workspace, cfg: Config) -> dict:
     from nets.io import load_model, model_file
-    from tasks.evaluate import evaluate_model, null_model, summary_row
-    from tasks.report import write_evaluation_plots
+    from tasks.evaluate import evaluate_model, null_model, predict_proba, summary_row
+    from tasks.report import write_evaluation_plots, write_prediction_plots
 
     meta = read_json(ws.processed / "meta.json")
     test, train = load_split(ws, "test"), load_split(ws, "train")
@@ -175,6 +178,8 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
             selection = read_json(model_dir / "selection.json")
             results[role].update(variant=selection["variant"], selection=selection["reason"],
                                  fits_budget=selection["fits_budget"], params=selection["params"])
+        if role == cfg.promote.candidate:  # its test probabilities feed ROC and sample plots
+            candidate_proba = predict_proba(model, card, test[0])
     results["null_model"] = null_model(train, test, meta["classes"], (meta["mean"], meta["std"]),
                                        cfg.evaluate)
     candidate = cfg.promote.candidate
@@ -182,6 +187,7 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
                "per_class_recall": results[candidate]["per_class_recall"], **results}
     write_json(ws.reports / "metrics.json", metrics)
     write_evaluation_plots(ws.reports, results[candidate], meta["classes"])
+    write_prediction_plots(ws.reports, test, candidate_proba, meta["classes"])
     return {"candidate": candidate, **summary_row(results[candidate]),
             "null_accuracy": results["null_model"]["accuracy"]}
 
@@ -297,8 +303,11 @@ def champion_accuracy(ws: Workspace, registry: dict, test, classes: list[str]) -
 
 
 def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | None,
-                full_params_hash: str) -> dict:
-    """Gate the candidate against thresholds, the null model and the champion; record it."""
+                full_params_hash: str, extra: dict | None = None) -> dict:
+    """Gate the candidate against thresholds, the null model and the champion; record it.
+
+    `extra` joins the registry entry (the retraining flow records its batches there).
+    """
     from evergreen.workspace import git_commit
     from nets.io import file_sha256, model_file, read_card
     from tasks.evaluate import summary_row
@@ -311,6 +320,7 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
         save_registry,
         store_version,
     )
+    from tasks.retrain import challenger_gates
 
     metrics = read_json(ws.reports / "metrics.json")
     role = cfg.promote.candidate
@@ -329,7 +339,8 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
              # processes that trained the teacher (its card; 1 for cards from before DDP)
              "train_world_size": read_card(ws.model_dir("teacher")).get("training", {})
                                  .get("world_size", 1),
-             "git_commit": git_commit(ws.root), "time": now(), "champion_before": champion}
+             "git_commit": git_commit(ws.root), "time": now(), "champion_before": champion,
+             "lineage": data_lineage(ws, cfg), **(extra or {})}
     if champion and registry["versions"][champion]["sha256"] == sha:
         entry.update(version=champion, verdict="unchanged", gates=[],
                      reasons=[f"candidate is the champion {champion}: nothing changed"])
@@ -338,14 +349,90 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
     champ_acc = champion_accuracy(ws, registry, load_split(ws, "test"),
                                   read_json(ws.processed / "meta.json")["classes"]) if champion else None
     gates = run_gates(metrics[role], metrics["null_model"]["accuracy"], champ_acc, cfg.promote)
+    comparison = challenger_comparison(ws, registry, cfg) if champion else None
+    gates += challenger_gates(comparison, cfg.promote) if comparison else []
     # a selection that found no variant within the compression budget is not promoted
     over_budget = [] if metrics[role].get("fits_budget", True) else [metrics[role]["selection"]]
     passed = all(g.passed for g in gates) and not over_budget
     known = set(registry["versions"])
-    version = store_version(registry, model_dir, ws.versions, sha)
+    version = store_version(registry, model_dir, ws.versions, sha,
+                            ws.model_dir("teacher") if role != "teacher" else None)
     entry.update(version=version, verdict="promoted" if passed else "rejected",
                  gates=gate_table(gates),
                  reasons=[g.reason() for g in gates if not g.passed] + over_budget,
-                 champion_accuracy_on_current_test=champ_acc)
-    save_registry(ws.registry, record(registry, entry, passed, f"passed all gates in run {run_id}"))
+                 champion_accuracy_on_current_test=champ_acc, comparison=comparison)
+    save_registry(ws.registry, record(registry, entry, passed, promotion_reason(run_id, comparison)))
     return {**entry, "new_version": version not in known}
+
+
+# --- champion vs challenger (continual retraining, issue 4) -----------------------------
+
+def data_lineage(ws: Workspace, cfg: Config) -> dict:
+    """The batches that make this data version, and the split params that place its samples."""
+    from tasks.retrain import landed_batches
+
+    return {"batches": landed_batches(ws.batches), "preprocess": cfg.preprocess.model_dump()}
+
+
+def champion_old_test(ws: Workspace, registry: dict) -> tuple | None:
+    """The champion's own test split, rebuilt from its batches (None if it recorded none)."""
+    from evergreen.config import PreprocessConfig
+    from tasks.promote import champion_entry
+    from tasks.retrain import split_of_batches
+
+    lineage = (champion_entry(registry) or {}).get("lineage")
+    if not lineage:
+        return None
+    return split_of_batches(ws.batches, lineage["batches"],
+                            PreprocessConfig.model_validate(lineage["preprocess"]))
+
+
+def challenger_comparison(ws: Workspace, registry: dict, cfg: Config) -> dict | None:
+    """Champion and candidate, as served, on the current test split and the champion's old one."""
+    from tasks.retrain import compare_to_champion
+
+    test = load_split(ws, "test")
+    classes = np.asarray(read_json(ws.processed / "meta.json")["classes"])
+    champion_dir = ws.root / registry["versions"][registry["champion"]]["path"]
+    return compare_to_champion(champion_dir, ws.model_dir(cfg.promote.candidate),
+                               cfg.promote.candidate == "selected", (test[0], classes[test[1]]),
+                               champion_old_test(ws, registry), cfg.promote.mcnemar_alpha)
+
+
+def promotion_reason(run_id: str, comparison: dict | None) -> str:
+    """Why the champion moves: the gates, and whether McNemar calls it an improvement."""
+    reason = f"passed all gates in run {run_id}"
+    if comparison:
+        cur = comparison["current_test"]
+        verdict = "a significant improvement" if cur["improvement"] else "no significant difference"
+        reason += (f"; McNemar on the current test split: {verdict} "
+                   f"(p={cur['mcnemar']['pvalue']:.3g}, accuracy {cur['champion_accuracy']:.4f} "
+                   f"-> {cur['challenger_accuracy']:.4f})")
+    return reason
+
+
+def report_links(ws: Workspace) -> dict[str, str]:
+    """The other reports, relative to reports/: data validation, recent ingest checks, JSON."""
+    links = {}
+    for name, label in (("validation.html", "dataset validation (Great Expectations)"),
+                        ("metrics.json", "metrics (JSON, DVC metrics)"),
+                        ("compression.json", "compression variants (JSON)")):
+        if (ws.reports / name).exists():
+            links[label] = name
+    recent = sorted((ws.reports / "ingest").glob("*.html"), key=lambda p: p.stat().st_mtime)[-5:]
+    for path in reversed(recent):
+        links[f"ingest check of batch {path.stem}"] = f"ingest/{path.name}"
+    return links
+
+
+def write_run_report(ws: Workspace, outcome: dict, stages: dict | None = None) -> Path:
+    """reports/run.html: the run's verdict, gates, metrics and plots in one self-contained page."""
+    from tasks.run_report import read_figures, render_run_report
+
+    compression = ws.reports / "compression.json"
+    page = render_run_report(outcome, read_json(ws.reports / "metrics.json"),
+                             read_json(compression) if compression.exists() else None,
+                             read_figures(ws.reports / "figures"), report_links(ws), stages)
+    path = ws.reports / "run.html"
+    atomic_write_bytes(path, page.encode())
+    return path

@@ -13,7 +13,7 @@ from evergreen.config import Config, load_config, params_hash
 from evergreen.errors import DataValidationError, EvergreenError
 from evergreen.workspace import Workspace
 from flows import dvcfile
-from flows.artifacts import publish_run_artifacts
+from flows.artifacts import TrainingProgress, publish_run_artifacts, publish_validation
 from flows.stages import PURE_STAGES, quarantine_batch, run_ingest, run_promote
 
 log = logging.getLogger("evergreen.flow")
@@ -30,12 +30,12 @@ def transient(task, task_run, state) -> bool:
     return False
 
 
-def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool, **hooks) -> dict:
     """Run a pure stage unless DVC says it is current; record it in dvc.lock when asked."""
     if not rerun and dvcfile.stage_is_current(ws.root, name):
         log.info("%s: unchanged (data, params and outputs match dvc.lock), skipped", name)
         return {"ran": False}
-    summary = PURE_STAGES[name](ws, cfg)
+    summary = PURE_STAGES[name](ws, cfg, **hooks)
     if commit:
         dvcfile.commit_stage(ws.root, name)
     return {"ran": True, **summary}
@@ -53,7 +53,10 @@ def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
 @task(name="validate", cache_policy=NO_CACHE)
 def validate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
     """Great Expectations suite over the metadata table."""
-    return run_stage("validate", ws, cfg, rerun, commit)
+    try:
+        return run_stage("validate", ws, cfg, rerun, commit)
+    finally:  # a failed validation is the summary people most need to see
+        publish_validation(ws)
 
 
 @task(name="preprocess", cache_policy=NO_CACHE)
@@ -65,7 +68,9 @@ def preprocess_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> di
 @task(name="train", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
 def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
     """Train the teacher (a retry resumes from the last epoch checkpoint)."""
-    summary = run_stage("train", ws, cfg, rerun, commit)
+    progress = TrainingProgress(cfg.train.epochs)
+    summary = run_stage("train", ws, cfg, rerun, commit, on_epoch=progress.update)
+    progress.finish(summary)
     if summary["ran"]:
         log.info("train: world size %d, %.0f images/s (%.0f per process), %.1f s in all",
                  summary["world_size"], summary["images_per_s"],
@@ -85,11 +90,18 @@ def evaluate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict
     return run_stage("evaluate", ws, cfg, rerun, commit)
 
 
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(ws: Workspace, outcome: dict, stages: dict) -> None:
+    """reports/run.html, and the run's summary, tables and links as artifacts."""
+    publish_run_artifacts(ws, outcome, stages)
+
+
 @task(name="promote", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
-def promote_task(ws: Workspace, cfg: Config, data_version: str | None) -> dict:
+def promote_task(ws: Workspace, cfg: Config, data_version: str | None,
+                 extra: dict | None = None) -> dict:
     """Gate the candidate; record it in the registry; move the champion if it passes."""
     outcome = run_promote(ws, cfg, str(flow_run.id or "local"), data_version,
-                          params_hash(cfg.to_params()))
+                          params_hash(cfg.to_params()), extra)
     if outcome.pop("new_version"):
         dvcfile.track(ws.root, "models/versions")
     return outcome
@@ -133,5 +145,5 @@ def training_pipeline(workspace: str, data: str | None = None,
                                       f"{where}; the dataset is as it was") from None
         rerun = rerun or stages[name]["ran"]
     outcome = promote_task(ws, cfg, dvcfile.data_version(ws.root))
-    publish_run_artifacts(ws, outcome, stages)
+    report_task(ws, outcome, stages)
     return {"ingest": landed, "stages": stages, "promote": outcome}

@@ -8,23 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, write_json
 from nets import build_model
 
 WEIGHTS, CARD, ONNX = "model.safetensors", "model.json", "model.onnx"
+PICKLED = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")  # never loaded: unpickling runs code
 
 
 def save_model(model: torch.nn.Module, card: dict[str, Any], out_dir: Path) -> Path:
     """Write weights and card (arch, options, in_shape, classes, mean, std) to out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    atomic_write_bytes(out_dir / WEIGHTS, tmp.read_bytes())
-    tmp.unlink()
+    atomic_write_bytes(out_dir / WEIGHTS, save(state))
     write_json(out_dir / CARD, card)
     return out_dir / WEIGHTS
 
@@ -76,10 +74,28 @@ def load_model(model_dir: Path, prefer_onnx: bool = False) -> tuple[torch.nn.Mod
     try:
         model.load_state_dict(load_file(str(weights)))
     except FileNotFoundError:
-        raise BadInputError(f"{weights}: missing weights file") from None
+        raise BadInputError(f"{weights}: missing weights file{pickled_hint(model_dir)}") from None
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise BadInputError(f"{weights}: not loadable safetensors weights: {exc}") from None
+        raise BadInputError(f"{weights}: not loadable safetensors weights{pickle_note(weights)}: "
+                            f"{exc}") from None
     return model.eval(), card
+
+
+def pickle_note(path: Path) -> str:
+    """Say so when a weights file is really a pickle (or torch.save zip): it is refused, not run."""
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        return " (it is a pickle / torch.save file; refused, as unpickling can run code)"
+    return ""
+
+
+def pickled_hint(model_dir: Path) -> str:
+    found = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in PICKLED)
+    if not found:
+        return ""
+    return (f"; {', '.join(found)} found there but refused: pickled models are never loaded "
+            f"(unpickling can run code); save weights as {WEIGHTS}")
 
 
 def file_sha256(path: Path) -> str:

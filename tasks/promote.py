@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -9,8 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from evergreen.config import PromoteConfig
-from evergreen.errors import EvergreenError
-from evergreen.workspace import read_json, write_json
+from evergreen.errors import BadInputError, EvergreenError
+from evergreen.workspace import fsync_dir, fsync_tree, read_json, write_json
 
 
 @dataclass
@@ -18,16 +20,19 @@ class GateResult:
     name: str
     value: float
     threshold: float
-    op: str  # ">=", "<=" or ">"
+    op: str  # ">=", "<=", ">" or "<"
     passed: bool
+    detail: str = ""  # what the value measures, e.g. the class whose recall fell most
 
     def reason(self) -> str:
-        return f"{self.name}: {self.value:.4g} is not {self.op} {self.threshold:.4g}"
+        why = f" ({self.detail})" if self.detail else ""
+        return f"{self.name}: {self.value:.4g} is not {self.op} {self.threshold:.4g}{why}"
 
 
-def check(name: str, value: float, op: str, threshold: float) -> GateResult:
-    passed = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold}[op]
-    return GateResult(name, float(value), float(threshold), op, bool(passed))
+def check(name: str, value: float, op: str, threshold: float, detail: str = "") -> GateResult:
+    passed = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold,
+              "<": value < threshold}[op]
+    return GateResult(name, float(value), float(threshold), op, bool(passed), detail)
 
 
 def run_gates(candidate: dict, null_accuracy: float, champion_accuracy: float | None,
@@ -73,19 +78,33 @@ def find_version(registry: dict, sha256: str) -> str | None:
     return next((v for v, info in registry["versions"].items() if info["sha256"] == sha256), None)
 
 
-def store_version(registry: dict, model_dir: Path, versions_dir: Path, sha256: str) -> str:
-    """Copy the candidate's files to versions/<v> (temp dir, then rename); returns v."""
+def store_version(registry: dict, model_dir: Path, versions_dir: Path, sha256: str,
+                  teacher_dir: Path | None = None) -> str:
+    """Copy the candidate's files to versions/<v> (temp dir, then rename); returns v.
+
+    A compressed candidate keeps the teacher it came from in versions/<v>/teacher/, so a
+    retrain can warm-start the teacher architecture from it.
+    """
     version = find_version(registry, sha256)
     if version:
         return version
-    version = f"v{len(registry['versions']) + 1}"
+    version, tmp = f"v{len(registry['versions']) + 1}", None
     try:
         versions_dir.mkdir(parents=True, exist_ok=True)
+        clear_unreferenced(registry, versions_dir)
         tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}."))
         for f in model_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
+        if teacher_dir is not None:
+            (tmp / "teacher").mkdir()
+            for name in ("model.safetensors", "model.json"):
+                shutil.copy2(teacher_dir / name, tmp / "teacher" / name)
+        fsync_tree(tmp)  # complete on disk before it gets its name
         tmp.replace(versions_dir / version)
+        fsync_dir(versions_dir)
     except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise EvergreenError(f"{versions_dir / version}: cannot store the candidate: "
                              f"{exc.strerror}") from None
     registry["versions"][version] = {"sha256": sha256, "path": f"models/versions/{version}",
@@ -93,18 +112,82 @@ def store_version(registry: dict, model_dir: Path, versions_dir: Path, sha256: s
     return version
 
 
+def clear_unreferenced(registry: dict, versions_dir: Path) -> None:
+    """Remove what a promotion killed before its registry write left: temp and unlisted versions."""
+    for path in versions_dir.iterdir():
+        leftover = re.fullmatch(r"\.?v\d+(\..+)?", path.name) and path.name not in registry["versions"]
+        if leftover and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+
+
 def record(registry: dict, entry: dict, promote: bool, reason: str) -> dict:
     """Append the candidate entry; move the champion alias when promoted."""
     registry["candidates"].append(entry)
     if promote:
-        registry["history"].append({"time": entry["time"], "champion": entry["version"],
-                                    "previous": registry["champion"], "reason": reason})
-        registry["champion"] = entry["version"]
+        switch_champion(registry, entry["version"], "promote", reason,
+                        entry.get("run_id"), entry["time"])
     return registry
+
+
+def user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return f"uid {os.getuid()}"
+
+
+def switch_champion(registry: dict, version: str, action: str, reason: str,
+                    run_id: str | None = None, time: str | None = None) -> dict:
+    """Move the champion alias and append the audit entry: who, when, what, why."""
+    registry["history"].append({"time": time or now(), "action": action, "champion": version,
+                                "previous": registry["champion"], "reason": reason,
+                                "by": user(), "run_id": run_id})
+    registry["champion"] = version
+    return registry
+
+
+def force_promote(registry: dict, version: str, reason: str) -> dict:
+    """A manual promotion past the gates; an audit entry says who and why."""
+    if version not in registry["versions"]:
+        known = ", ".join(registry["versions"]) or "none yet"
+        raise BadInputError(f"promote {version}: no such version in the registry (known: {known})")
+    if not reason.strip():
+        raise BadInputError("promote: --reason must say why the gates are overridden")
+    if registry["champion"] == version:
+        raise BadInputError(f"promote {version}: it is already the champion")
+    return switch_champion(registry, version, "force-promote", reason.strip())
+
+
+def rollback_target(registry: dict) -> str:
+    """The champion before the current one's latest promotion (not counting rollbacks)."""
+    current = registry["champion"]
+    made = next((h for h in reversed(registry["history"]) if h["champion"] == current
+                 and h.get("action", "promote") != "rollback"), None)
+    if current is None or made is None or made["previous"] is None:
+        raise BadInputError(f"rollback: champion {current or 'none'} has no previous champion "
+                            "to return to")
+    return made["previous"]
+
+
+def rollback(registry: dict, reason: str) -> dict:
+    """Return the champion alias to the one before; an audit entry says who and why."""
+    target = rollback_target(registry)
+    return switch_champion(registry, target, "rollback",
+                           reason.strip() or f"rollback from {registry['champion']}")
+
+
+def champion_entry(registry: dict, version: str | None = None) -> dict | None:
+    """The latest candidate entry of `version` (default: the champion), whatever its verdict."""
+    version = version or registry["champion"]
+    return next((c for c in reversed(registry["candidates"]) if c["version"] == version), None)
 
 
 def save_registry(path: Path, registry: dict) -> None:
     """One atomic write: the entry and the champion switch land together or not at all."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     write_json(path, registry)
 
 

@@ -222,7 +222,7 @@ def _looks_idx(path: Path, head: bytes | None = None) -> bool:
 def _idx_ndim(path: Path) -> int | None:
     """3 for an images file, 1 for labels: from the magic number, else from the name."""
     head = _head(path, 4)
-    if head[:3] == b"\0\0\x08" and head[3] in (1, 3):
+    if head[:3] == b"\0\0\x08" and head[3:4] in (b"\x01", b"\x03"):  # a cut-short file may end at 3
         return head[3]
     name = path.name.lower()
     return 3 if ("idx3" in name or "images" in name) else 1 if ("idx1" in name or "labels" in name) else None

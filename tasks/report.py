@@ -78,3 +78,105 @@ def write_evaluation_plots(reports: Path, metrics: dict, classes: list[str]) -> 
     atomic_write_bytes(reports / "plots" / "confusion.csv", confusion_rows(matrix, classes))
     plot_confusion(matrix, classes, reports / "figures" / "confusion_matrix.png",
                    f"candidate confusion matrix (accuracy {metrics['accuracy']:.4f})")
+
+
+def roc_curves(y, proba, n_classes: int) -> dict[int, tuple]:
+    """One-vs-rest ROC (fpr, tpr, auc) per class present in `y` with both outcomes."""
+    import numpy as np
+    from sklearn.metrics import auc, roc_curve
+
+    curves = {}
+    for k in range(n_classes):
+        positive = np.asarray(y) == k
+        if 0 < positive.sum() < len(positive):
+            fpr, tpr, _ = roc_curve(positive, proba[:, k])
+            curves[k] = (fpr, tpr, float(auc(fpr, tpr)))
+    return curves
+
+
+def roc_rows(y, proba, curves: dict[int, tuple], points: int = 101) -> bytes:
+    """Micro- and macro-averaged ROC on a common FPR grid: the input of a DVC plot."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    grid = np.linspace(0.0, 1.0, points)
+    onehot = np.eye(proba.shape[1])[np.asarray(y)]
+    fpr, tpr, _ = roc_curve(onehot.ravel(), proba.ravel())
+    micro = np.interp(grid, fpr, tpr)
+    macro = (np.mean([np.interp(grid, f, t) for f, t, _ in curves.values()], axis=0)
+             if curves else np.zeros_like(grid))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["fpr", "tpr_micro", "tpr_macro"])
+    writer.writerows([f"{a:.4f}", f"{b:.6f}", f"{c:.6f}"] for a, b, c in zip(grid, micro, macro))
+    return buf.getvalue().encode()
+
+
+def plot_roc(curves: dict[int, tuple], classes: list[str], path: Path, title: str) -> None:
+    """Per-class one-vs-rest ROC curves, AUC in the legend; a log FPR axis keeps good ones apart."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
+    floor = 1e-3  # FPR 0 drawn at the axis' left edge
+    for k, (fpr, tpr, area) in curves.items():
+        ax.step(np.maximum(fpr, floor), tpr, where="post", color=cmap(k % cmap.N), lw=1.4,
+                label=f"{classes[k]} (AUC {area:.4f})")
+    chance = np.logspace(-3, 0, 50)
+    ax.plot(chance, chance, ":", color="gray", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1.0)
+    # zoom in on the top when every curve is already high at the left edge
+    lowest = min((float(np.interp(floor, fpr, tpr)) for fpr, tpr, _ in curves.values()), default=0.0)
+    ax.set_ylim(max(0.0, np.floor((lowest - 0.02) * 10) / 10), 1.005)
+    ax.set_xlabel("false positive rate (log scale)")
+    ax.set_ylabel("true positive rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2 if len(curves) > 10 else 1)
+    ax.set_title(title)
+    atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def pick_samples(y, pred, count: int) -> list[int]:
+    """Test indices to show: misclassified ones first (up to half the grid), then correct ones."""
+    import numpy as np
+
+    wrong = np.flatnonzero(pred != y)
+    right = np.flatnonzero(pred == y)
+    n_wrong = min(len(wrong), max(count // 2, count - len(right)))
+    return [*wrong[:n_wrong].tolist(), *right[:count - n_wrong].tolist()]
+
+
+def plot_predictions(x, y, proba, classes: list[str], path: Path, count: int = 32) -> None:
+    """A grid of test images titled `actual → predicted (p)`; misclassified ones in red first."""
+    import numpy as np
+
+    plt = _pyplot()
+    pred = proba.argmax(1)
+    picks = pick_samples(np.asarray(y), pred, min(count, len(y)))
+    cols = 8
+    rows = max(1, -(-len(picks) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.45), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picks):
+        img = x[i]
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0),
+                  cmap="gray" if img.shape[0] == 1 else None, interpolation="nearest")
+        ok = pred[i] == y[i]
+        ax.set_title(f"{classes[y[i]]}→{classes[pred[i]]} ({proba[i, pred[i]]:.2f})", fontsize=7,
+                     color="tab:green" if ok else "tab:red")
+    wrong = int((pred != np.asarray(y)).sum())
+    fig.suptitle(f"test predictions (actual→predicted): {wrong} of {len(y)} misclassified, "
+                 "shown first in red", fontsize=9)
+    atomic_write_bytes(path, _figure_bytes(fig))
+
+
+def write_prediction_plots(reports: Path, test: tuple, proba, classes: list[str]) -> None:
+    """Per-class ROC (PNG and DVC plot data) and the sample-prediction grid of the candidate."""
+    x, y = test
+    curves = roc_curves(y, proba, len(classes))
+    atomic_write_bytes(reports / "plots" / "roc.csv", roc_rows(y, proba, curves))
+    plot_roc(curves, classes, reports / "figures" / "roc.png", "candidate ROC, one-vs-rest (test)")
+    plot_predictions(x, y, proba, classes, reports / "figures" / "predictions.png")

@@ -1,0 +1,1 @@
+"""Benchmarks behind `evergreen bench`: side-by-side ratios measured on this machine."""

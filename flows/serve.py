@@ -1,0 +1,121 @@
+"""`evergreen serve`: the workspace's deployments, served from this process.
+
+- `training-pipeline` runs on `serve.training_cron`;
+- `continual-retraining` runs when `evergreen watch` reports a landed batch (a
+  DeploymentEventTrigger on `evergreen.batch.ingested` for this workspace), and on
+  `serve.retrain_cron` if set.
+
+The deployed flows hold the workspace lock while they run (waiting up to
+`serve.lock_wait_seconds`), and the runner takes one run at a time, so two runs never
+overlap and a trigger that fires during a run waits for it. prefect.yaml describes the
+same deployments for a work pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from prefect import flow
+
+from evergreen.config import ServeConfig, load_config
+from evergreen.errors import BadInputError, ConfigError, EvergreenError
+from evergreen.workspace import Workspace, workspace_lock
+from flows.watch import EVENT, resource_id
+
+log = logging.getLogger("evergreen.serve")
+TAGS = ["evergreen"]
+
+
+@contextlib.contextmanager
+def held(workspace: str, command: str):
+    """The workspace lock, waiting as long as params.yaml's serve.lock_wait_seconds."""
+    ws = Workspace(Path(workspace))
+    with workspace_lock(ws, command, load_config(ws.params).serve.lock_wait_seconds):
+        yield
+
+
+@flow(name="training-pipeline")
+def deployed_training(workspace: str, data: str | None = None,
+                      overrides: list[str] | None = None) -> dict:
+    """training-pipeline as its deployment runs it: holding the workspace lock."""
+    from flows.training import training_pipeline
+
+    with held(workspace, "training-pipeline deployment"):
+        return training_pipeline.fn(workspace, data=data, overrides=overrides)
+
+
+@flow(name="continual-retraining")
+def deployed_retraining(workspace: str, overrides: list[str] | None = None) -> dict:
+    """continual-retraining as its deployment runs it: holding the workspace lock."""
+    from flows.retraining import continual_retraining
+
+    with held(workspace, "continual-retraining deployment"):
+        return continual_retraining.fn(workspace, overrides=overrides)
+
+
+def cron_schedules(expr: str | None, timezone: str, key: str) -> list:
+    """[Cron(expr)] checked by Prefect's own parser, or [] when unset."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Cron
+    from pydantic import ValidationError
+
+    if expr is None:
+        return []
+    try:
+        CronSchedule(cron=expr, timezone=timezone)
+    except ValidationError:
+        raise ConfigError(f"params.yaml: {key}: {expr!r} is not a cron expression "
+                          "(five fields: minute hour day-of-month month day-of-week)") from None
+    return [Cron(expr, timezone=timezone)]
+
+
+def retrain_trigger(ws: Workspace):
+    """Run continual-retraining for this workspace on each batch `evergreen watch` lands."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"continual-retraining on {EVENT} ({ws.root.name})", expect={EVENT},
+        match={"prefect.resource.id": resource_id(ws)}, parameters={"workspace": str(ws.root)})
+
+
+def build_deployments(ws: Workspace, cfg: ServeConfig) -> list:
+    """The two RunnerDeployments `evergreen serve` serves for this workspace."""
+    params = {"workspace": str(ws.root)}
+    training = deployed_training.to_deployment(
+        name="training-pipeline", parameters=params, tags=TAGS,
+        schedules=cron_schedules(cfg.training_cron, cfg.timezone, "serve.training_cron"),
+        description=f"The full pipeline on {ws.root}, on a schedule.")
+    retraining = deployed_retraining.to_deployment(
+        name="continual-retraining", parameters=params, tags=TAGS, triggers=[retrain_trigger(ws)],
+        schedules=cron_schedules(cfg.retrain_cron, cfg.timezone, "serve.retrain_cron"),
+        description=f"Retrain {ws.root} on newly ingested batches (event {EVENT}).")
+    return [training, retraining]
+
+
+def check_server() -> str:
+    """PREFECT_API_URL, checked to answer; a clear error when unset or down."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise BadInputError("serve needs a Prefect server and PREFECT_API_URL is not set: start one "
+                            "with `evergreen ui` and export the PREFECT_API_URL it prints")
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        raise EvergreenError(f"PREFECT_API_URL={url} does not answer ({problem}); is the server "
+                             "running (`evergreen ui`)?")
+    return url
+
+
+def serve_workspace(ws: Workspace) -> None:
+    """Register the deployments and run them as they come due, one at a time, until Ctrl-C."""
+    from prefect import serve
+
+    url = check_server()
+    deployments = build_deployments(ws, load_config(ws.params).serve)
+    log.info("serving %s for %s on %s", ", ".join(d.name for d in deployments), ws.root, url)
+    serve(*deployments, limit=1)

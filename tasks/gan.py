@@ -1,0 +1,336 @@
+"""GAN: train a DCGAN, judge it with the champion classifier's features, gate it.
+
+The distance is a Fréchet distance on the penultimate-layer features of a classifier
+trained on this very data (a domain-specific FID: no downloaded Inception network).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evergreen.config import GanConfig
+from evergreen.errors import EvergreenError
+from nets.gan import DISCRIMINATOR, GENERATOR, build_discriminator, build_generator
+from tasks.promote import GateResult, check
+from tasks.train import Progress, load_checkpoint, normalize, save_checkpoint
+
+log = logging.getLogger("evergreen.gan")
+DISTANCE_NAME = "classifier-feature Fréchet distance (domain FID)"
+
+
+def to_unit(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) -> float in [-1, 1], the generator's tanh range."""
+    x = torch.as_tensor(x)
+    return x.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Generator output in [-1, 1] -> uint8 pixels, as a saved image would hold them."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def gan_options(cfg: GanConfig) -> dict:
+    return {"latent_dim": cfg.latent_dim, "width": cfg.width, "conditional": cfg.conditional}
+
+
+def adam(model: nn.Module, cfg: GanConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+
+
+def class_loss(class_logits: torch.Tensor | None, y: torch.Tensor | None, weight: float):
+    """AC-GAN: cross-entropy of the discriminator's class head (0 when unconditional)."""
+    if class_logits is None or not weight:
+        return 0.0
+    return weight * F.cross_entropy(class_logits, y)
+
+
+def discriminator_loss(d: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                       y: torch.Tensor | None, cfg: GanConfig) -> tuple[torch.Tensor, float, float]:
+    """BCE with one-sided label smoothing (real target, fake target 0) + the class loss on reals.
+
+    The class head learns from real images only, so fakes cannot teach it their mistakes.
+    """
+    (real_logits, real_classes), (fake_logits, _) = d.score(real, y), d.score(fake.detach(), y)
+    target = torch.full_like(real_logits, cfg.label_smoothing)
+    loss = (F.binary_cross_entropy_with_logits(real_logits, target)
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+            + class_loss(real_classes, y, cfg.class_loss_weight))
+    return loss, torch.sigmoid(real_logits).mean().item(), torch.sigmoid(fake_logits).mean().item()
+
+
+def generator_loss(d: nn.Module, fake: torch.Tensor, y: torch.Tensor | None,
+                   cfg: GanConfig) -> torch.Tensor:
+    """The non-saturating loss (make D call the fakes real) + the requested class's loss."""
+    logits, classes = d.score(fake, y)
+    return (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            + class_loss(classes, y, cfg.class_loss_weight))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, g: nn.Module, decay: float, step: int) -> None:
+    """Move the averaged generator towards g (decay warmed up over the first steps).
+
+    BatchNorm running statistics are copied: they describe the live generator's activations.
+    """
+    rate = 1.0 - min(decay, (1 + step) / (10 + step))
+    for avg, live in zip(ema.parameters(), g.parameters(), strict=True):
+        avg.lerp_(live, rate)
+    for avg, live in zip(ema.buffers(), g.buffers(), strict=True):
+        avg.copy_(live)
+
+
+def train_epoch(g, d, opt_g, opt_d, x: torch.Tensor, y: torch.Tensor, cfg: GanConfig,
+                gen: torch.Generator, ema: nn.Module, step: int) -> dict:
+    """One pass over the data: a discriminator step, a generator step, the EMA, per batch."""
+    g.train()
+    d.train()
+    sums, steps = np.zeros(4), 0
+    order = torch.randperm(len(x), generator=gen)
+    for i in range(0, len(order) - 1, cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        if len(idx) < 2:  # BatchNorm needs two samples
+            continue
+        real, labels = x[idx], (y[idx] if cfg.conditional else None)
+        fake = g(torch.randn(len(idx), cfg.latent_dim, generator=gen), labels)
+        d_loss, d_real, d_fake = discriminator_loss(d, real, fake, labels, cfg)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = generator_loss(d, fake, labels, cfg)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        ema_update(ema, g, cfg.ema_decay, step + steps)
+        sums, steps = sums + [d_loss.item(), g_loss.item(), d_real, d_fake], steps + 1
+    d_loss, g_loss, d_real, d_fake = (sums / max(steps, 1)).round(6).tolist()
+    return {"d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake, "steps": steps}
+
+
+CHECKPOINTED = ("g", "d", "ema", "opt_g", "opt_d")
+
+
+def train_gan(train: tuple[np.ndarray, np.ndarray], classes: list[str], cfg: GanConfig,
+              checkpoint: Path | None = None, checkpoint_key: str = ""):
+    """Fit a DCGAN on the train split; returns (EMA generator, card, history).
+
+    Fixed seed; a checkpoint after every epoch, resumed when its key matches this run.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    in_shape = tuple(int(d) for d in train[0].shape[1:])
+    g = build_generator(in_shape, len(classes), **gan_options(cfg))
+    d = build_discriminator(in_shape, len(classes), **gan_options(cfg))
+    parts = {"g": g, "d": d, "ema": copy.deepcopy(g), "opt_g": adam(g, cfg), "opt_d": adam(d, cfg)}
+    x, y = to_unit(train[0]), torch.from_numpy(train[1]).long()
+    state = {"history": [], "epoch": 0, "step": 0}
+    resumed = load_checkpoint(checkpoint, checkpoint_key)
+    if resumed:
+        for key in CHECKPOINTED:
+            parts[key].load_state_dict(resumed[key])
+        gen.set_state(resumed["gen"])
+        torch.set_rng_state(resumed["rng"])
+        state = {k: resumed[k] for k in state}
+        log.info("gan: resumed from epoch %d", resumed["epoch"])
+    progress = Progress("gan", cfg.epochs)
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        row = train_epoch(*(parts[k] for k in ("g", "d", "opt_g", "opt_d")), x, y, cfg, gen,
+                          parts["ema"], state["step"])
+        state["step"] += row.pop("steps")
+        log_epoch(epoch, cfg, state["history"], row, progress)
+        state["epoch"] = epoch
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {"key": checkpoint_key, **state, "gen": gen.get_state(),
+                                         "rng": torch.get_rng_state(),
+                                         **{k: parts[k].state_dict() for k in CHECKPOINTED}})
+    progress.close()
+    return parts["ema"].eval(), generator_card(in_shape, classes, cfg), state["history"]
+
+
+def log_epoch(epoch: int, cfg: GanConfig, history: list[dict], row: dict, progress) -> None:
+    """Refuse a diverged epoch, else append it to the history, the log and the progress bar."""
+    row = {"epoch": epoch, **row}
+    if not all(math.isfinite(v) for v in row.values()):
+        raise FloatingPointError(f"gan: loss became {row} at epoch {epoch}; lower gan.lr")
+    history.append(row)
+    log.info("gan epoch %d/%d d_loss=%.4f g_loss=%.4f D(real)=%.3f D(fake)=%.3f", epoch,
+             cfg.epochs, row["d_loss"], row["g_loss"], row["d_real"], row["d_fake"])
+    progress.advance(f"gan epoch {epoch} d_loss={row['d_loss']:.3f} g_loss={row['g_loss']:.3f}")
+
+
+def generator_card(in_shape: tuple[int, ...], classes: list[str], cfg: GanConfig) -> dict:
+    return {"arch": GENERATOR, "options": gan_options(cfg), "in_shape": list(in_shape),
+            "classes": classes,
+            # the pixel scaling the generator's tanh output maps to (x / 127.5 - 1)
+            "mean": [0.5] * in_shape[0], "std": [0.5] * in_shape[0],
+            "discriminator": DISCRIMINATOR,
+            "training": {"epochs": cfg.epochs, "seed": cfg.seed, "ema_decay": cfg.ema_decay,
+                         "class_loss_weight": cfg.class_loss_weight}}
+
+
+@torch.no_grad()
+def sample_images(g: nn.Module, n: int, seed: int,
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """n uint8 images from a fixed seed; a conditional generator draws each class in turn."""
+    g.eval()
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, g.latent_dim, generator=gen)
+    if g.conditional and labels is None:
+        labels = np.arange(n) % g.num_classes
+    y = torch.from_numpy(np.asarray(labels)).long() if g.conditional else None
+    out = torch.cat([g(z[i:i + 500], None if y is None else y[i:i + 500])
+                     for i in range(0, n, 500)])
+    return to_uint8(out), (np.asarray(labels) if g.conditional else None)
+
+
+def noise_images(n: int, in_shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Uniform random uint8 images: the ceiling's reference point."""
+    return np.random.default_rng(seed).integers(0, 256, (n, *in_shape), dtype=np.uint8)
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise EvergreenError(f"{type(model).__name__}: no Linear layer to take features from")
+    return linears[-1]
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, card: dict, x: np.ndarray,
+                         batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(features, class probabilities): the input of the classifier's last Linear, per image."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = last_linear(model).register_forward_hook(
+        lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1)))
+    try:
+        inputs = normalize(torch.from_numpy(x), card["mean"], card["std"])
+        logits = torch.cat([model(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+    finally:
+        hook.remove()
+    return torch.cat(captured).double().numpy(), torch.softmax(logits, 1).numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(Sa + Sb - 2 (Sa Sb)^1/2) between two feature sets (N, F)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # Tr((Sa Sb)^1/2) = sum of sqrt(eigenvalues) of the symmetric Sa^1/2 Sb Sa^1/2
+    w, v = np.linalg.eigh(s_a)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root @ s_b @ root
+    tr_cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * tr_cross)
+
+
+def coverage(proba: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Share of the samples the classifier assigns to each class (uniform: 1 / classes)."""
+    counts = np.bincount(proba.argmax(1), minlength=len(classes))
+    return {c: round(float(n / len(proba)), 6) for c, n in zip(classes, counts, strict=True)}
+
+
+def evaluate_generator(g: nn.Module, classifier: nn.Module, clf_card: dict,
+                       train: np.ndarray, heldout: np.ndarray, cfg: GanConfig) -> dict:
+    """Distance of generated samples to the train split, with its floor and ceiling.
+
+    floor: held-out real images (val + test); ceiling: uniform noise images.
+    """
+    reference, _ = penultimate_features(classifier, clf_card, train)
+    fakes, requested = sample_images(g, cfg.samples, cfg.seed)
+    fake_features, proba = penultimate_features(classifier, clf_card, fakes)
+    floor = frechet_distance(penultimate_features(classifier, clf_card, heldout)[0], reference)
+    noise = noise_images(cfg.samples, tuple(train.shape[1:]), cfg.seed)
+    ceiling = frechet_distance(penultimate_features(classifier, clf_card, noise)[0], reference)
+    distance = frechet_distance(fake_features, reference)
+    classes = clf_card["classes"]
+    report = {"metric": DISTANCE_NAME, "distance": round(distance, 6), "floor": round(floor, 6),
+              "ceiling": round(ceiling, 6), "distance_to_ceiling": round(distance / ceiling, 6),
+              "coverage": coverage(proba, classes),
+              "samples": {"generated": cfg.samples, "reference_train": len(train),
+                          "floor_heldout": len(heldout), "ceiling_noise": cfg.samples},
+              "feature_dim": int(reference.shape[1])}
+    report["min_class_share_vs_uniform"] = round(min(report["coverage"].values()) * len(classes), 6)
+    if requested is not None:  # the classifier agrees with the requested class
+        report["conditional_accuracy"] = round(float((proba.argmax(1) == requested).mean()), 6)
+    return report, fakes, requested
+
+
+def champion_distance(g: nn.Module, classifier: nn.Module, clf_card: dict,
+                      train: np.ndarray, cfg: GanConfig) -> float:
+    """The champion generator's distance under the same extractor, reference and seed."""
+    reference, _ = penultimate_features(classifier, clf_card, train)
+    fakes, _ = sample_images(g, cfg.samples, cfg.seed)
+    return frechet_distance(penultimate_features(classifier, clf_card, fakes)[0], reference)
+
+
+def gan_gates(report: dict, champion: float | None, cfg: GanConfig) -> list[GateResult]:
+    """Distance against the noise ceiling (and an absolute cap), coverage, the champion."""
+    gates = [check("max_distance_ratio", report["distance_to_ceiling"], "<=", cfg.max_distance_ratio)]
+    if cfg.max_distance is not None:
+        gates.append(check("max_distance", report["distance"], "<=", cfg.max_distance))
+    gates.append(check("min_class_coverage", report["min_class_share_vs_uniform"], ">=",
+                       cfg.min_coverage_ratio))
+    if champion is not None:
+        gates.append(check("not_worse_than_champion", report["distance"], "<=",
+                           champion * (1 + cfg.champion_tolerance)))
+    return gates
+
+
+def sample_grid_png(images: np.ndarray, columns: int, scale: int | None = None) -> bytes:
+    """uint8 images (N, C, H, W) tiled row by row with 1-pixel gaps, upscaled, as PNG bytes."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    scale = scale or max(1, 48 // max(h, w))
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1, c), 64, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = \
+            img.transpose(1, 2, 0)
+    pil = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_samples(g: nn.Module, classes: list[str], seed: int, per_row: int = 10) -> np.ndarray:
+    """Images for the grid: one row per class (conditional, up to 10 classes) or an 8 x 8 block."""
+    if g.conditional:
+        shown = min(len(classes), 10)
+        labels = np.repeat(np.arange(shown), per_row)
+        return sample_images(g, len(labels), seed, labels)[0]
+    return sample_images(g, 64, seed)[0]
+
+
+def store_generator(registry: dict, model_dir: Path, versions_dir: Path, relative: str,
+                    sha256: str) -> str:
+    """Copy the generator to versions_dir/<g-n> (temp dir, then rename); returns the version."""
+    known = next((v for v, info in registry["versions"].items() if info["sha256"] == sha256), None)
+    if known:
+        return known
+    version = f"g{len(registry['versions']) + 1}"
+    try:
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}."))
+        for f in model_dir.iterdir():
+            shutil.copy2(f, tmp / f.name)
+        tmp.replace(versions_dir / version)
+    except OSError as exc:
+        raise EvergreenError(f"{versions_dir / version}: cannot store the generator: "
+                             f"{exc.strerror}") from None
+    registry["versions"][version] = {"sha256": sha256, "path": f"{relative}/{version}"}
+    return version

@@ -1,0 +1,319 @@
+"""Retrain: what is new since the champion, label-noise screening, replay, warm start, paired tests.
+
+Plain functions; flows/retraining.py wires them and flows/stages.run_promote uses the paired
+comparison. Predictions are compared as class names, so a champion with another class set
+is still measured on the same samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evergreen.config import PreprocessConfig, PromoteConfig, RetrainConfig, TrainConfig
+from tasks.promote import GateResult, check
+
+Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) pixels, labels (int index or str name)
+EXACT_BELOW = 25  # McNemar: exact binomial under this many discordant pairs, chi-square above
+
+
+# --- which batches are new --------------------------------------------------------------
+
+def landed_batches(batches_dir: Path) -> list[str]:
+    """Ids of the batches in the dataset (metadata and shard both present), sorted."""
+    if not batches_dir.exists():
+        return []
+    return sorted(p.stem for p in batches_dir.glob("*.csv") if p.with_suffix(".npz").exists())
+
+
+def new_batches(landed: list[str], champion_batches: list[str]) -> list[str]:
+    """Batches landed since the champion's data version."""
+    known = set(champion_batches)
+    return [b for b in landed if b not in known]
+
+
+def batches_of_version(root: Path, data_version: str | None) -> list[str] | None:
+    """Batch ids of a data version, from DVC's cached listing of data/batches (for a champion
+    registered before lineage was recorded); None when the listing is not in the cache."""
+    if not data_version or not data_version.endswith(".dir"):
+        return None
+    listing = root / ".dvc" / "cache" / "files" / "md5" / data_version[:2] / data_version[2:]
+    if not listing.exists():
+        return None
+    return sorted(Path(e["relpath"]).stem for e in json.loads(listing.read_text())
+                  if e["relpath"].endswith(".csv"))
+
+
+def read_batch(batches_dir: Path, batch_id: str,
+               meta: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """One batch: pixels, labels (str) and its metadata rows (from `meta` when given)."""
+    from tasks.ingest import read_metadata
+
+    with np.load(batches_dir / f"{batch_id}.npz", allow_pickle=False) as npz:
+        x, labels = npz["x"], npz["labels"].astype(str)
+    meta = read_metadata(batches_dir) if meta is None else meta
+    return x, labels, meta[meta["batch_id"] == batch_id].reset_index(drop=True)
+
+
+def split_of_batches(batches_dir: Path, batch_ids: list[str], cfg: PreprocessConfig,
+                     split: str = "test") -> Split | None:
+    """One split (pixels, label names) of the dataset made of `batch_ids`, as preprocess makes it.
+
+    A sample's split is a function of its content hash and cfg, so this is the champion's
+    old test split whenever its batches are still in the dataset (None when none are).
+    """
+    from tasks.ingest import read_metadata
+    from tasks.preprocess import deduplicate, split_of
+
+    present = [b for b in batch_ids if (batches_dir / f"{b}.npz").exists()]
+    if not present:
+        return None
+    everything = read_metadata(batches_dir)
+    parts = [read_batch(batches_dir, b, everything) for b in present]
+    x = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    meta = pd.concat([p[2] for p in parts], ignore_index=True)
+    keep, _, _ = deduplicate(meta)
+    hashes = meta["content_hash"].to_numpy()[keep]
+    chosen = np.array([split_of(h, cfg.split_salt, cfg.val_fraction, cfg.test_fraction) == split
+                       for h in hashes], dtype=bool)
+    return x[keep][chosen], labels[keep][chosen]
+
+
+# --- label noise ------------------------------------------------------------------------
+
+@dataclass
+class NoiseCheck:
+    """The champion's accuracy on a new batch against its own test accuracy."""
+
+    batch_id: str
+    scored: int  # samples whose label the champion knows
+    accuracy: float | None  # None: too few samples to judge
+    reference: float  # the champion's test accuracy
+    threshold: float  # retrain.max_label_noise_drop
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.accuracy is None else self.reference - self.accuracy
+
+    @property
+    def suspect(self) -> bool:
+        return self.drop is not None and self.drop > self.threshold
+
+    def reason(self) -> str:
+        if self.accuracy is None:
+            return (f"batch {self.batch_id}: not scored for label noise ({self.scored} samples "
+                    "with classes the champion knows, below retrain.min_scored_samples)")
+        return (f"batch {self.batch_id}: suspected label noise: the champion's accuracy on it is "
+                f"{self.accuracy:.4f} ({self.scored} samples), {self.drop:.4f} below its test "
+                f"accuracy {self.reference:.4f} (retrain.max_label_noise_drop {self.threshold})")
+
+
+def score_label_noise(batch_id: str, predicted: np.ndarray, labels: np.ndarray,
+                      champion_classes: list[str], reference: float, cfg: RetrainConfig) -> NoiseCheck:
+    """Score only samples of classes the champion knows (a new class is not noise)."""
+    known = np.isin(labels, champion_classes)
+    scored = int(known.sum())
+    accuracy = float((predicted[known] == labels[known]).mean()) if scored >= cfg.min_scored_samples \
+        else None
+    return NoiseCheck(batch_id, scored, accuracy, float(reference), cfg.max_label_noise_drop)
+
+
+# --- warm start with replay -------------------------------------------------------------
+
+def replay_mix(train: Split, is_new: np.ndarray, ratio: float, seed: int) -> tuple[Split, dict]:
+    """All new train samples plus `ratio` old ones per new one, drawn without replacement.
+
+    With no new sample in the train split (a batch small enough to land in val/test),
+    the whole train split is used.
+    """
+    new_idx, old_idx = np.flatnonzero(is_new), np.flatnonzero(~is_new)
+    k = min(len(old_idx), int(round(ratio * len(new_idx))))
+    replay = np.random.default_rng(seed).choice(old_idx, size=k, replace=False)
+    keep = np.sort(np.concatenate([new_idx, replay])) if len(new_idx) else np.arange(len(is_new))
+    info = {"new_samples": int(len(new_idx)), "replay_samples": int(len(keep) - len(new_idx)),
+            "old_available": int(len(old_idx)), "replay_ratio": ratio}
+    return (train[0][keep], train[1][keep]), info
+
+
+def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | None,
+                    classes: list[str], in_shape: tuple[int, ...]) -> tuple[bool, str]:
+    """Whether to fine-tune the champion's teacher, and why (or why train from scratch)."""
+    from tasks.train import model_options
+
+    if cfg.mode == "full":
+        return False, "retrain.mode is full: training from scratch"
+    if card is None:
+        return False, "the champion kept no teacher weights: training from scratch"
+    if list(card["classes"]) != list(classes):
+        added = sorted(set(classes) - set(card["classes"]))
+        gone = sorted(set(card["classes"]) - set(classes))
+        return False, (f"class set changed (new {added or 'none'}, gone {gone or 'none'}): "
+                       "training from scratch with an output per class")
+    wanted = {k: v for k, v in model_options(train_cfg).items() if k != "dropout"}
+    has = {k: v for k, v in card.get("options", {}).items() if k != "dropout"}
+    if card["arch"] != train_cfg.model or wanted != has:
+        return False, (f"train.model/options ({train_cfg.model} {wanted}) differ from the champion "
+                       f"teacher's ({card['arch']} {has}): training from scratch")
+    if tuple(card["in_shape"]) != tuple(in_shape):
+        return False, f"input shape {tuple(in_shape)} differs from the champion's: training from scratch"
+    return True, f"warm start from the champion's teacher ({card['arch']})"
+
+
+def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig):
+    """The teacher's fit settings with the retrain section's epochs and learning rate."""
+    from tasks.train import FitSettings
+
+    base = FitSettings.from_train(train_cfg)
+    base.epochs, base.lr, base.lr_schedule = cfg.epochs, cfg.lr, "cosine"
+    return base
+
+
+def warm_start_fit(model, card: dict, train: Split, val: Split, train_cfg: TrainConfig,
+                   cfg: RetrainConfig, checkpoint: Path | None = None, checkpoint_key: str = ""):
+    """Fine-tune the champion's teacher in its own normalization; returns (model, history)."""
+    from tasks.train import fit
+
+    return fit(model, train, val, (card["mean"], card["std"]), warm_settings(train_cfg, cfg),
+               name="retrain", checkpoint=checkpoint, checkpoint_key=checkpoint_key)
+
+
+# --- champion vs challenger -------------------------------------------------------------
+
+def predicted_names(model, card: dict, x: np.ndarray) -> np.ndarray:
+    """Class names the model predicts for uint8 images."""
+    from tasks.evaluate import predict_proba
+
+    return np.asarray(card["classes"])[predict_proba(model, card, x).argmax(1)]
+
+
+def mcnemar(champion_ok: np.ndarray, challenger_ok: np.ndarray) -> dict:
+    """McNemar's test on paired correctness: exact binomial for few discordant pairs,
+    else chi-square with continuity correction. Two-sided p-value."""
+    from scipy.stats import binomtest, chi2
+
+    b = int((champion_ok & ~challenger_ok).sum())  # only the champion right
+    c = int((~champion_ok & challenger_ok).sum())  # only the challenger right
+    n = b + c
+    if n < EXACT_BELOW:
+        p, method = (binomtest(min(b, c), n, 0.5).pvalue if n else 1.0), "exact binomial"
+    else:
+        p, method = float(chi2.sf((abs(b - c) - 1) ** 2 / n, 1)), "chi-square, continuity corrected"
+    return {"champion_only": b, "challenger_only": c, "pvalue": float(p), "method": method}
+
+
+def class_recall(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    return {str(c): float((pred[truth == c] == c).mean()) for c in np.unique(truth)}
+
+
+def paired_summary(truth: np.ndarray, champion: np.ndarray, challenger: np.ndarray,
+                   alpha: float) -> dict:
+    """Both models on the same samples: accuracies, McNemar, per-class recall drop."""
+    ok_champ, ok_chal = champion == truth, challenger == truth
+    test = mcnemar(ok_champ, ok_chal)
+    recall_champ, recall_chal = class_recall(truth, champion), class_recall(truth, challenger)
+    drops = {c: recall_champ[c] - recall_chal[c] for c in recall_champ}
+    worst = max(drops, key=drops.get)
+    return {"samples": int(len(truth)), "champion_accuracy": float(ok_champ.mean()),
+            "challenger_accuracy": float(ok_chal.mean()), "mcnemar": test,
+            "improvement": test["challenger_only"] > test["champion_only"] and test["pvalue"] < alpha,
+            "regression": test["champion_only"] > test["challenger_only"] and test["pvalue"] < alpha,
+            "max_class_recall_drop": float(drops[worst]), "worst_class": worst,
+            "class_recall": {c: [recall_champ[c], recall_chal[c]] for c in recall_champ}}
+
+
+def compare_to_champion(champion_dir: Path, challenger_dir: Path, challenger_onnx: bool,
+                        current: Split, old: Split | None, alpha: float) -> dict | None:
+    """Champion and challenger (each as served) on the current test split and the champion's
+    old one; None when their inputs differ (nothing to compare)."""
+    from nets.io import load_model
+
+    champ, champ_card = load_model(champion_dir, prefer_onnx=True)
+    chal, chal_card = load_model(challenger_dir, prefer_onnx=challenger_onnx)
+    if tuple(champ_card["in_shape"]) != tuple(chal_card["in_shape"]):
+        return None
+    out = {}
+    for name, split in (("current_test", current), ("old_test", old)):
+        if split is None or len(split[1]) == 0:
+            out[name] = None
+            continue
+        truth = np.asarray(split[1]).astype(str)
+        out[name] = paired_summary(truth, predicted_names(champ, champ_card, split[0]),
+                                   predicted_names(chal, chal_card, split[0]), alpha)
+    return out
+
+
+def challenger_gates(comparison: dict, cfg: PromoteConfig) -> list[GateResult]:
+    """Per-class recall drop, forgetting on the old test split, and (when required) a
+    significant improvement by McNemar's test."""
+    cur, old = comparison["current_test"], comparison["old_test"]
+    gates = [check("max_class_recall_drop", cur["max_class_recall_drop"], "<=",
+                   cfg.max_class_recall_drop, f"class {cur['worst_class']}, champion "
+                   f"{cur['class_recall'][cur['worst_class']][0]:.4f} -> challenger "
+                   f"{cur['class_recall'][cur['worst_class']][1]:.4f}")]
+    if old is not None:
+        gates.append(check("max_forgetting", old["champion_accuracy"] - old["challenger_accuracy"],
+                           "<=", cfg.max_forgetting,
+                           f"accuracy on the champion's old test split, {old['samples']} samples: "
+                           f"champion {old['champion_accuracy']:.4f}, challenger "
+                           f"{old['challenger_accuracy']:.4f}"))
+    if cfg.require_improvement:
+        m = cur["mcnemar"]
+        ahead = m["challenger_only"] > m["champion_only"]
+        gates.append(check("significant_improvement", m["pvalue"] if ahead else 1.0, "<",
+                           cfg.mcnemar_alpha, f"McNemar {m['method']}: challenger alone right "
+                           f"{m['challenger_only']}, champion alone right {m['champion_only']}"
+                           + ("" if ahead else "; the challenger is not ahead (p set to 1)")))
+    return gates
+
+
+# --- benchmark: warm start vs from scratch ----------------------------------------------
+
+def seconds_to_target(history: list[dict], seconds: float, target: float) -> float | None:
+    """Training time until the first epoch whose val accuracy reaches `target` (epochs of one
+    fit cost the same), or None if it never does."""
+    per_epoch = seconds / max(len(history), 1)
+    hit = next((i for i, row in enumerate(history) if row["val_acc"] >= target - 1e-9), None)
+    return None if hit is None else per_epoch * (hit + 1)
+
+
+def warm_vs_scratch(teacher, card: dict, train: Split, is_new: np.ndarray, val: Split,
+                    old_test: Split | None, train_cfg: TrainConfig, cfg: RetrainConfig) -> dict:
+    """Time for a warm start (with replay) and for training from scratch on all the data to
+    reach the champion teacher's accuracy on the current val split; and the warm model's
+    accuracy drop on the champion's old test split, in points.
+
+    `train`/`val` labels are class indices in card["classes"]; old_test labels are names.
+    """
+    from tasks.train import train_model
+
+    classes = list(card["classes"])
+    target = float((predicted_names(teacher, card, val[0]) == np.asarray(classes)[val[1]]).mean())
+    mixed, mix = replay_mix(train, is_new, cfg.replay_ratio, train_cfg.seed)
+    start = time.perf_counter()
+    warm, warm_hist = warm_start_fit(copy.deepcopy(teacher), card, mixed, val, train_cfg, cfg)
+    warm_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _, _, scratch_hist = train_model(train, val, classes, (card["mean"], card["std"]), train_cfg)
+    scratch_s = time.perf_counter() - start
+    warm_to, scratch_to = (seconds_to_target(warm_hist, warm_s, target),
+                           seconds_to_target(scratch_hist, scratch_s, target))
+    out = {"target_val_accuracy": target, **mix,
+           "warm": {"seconds": warm_s, "epochs": len(warm_hist), "seconds_to_target": warm_to,
+                    "final_val_accuracy": warm_hist[-1]["val_acc"]},
+           "scratch": {"seconds": scratch_s, "epochs": len(scratch_hist),
+                       "seconds_to_target": scratch_to,
+                       "final_val_accuracy": scratch_hist[-1]["val_acc"]},
+           "time_ratio": warm_to / scratch_to if warm_to and scratch_to else None}
+    if old_test is not None and len(old_test[1]):
+        before = float((predicted_names(teacher, card, old_test[0]) == old_test[1]).mean())
+        after = float((predicted_names(warm, card, old_test[0]) == old_test[1]).mean())
+        out["old_test"] = {"samples": int(len(old_test[1])), "champion_accuracy": before,
+                           "warm_accuracy": after, "drop_points": 100 * (before - after)}
+    return out

@@ -1,0 +1,127 @@
+"""`evergreen serve` and prefect.yaml: deployments, schedules, the ingest-event trigger, the lock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from evergreen.config import ServeConfig
+from evergreen.errors import ConfigError, WorkspaceBusyError
+from evergreen.workspace import Workspace, workspace_lock
+from flows.cli import main
+from flows.watch import EVENT, resource_id
+from tests.conftest import TINY_PARAMS, write_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ingest_event(ws: Workspace):
+    from prefect.events.schemas.events import Resource
+
+    return Resource({"prefect.resource.id": resource_id(ws), "prefect.resource.name": ws.root.name})
+
+
+def test_deployments_have_their_names_schedules_and_trigger(workspace):
+    from flows.serve import build_deployments
+
+    cfg = ServeConfig(retrain_cron="30 * * * *", timezone="Europe/Paris")
+    training, retraining = build_deployments(workspace, cfg)
+    assert (training.name, training.flow_name) == ("training-pipeline", "training-pipeline")
+    assert (retraining.name, retraining.flow_name) == ("continual-retraining", "continual-retraining")
+    assert [(s.schedule.cron, s.schedule.timezone) for s in training.schedules] == \
+        [("0 2 * * *", "Europe/Paris")]
+    assert [s.schedule.cron for s in retraining.schedules] == ["30 * * * *"]
+    assert training.triggers == []
+    (trigger,) = retraining.triggers
+    assert trigger.expect == {EVENT}
+    assert trigger.match.matches(ingest_event(workspace))
+    assert not trigger.match.matches(ingest_event(Workspace(workspace.root.parent / "other")))
+    assert trigger.parameters == {"workspace": str(workspace.root)}
+    assert training.parameters == retraining.parameters == {"workspace": str(workspace.root)}
+    assert training.entrypoint.endswith("flows/serve.py:deployed_training")
+
+
+def test_no_cron_means_no_schedule_and_a_bad_cron_names_its_key(workspace):
+    from flows.serve import build_deployments
+
+    training, retraining = build_deployments(workspace, ServeConfig(training_cron=None))
+    assert training.schedules == [] and retraining.schedules == []
+    with pytest.raises(ConfigError, match=r"serve\.retrain_cron: '61 \* \* \* \*' is not a cron"):
+        build_deployments(workspace, ServeConfig(retrain_cron="61 * * * *"))
+
+
+def test_serve_without_a_server_says_how_to_get_one(workspace, monkeypatch, capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # even inside the test harness
+        assert main(["--workspace", str(workspace.root), "serve"]) == 2
+    err = capsys.readouterr().err
+    assert "PREFECT_API_URL is not set" in err and "evergreen ui" in err
+
+
+def test_a_deployed_run_waits_for_the_workspace_lock(workspace):
+    from flows.serve import deployed_retraining, deployed_training
+
+    write_params(workspace.root, {**TINY_PARAMS, "serve": {"lock_wait_seconds": 1.0}})
+    with workspace_lock(workspace, "evergreen run", 0):
+        for deployed in (deployed_training, deployed_retraining):
+            start = time.monotonic()
+            with pytest.raises(WorkspaceBusyError, match="workspace busy: evergreen run"):
+                deployed.fn(str(workspace.root))  # the flow body: fails before touching anything
+            assert time.monotonic() - start >= 1.0
+    assert not workspace.batches.exists()
+
+
+def test_prefect_yaml_describes_the_same_deployments():
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes
+    from prefect.flows import load_flow_from_entrypoint
+    from pydantic import TypeAdapter
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"training-pipeline", "continual-retraining"}
+    for name, d in deployments.items():
+        path, func = d["entrypoint"].split(":")
+        flow = load_flow_from_entrypoint(f"{ROOT / path}:{func}")
+        assert flow.name == name  # the deployed entrypoints, which hold the workspace lock
+        assert set(d["parameters"]) <= set(flow.parameters.properties)
+        assert d["concurrency_limit"]["limit"] == 1
+    (schedule,) = deployments["training-pipeline"]["schedules"]
+    assert CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"]).cron == \
+        ServeConfig().training_cron
+    (trigger,) = deployments["continual-retraining"]["triggers"]
+    parsed = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)
+    assert isinstance(parsed, DeploymentEventTrigger) and parsed.expect == {EVENT}
+    assert parsed.match.matches(ingest_event(Workspace(Path("/any/workspace"))))
+    assert parsed.parameters == {"workspace": "{{ event.payload.workspace }}"}
+
+
+def test_an_ingest_event_starts_the_retraining_deployment(prefect_harness, workspace):
+    """On a real server: the deployment's automation turns the watcher's event into a run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.serve import build_deployments
+    from flows.watch import announce
+
+    _, retraining = build_deployments(workspace, ServeConfig(training_cron=None))
+    deployment_id = retraining.apply()
+    try:
+        announce(workspace, [{"batch_id": "b1", "added": 3, "source": "drop"}], None)
+        only_ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        deadline, runs = time.monotonic() + 60, []
+        while not runs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(deployment_filter=only_ours)
+        assert runs, "no continual-retraining run within 60 s of the event"
+        assert runs[0].parameters == {"workspace": str(workspace.root)}
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+            client.delete_deployment(deployment_id)
