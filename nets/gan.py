@@ -98,7 +98,7 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
                        nn.LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers, nn.Flatten())
-        n_features = chans[-1] * base ** 2
+        n_features = chans[-1] * base ** 2 + 1  # + the minibatch standard deviation
         self.head = nn.Linear(n_features, 1)
         self.embed = nn.Embedding(num_classes, n_features) if conditional else None
         self.classify = nn.Linear(n_features, num_classes) if conditional else None
@@ -107,7 +107,10 @@ class Discriminator(nn.Module):
     def score(self, x: torch.Tensor,
               y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(real/fake logits (N,), class logits (N, classes) or None when unconditional)."""
-        h = self.features(x)  # (N, F)
+        h = self.features(x)  # (N, F - 1)
+        # minibatch stddev (ProGAN): a batch of near-identical fakes is told apart from reals
+        spread = h.std(0, unbiased=False).mean().expand(len(h), 1)
+        h = torch.cat([h, spread], 1)
         out = self.head(h).squeeze(1)
         if not self.conditional:
             return out, None
