@@ -252,6 +252,8 @@ class GanConfig(Section):
     conditional: bool = Field(True, description="class-conditional generator and discriminator")
     class_loss_weight: float = Field(1.0, ge=0.0, description="conditional: weight of the "
                                      "discriminator's auxiliary class loss (AC-GAN); 0 = off")
+    mode_seeking_weight: float = Field(1.0, ge=0.0, description="weight of the mode-seeking "
+                                       "loss (MSGAN) against intra-class collapse; 0 = off")
     ema_decay: float = Field(0.995, ge=0.0, lt=1.0, description="the saved generator is an "
                              "exponential moving average of the weights, per step; 0 = the last")
     seed: int = 0

@@ -17,11 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from evergreen.config import Config, load_config, params_hash
-from evergreen.errors import DataValidationError, EvergreenError
+from evergreen.errors import EvergreenError
 from evergreen.workspace import Workspace, atomic_write_bytes, git_commit, read_json, write_json
 from flows import dvcfile
-from flows.stages import checkpoint_for, load_split, quarantine_batch, write_csv
-from flows.training import PIPELINE, ingest_task, overridden_from, run_stage
+from flows.stages import checkpoint_for, load_split, write_csv
+from flows.training import ingest_task, run_pipeline_stages
 
 log = logging.getLogger("evergreen.gan")
 GAN_DIR, GAN_VERSIONS, GAN_REGISTRY = "models/gan", "models/gan_versions", "models/gan_registry.json"
@@ -173,25 +173,8 @@ def promote_gan_task(ws: Workspace, cfg: Config, report: dict, extractor: Path) 
 
 def data_stages(ws: Workspace, cfg: Config, landed: dict, overrides: list[str]) -> dict:
     """validate -> preprocess (and train, when no champion classifier can give features)."""
-    first, rerun, stages = overridden_from(overrides), False, {}
     wanted = ["validate", "preprocess"] + ([] if champion_ready(ws) else ["train"])
-    for i, (name, stage_task) in enumerate(PIPELINE):
-        if name not in wanted:
-            continue
-        rerun = rerun or i >= first  # overridden params: run now, dvc.lock keeps params.yaml's
-        try:
-            stages[name] = stage_task(ws, cfg, rerun, commit=i < first)
-        except DataValidationError as exc:
-            if not landed["batch_id"]:
-                raise
-            where = quarantine_batch(ws, landed["batch_id"], str(exc))
-            dvcfile.track(ws.root, "data/batches")
-            if any(ws.batches.glob("*.csv")):
-                run_stage("validate", ws, load_config(ws.params), rerun=False, commit=True)
-            raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
-                                      f"{where}; the dataset is as it was") from None
-        rerun = rerun or stages[name]["ran"]
-    return stages
+    return run_pipeline_stages(ws, cfg, landed, overrides, wanted)
 
 
 def champion_ready(ws: Workspace) -> bool:

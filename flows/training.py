@@ -120,16 +120,13 @@ def overridden_from(overrides: list[str]) -> int:
     return min(hits, default=len(PIPELINE))
 
 
-@flow(name="training-pipeline")
-def training_pipeline(workspace: str, data: str | None = None,
-                      overrides: list[str] | None = None) -> dict:
-    """ingest -> validate -> preprocess -> train -> compress -> evaluate -> promote."""
-    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
-    dvcfile.init_workspace(ws)
-    cfg = load_config(ws.params, overrides)
-    landed = ingest_task(ws, cfg, data)
+def run_pipeline_stages(ws: Workspace, cfg: Config, landed: dict, overrides: list[str],
+                        wanted: list[str]) -> dict:
+    """The `wanted` pure stages in pipeline order; a batch that fails validation is quarantined."""
     first_override, rerun, stages = overridden_from(overrides), False, {}
     for i, (name, stage_task) in enumerate(PIPELINE):
+        if name not in wanted:
+            continue
         # overridden params are for this run only: those stages run, dvc.lock keeps params.yaml's
         rerun = rerun or i >= first_override
         try:
@@ -144,6 +141,18 @@ def training_pipeline(workspace: str, data: str | None = None,
             raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
                                       f"{where}; the dataset is as it was") from None
         rerun = rerun or stages[name]["ran"]
+    return stages
+
+
+@flow(name="training-pipeline")
+def training_pipeline(workspace: str, data: str | None = None,
+                      overrides: list[str] | None = None) -> dict:
+    """ingest -> validate -> preprocess -> train -> compress -> evaluate -> promote."""
+    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
+    dvcfile.init_workspace(ws)
+    cfg = load_config(ws.params, overrides)
+    landed = ingest_task(ws, cfg, data)
+    stages = run_pipeline_stages(ws, cfg, landed, overrides, [name for name, _ in PIPELINE])
     outcome = promote_task(ws, cfg, dvcfile.data_version(ws.root))
     report_task(ws, outcome, stages)
     return {"ingest": landed, "stages": stages, "promote": outcome}

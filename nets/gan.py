@@ -98,7 +98,7 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
                        nn.LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers, nn.Flatten())
-        n_features = chans[-1] * base ** 2 + 1  # + the minibatch standard deviation
+        n_features = chans[-1] * base ** 2
         self.head = nn.Linear(n_features, 1)
         self.embed = nn.Embedding(num_classes, n_features) if conditional else None
         self.classify = nn.Linear(n_features, num_classes) if conditional else None
@@ -107,10 +107,7 @@ class Discriminator(nn.Module):
     def score(self, x: torch.Tensor,
               y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(real/fake logits (N,), class logits (N, classes) or None when unconditional)."""
-        h = self.features(x)  # (N, F - 1)
-        # minibatch stddev (ProGAN): a batch of near-identical fakes is told apart from reals
-        spread = h.std(0, unbiased=False).mean().expand(len(h), 1)
-        h = torch.cat([h, spread], 1)
+        h = self.features(x)  # (N, F)
         out = self.head(h).squeeze(1)
         if not self.conditional:
             return out, None
@@ -137,20 +134,11 @@ GAN_BUILDERS = {GENERATOR: build_generator, DISCRIMINATOR: build_discriminator}
 
 def load_generator(model_dir: Path) -> tuple[Generator, dict[str, Any]]:
     """Rebuild a saved generator from its card and safetensors weights (eval mode)."""
-    from safetensors.torch import load_file
-
-    from nets.io import WEIGHTS, read_card
+    from nets.io import load_weights, read_card
 
     card = read_card(model_dir)
     if card["arch"] != GENERATOR:
         raise BadInputError(f"{model_dir / 'model.json'}: arch {card['arch']!r} is not a "
                             f"{GENERATOR}")
     model = build_generator(card["in_shape"], len(card["classes"]), **card.get("options", {}))
-    weights = model_dir / WEIGHTS
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except FileNotFoundError:
-        raise BadInputError(f"{weights}: missing weights file") from None
-    except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise BadInputError(f"{weights}: not loadable generator weights: {exc}") from None
-    return model.eval(), card
+    return load_weights(model, model_dir), card

@@ -70,6 +70,11 @@ def load_model(model_dir: Path, prefer_onnx: bool = False) -> tuple[torch.nn.Mod
         return load_onnx(model_dir), card
     model = build_model(card["arch"], tuple(card["in_shape"]), len(card["classes"]),
                         **card.get("options", {}))
+    return load_weights(model, model_dir), card
+
+
+def load_weights(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
+    """model_dir's safetensors weights into `model` (eval mode); a pickle is refused by name."""
     weights = model_dir / WEIGHTS
     try:
         model.load_state_dict(load_file(str(weights)))
@@ -78,7 +83,7 @@ def load_model(model_dir: Path, prefer_onnx: bool = False) -> tuple[torch.nn.Mod
     except Exception as exc:  # safetensors raises its own error types for bad headers
         raise BadInputError(f"{weights}: not loadable safetensors weights{pickle_note(weights)}: "
                             f"{exc}") from None
-    return model.eval(), card
+    return model.eval()
 
 
 def pickle_note(path: Path) -> str:

@@ -55,13 +55,14 @@ def class_loss(class_logits: torch.Tensor | None, y: torch.Tensor | None, weight
     return weight * F.cross_entropy(class_logits, y)
 
 
-def discriminator_loss(d: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                       y: torch.Tensor | None, cfg: GanConfig) -> tuple[torch.Tensor, float, float]:
+def discriminator_loss(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None,
+                       fake_y: torch.Tensor | None,
+                       cfg: GanConfig) -> tuple[torch.Tensor, float, float]:
     """BCE with one-sided label smoothing (real target, fake target 0) + the class loss on reals.
 
     The class head learns from real images only, so fakes cannot teach it their mistakes.
     """
-    (real_logits, real_classes), (fake_logits, _) = d.score(real, y), d.score(fake.detach(), y)
+    (real_logits, real_classes), (fake_logits, _) = d.score(real, y), d.score(fake.detach(), fake_y)
     target = torch.full_like(real_logits, cfg.label_smoothing)
     loss = (F.binary_cross_entropy_with_logits(real_logits, target)
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
@@ -75,6 +76,26 @@ def generator_loss(d: nn.Module, fake: torch.Tensor, y: torch.Tensor | None,
     logits, classes = d.score(fake, y)
     return (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
             + class_loss(classes, y, cfg.class_loss_weight))
+
+
+def paired(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The batch's labels with the second half repeating the first: fakes i and i + n/2 share one."""
+    if labels is None:
+        return None
+    half = len(labels) // 2
+    out = labels.clone()
+    out[half:2 * half] = labels[:half]
+    return out
+
+
+def mode_seeking_loss(z: torch.Tensor, fake: torch.Tensor, cfg: GanConfig):
+    """MSGAN: penalise fakes i, i + n/2 (same class, other z) for being alike (intra-class collapse)."""
+    half = len(z) // 2
+    if not cfg.mode_seeking_weight or half == 0:
+        return 0.0
+    dz = (z[:half] - z[half:2 * half]).abs().mean(1)
+    dx = (fake[:half] - fake[half:2 * half]).abs().flatten(1).mean(1)
+    return cfg.mode_seeking_weight / ((dx / dz).mean() + 1e-5)
 
 
 @torch.no_grad()
@@ -102,12 +123,13 @@ def train_epoch(g, d, opt_g, opt_d, x: torch.Tensor, y: torch.Tensor, cfg: GanCo
         if len(idx) < 2:  # BatchNorm needs two samples
             continue
         real, labels = x[idx], (y[idx] if cfg.conditional else None)
-        fake = g(torch.randn(len(idx), cfg.latent_dim, generator=gen), labels)
-        d_loss, d_real, d_fake = discriminator_loss(d, real, fake, labels, cfg)
+        z, fake_labels = torch.randn(len(idx), cfg.latent_dim, generator=gen), paired(labels)
+        fake = g(z, fake_labels)
+        d_loss, d_real, d_fake = discriminator_loss(d, real, fake, labels, fake_labels, cfg)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        g_loss = generator_loss(d, fake, labels, cfg)
+        g_loss = generator_loss(d, fake, fake_labels, cfg) + mode_seeking_loss(z, fake, cfg)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
