@@ -44,6 +44,27 @@ def compression(quick: bool, scratch: Path) -> dict:
                 source="reports/compression.json of the pipeline_overhead run")}
 
 
+def distillation(quick: bool, scratch: Path) -> dict:
+    """Distilled student vs its no-distillation control, seeds 0-2, on the pipeline run's data."""
+    from bench.distillation import distillation_seeds
+    from evergreen.config import load_config
+    from evergreen.workspace import Workspace
+
+    goal, ws = "> 0 (mean of 3 seeds)", Workspace(scratch / "pipeline_ws")
+    if not (ws.model_dir("teacher") / "model.json").exists():
+        return {"distillation_gain": not_run(goal, "needs the teacher of the pipeline_overhead "
+                                             "benchmark's run, which did not finish", error=True)}
+    cfg = load_config(ws.params).compress
+    r = distillation_seeds(ws, cfg.model_copy(update={"epochs": 3}) if quick else cfg, [0, 1, 2])
+    return {"distillation_gain": entry(
+        100 * r["gain_mean"], "points",
+        f"control {r['control_mean']:.4f} ± {r['control_std']:.4f} vs distilled "
+        f"{r['distilled_mean']:.4f} ± {r['distilled_std']:.4f} test acc", goal, r["gain_mean"] > 0,
+        gain_std_points=round(100 * r["gain_std"], 3), distilled_wins=r["distilled_wins"],
+        runs=r["runs"], temperature=r["temperature"], alpha=r["alpha"], epochs=r["epochs"],
+        test_samples=r["test_samples"])}
+
+
 def ddp(quick: bool, scratch: Path) -> dict:
     from bench.ddp_throughput import measure
 

@@ -22,6 +22,7 @@ GROUPS = {
     "noop_rerun": ("bench.pipeline:noop_rerun", ("noop_rerun",), (120, 1800)),
     "compression": ("bench.collected:compression", ("compression_latency_ratio", "compression_size_ratio",
                                                     "compression_accuracy_drop"), (120, 120)),
+    "distillation": ("bench.collected:distillation", ("distillation_gain",), (300, 1800)),
     "inference": ("bench.inference:inference", ("inference_batch1_p50", "inference_batch1_p95",
                                                 "inference_batch256_throughput"), (600, 1800)),
     "train_throughput": ("bench.training:train_throughput", ("train_throughput_vs_plain_loop",),

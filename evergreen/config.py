@@ -170,6 +170,8 @@ class SelectConfig(Section):
                                      description="validation accuracy below the teacher's")
     max_latency_ms: float = Field(5.0, gt=0.0, description="batch-1 p95 in onnxruntime")
     max_size_kb: float = Field(256.0, gt=0.0, description="exported model file")
+    min_speedup: float = Field(3.0, ge=0.0, description="the teacher's batch-1 p50 latency over "
+                               "the variant's, measured side by side (0: no minimum)")
     objective: Literal["accuracy", "latency", "size"] = Field(
         "accuracy", description="among variants in budget: best val accuracy (ties: faster), "
                                 "lowest latency or smallest file")

@@ -307,6 +307,9 @@ def budget_failures(row: dict, teacher: dict, cfg: SelectConfig) -> list[str]:
         why.append(f"latency p95 {row['latency_ms_p95']:.3f} ms > max_latency_ms {cfg.max_latency_ms}")
     if row["size_bytes"] / 1024 > cfg.max_size_kb:
         why.append(f"size {row['size_bytes'] / 1024:.1f} KB > max_size_kb {cfg.max_size_kb}")
+    speedup = teacher["latency_ms_p50"] / row["latency_ms_p50"]
+    if speedup < cfg.min_speedup:
+        why.append(f"{speedup:.2f}x faster than the teacher (p50) < min_speedup {cfg.min_speedup}")
     return why
 
 

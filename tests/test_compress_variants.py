@@ -133,6 +133,18 @@ def test_selection_takes_the_best_variant_within_budget():
                                                        "objective": "size"}))[0] == "bad"
 
 
+def test_selection_needs_the_minimum_speedup_over_the_teacher():
+    rows = [row("teacher", 1.0, 0.3, 1000), row("pruned", 0.995, 0.15, 200),
+            row("student", 0.99, 0.09, 50)]
+    cfg = SelectConfig(max_accuracy_drop=0.02, max_latency_ms=1.0, max_size_kb=300, min_speedup=3.0)
+
+    name, _ = select_variant(rows, cfg)
+
+    assert name == "student"  # the more accurate pruned variant is only 2x faster
+    assert "min_speedup 3.0" in " ".join(rows[1]["outside_budget"])
+    assert select_variant(rows, cfg.model_copy(update={"min_speedup": 0.0}))[0] == "pruned"
+
+
 def test_selection_explains_when_nothing_fits():
     rows = [row("teacher", 1.0, 2.0, 1000), row("small", 0.9, 0.5, 50)]
     name, reason = select_variant(rows, SelectConfig(max_accuracy_drop=0.01, max_size_kb=100))
