@@ -32,7 +32,7 @@ PARAMS["train"].update(epochs=EPOCHS, threads=1)
 PARAMS["compress"].update(epochs=1, control=False, prune={"ratios": [], "epochs": 0},
                           quantize={"variants": [], "calibration_samples": 16})
 # the variant chosen must not hang on this machine's load (latency has its own tests)
-PARAMS["compress"]["select"].update(max_latency_ms=1000.0)
+PARAMS["compress"]["select"].update(max_latency_ms=1000.0, min_speedup=0.0)
 # measured speed, not the model, differs between runs and machines
 UNSTABLE = ("latency", "throughput", "seconds", "time")
 
