@@ -38,7 +38,8 @@ def one_process(data, cfg: TrainConfig) -> float:
 
     train, val, classes, norm = data
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tuple(train[0].shape[1:]), len(classes), **model_options(cfg))
+    model = build_model(cfg.model, tuple(train[0].shape[1:]), len(classes),
+                        **model_options(cfg, train[0].shape[1:]))
     start = time.perf_counter()
     _, history = fit(model, train, val, norm, FitSettings.from_train(cfg))
     return len(train[0]) * len(history) / (time.perf_counter() - start)

@@ -84,6 +84,9 @@ class EarlyStoppingConfig(Section):
 
 class CnnConfig(Section):
     channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    stem_stride: Literal[1, 2] | None = Field(
+        None, description="stride of the first convolution; null = 2 for inputs of 16 px or more "
+        "(a quarter of the first block's cost), 1 below")
 
 
 class VitConfig(Section):

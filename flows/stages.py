@@ -158,7 +158,8 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
 
 def run_evaluate(ws: Workspace, cfg: Config) -> dict:
     from nets.io import load_model, model_file
-    from tasks.evaluate import evaluate_model, null_model, predict_proba, summary_row
+    from tasks.evaluate import evaluate_model, null_model, predict_proba
+    from tasks.promote import summary_row
     from tasks.report import write_evaluation_plots, write_prediction_plots
 
     meta = read_json(ws.processed / "meta.json")
@@ -210,10 +211,10 @@ def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None)
 
     With no source, the default one (digits) is ingested if the dataset is empty.
     """
-    from tasks.ingest import land_batch, quarantine_candidate, read_metadata
+    from tasks.ingest import has_samples, land_batch, quarantine_candidate
 
     if source is None:
-        if not read_metadata(ws.batches).empty:
+        if has_samples(ws.batches):
             return {"batch_id": None, "added": 0, "source": None}
         source = cfg.ingest.source
     candidate = read_candidate(ws, cfg, source)
@@ -310,7 +311,6 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
     """
     from evergreen.workspace import git_commit
     from nets.io import file_sha256, model_file, read_card
-    from tasks.evaluate import summary_row
     from tasks.promote import (
         gate_table,
         load_registry,
@@ -319,6 +319,7 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
         run_gates,
         save_registry,
         store_version,
+        summary_row,
     )
     from tasks.retrain import challenger_gates
 

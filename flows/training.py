@@ -30,9 +30,14 @@ def transient(task, task_run, state) -> bool:
     return False
 
 
-def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool, **hooks) -> dict:
-    """Run a pure stage unless DVC says it is current; record it in dvc.lock when asked."""
-    if not rerun and dvcfile.stage_is_current(ws.root, name):
+def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool,
+              stale: set[str] | None = None, **hooks) -> dict:
+    """Run a pure stage unless DVC says it is current; record it in dvc.lock when asked.
+
+    `stale`: the stages DVC found changed at the start of the run (None: ask DVC now).
+    """
+    current = name not in stale if stale is not None else dvcfile.stage_is_current(ws.root, name)
+    if not rerun and current:
         log.info("%s: unchanged (data, params and outputs match dvc.lock), skipped", name)
         return {"ran": False}
     summary = PURE_STAGES[name](ws, cfg, **hooks)
@@ -51,25 +56,28 @@ def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+def validate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
+                  stale: set[str] | None = None) -> dict:
     """Great Expectations suite over the metadata table."""
     try:
-        return run_stage("validate", ws, cfg, rerun, commit)
+        return run_stage("validate", ws, cfg, rerun, commit, stale)
     finally:  # a failed validation is the summary people most need to see
         publish_validation(ws)
 
 
 @task(name="preprocess", cache_policy=NO_CACHE)
-def preprocess_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+def preprocess_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
+                    stale: set[str] | None = None) -> dict:
     """Deduplicate, split by content hash, normalization stats."""
-    return run_stage("preprocess", ws, cfg, rerun, commit)
+    return run_stage("preprocess", ws, cfg, rerun, commit, stale)
 
 
 @task(name="train", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
-def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
+               stale: set[str] | None = None) -> dict:
     """Train the teacher (a retry resumes from the last epoch checkpoint)."""
     progress = TrainingProgress(cfg.train.epochs)
-    summary = run_stage("train", ws, cfg, rerun, commit, on_epoch=progress.update)
+    summary = run_stage("train", ws, cfg, rerun, commit, stale, on_epoch=progress.update)
     progress.finish(summary)
     if summary["ran"]:
         log.info("train: world size %d, %.0f images/s (%.0f per process), %.1f s in all",
@@ -79,15 +87,17 @@ def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
 
 
 @task(name="compress", cache_policy=NO_CACHE)
-def compress_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+def compress_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
+                  stale: set[str] | None = None) -> dict:
     """Build, measure and select compressed variants of the teacher."""
-    return run_stage("compress", ws, cfg, rerun, commit)
+    return run_stage("compress", ws, cfg, rerun, commit, stale)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool) -> dict:
+def evaluate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
+                  stale: set[str] | None = None) -> dict:
     """Test metrics, latency, size, null model."""
-    return run_stage("evaluate", ws, cfg, rerun, commit)
+    return run_stage("evaluate", ws, cfg, rerun, commit, stale)
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -124,13 +134,14 @@ def run_pipeline_stages(ws: Workspace, cfg: Config, landed: dict, overrides: lis
                         wanted: list[str]) -> dict:
     """The `wanted` pure stages in pipeline order; a batch that fails validation is quarantined."""
     first_override, rerun, stages = overridden_from(overrides), False, {}
+    stale = dvcfile.stale_stages(ws.root)  # once: until a stage runs, nothing it reads changes
     for i, (name, stage_task) in enumerate(PIPELINE):
         if name not in wanted:
             continue
         # overridden params are for this run only: those stages run, dvc.lock keeps params.yaml's
         rerun = rerun or i >= first_override
         try:
-            stages[name] = stage_task(ws, cfg, rerun, commit=i < first_override)
+            stages[name] = stage_task(ws, cfg, rerun, commit=i < first_override, stale=stale)
         except DataValidationError as exc:
             if not landed["batch_id"]:
                 raise

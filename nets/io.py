@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save
+from typing import TYPE_CHECKING, Any
 
 from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, write_json
-from nets import build_model
+
+if TYPE_CHECKING:  # torch loads where a model is saved or built, not for cards and hashes
+    import torch
 
 WEIGHTS, CARD, ONNX = "model.safetensors", "model.json", "model.onnx"
 PICKLED = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")  # never loaded: unpickling runs code
@@ -20,6 +19,8 @@ PICKLED = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")  # never loaded: u
 
 def save_model(model: torch.nn.Module, card: dict[str, Any], out_dir: Path) -> Path:
     """Write weights and card (arch, options, in_shape, classes, mean, std) to out_dir."""
+    from safetensors.torch import save
+
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(out_dir / WEIGHTS, save(state))
@@ -65,16 +66,29 @@ def load_model(model_dir: Path, prefer_onnx: bool = False) -> tuple[torch.nn.Mod
     An ONNX-only model (card format "onnx", e.g. int8) runs in onnxruntime; so does any
     model with an export when `prefer_onnx` (how `evergreen predict` serves).
     """
+    from nets import build_model
+
     card = read_card(model_dir)
     if card.get("format") == "onnx" or (prefer_onnx and (model_dir / ONNX).exists()):
         return load_onnx(model_dir), card
     model = build_model(card["arch"], tuple(card["in_shape"]), len(card["classes"]),
-                        **card.get("options", {}))
+                        **card_options(card))
     return load_weights(model, model_dir), card
+
+
+def card_options(card: dict[str, Any]) -> dict[str, Any]:
+    """The builder options a card records; a cnn card from before `stem_stride` existed was
+    built with stride 1 (the auto default would rebuild a different network)."""
+    options = dict(card.get("options", {}))
+    if card["arch"] == "cnn":
+        options.setdefault("stem_stride", 1)
+    return options
 
 
 def load_weights(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
     """model_dir's safetensors weights into `model` (eval mode); a pickle is refused by name."""
+    from safetensors.torch import load_file
+
     weights = model_dir / WEIGHTS
     try:
         model.load_state_dict(load_file(str(weights)))

@@ -19,6 +19,7 @@ from torch import nn
 
 from evergreen.config import AugmentConfig, CompressConfig, EvaluateConfig, SelectConfig
 from nets import build_model
+from nets.io import card_options
 from tasks.train import FitSettings, LossFn, cross_entropy_loss, fit, normalize
 
 log = logging.getLogger("evergreen.compress")
@@ -131,7 +132,7 @@ def prune_channels(model: nn.Module, card: dict, ratio: float) -> tuple[nn.Modul
     channels = widths[::2]  # a cnn block is two convs of equal width
     if widths[1::2] != channels:
         raise ValueError(f"pruning left unequal widths within a block: {widths}")
-    options = {**card.get("options", {}), "channels": channels}
+    options = {**card_options(card), "channels": channels}
     rebuilt = build_model("cnn", tuple(card["in_shape"]), len(card["classes"]), **options)
     rebuilt.load_state_dict(pruned.state_dict())
     pruned_card = {**card, "options": options, "compression": {

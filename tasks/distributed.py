@@ -272,7 +272,7 @@ def launch(train, val, classes, norm, cfg, checkpoint: Path | None = None, check
 
     result = run_job(train, val, classes, norm, cfg, checkpoint, checkpoint_key)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
-    model = build_model(cfg.model, in_shape, len(classes), **model_options(cfg))
+    model = build_model(cfg.model, in_shape, len(classes), **model_options(cfg, in_shape))
     model.load_state_dict(result["state"])
     return model.eval(), result["card"], result["history"]
 
@@ -360,7 +360,8 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
     train, val = (data["train_x"], data["train_y"]), (data["val_x"], data["val_y"])
     settings = FitSettings.from_train(cfg)
     settings.threads = threads_per_rank(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    in_shape, options = tuple(int(d) for d in train[0].shape[1:]), model_options(cfg)
+    in_shape = tuple(int(d) for d in train[0].shape[1:])
+    options = model_options(cfg, in_shape)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_shape, len(classes), **options)
     counter = [0, 0]

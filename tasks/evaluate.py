@@ -124,8 +124,3 @@ def null_model(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.
     proba[:, clf.classes_] = clf.predict_proba(flat(test[0]))
     metrics = classification_metrics(test[1], proba, classes)
     return {"model": "logistic_regression", **metrics}
-
-
-def summary_row(metrics: dict) -> dict:
-    """The scalar metrics, for tables and the registry."""
-    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}

@@ -7,15 +7,18 @@ import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, atomic_write_text
 from tasks.readers import Batch, Rejected, read_idx, read_source
 from tasks.readers import load_digits_batch as load_digits_batch  # re-exported
+
+if TYPE_CHECKING:  # pandas costs 0.6 s to import: loaded where a table is built or read
+    import pandas as pd
 
 META_COLUMNS = ["content_hash", "label", "height", "width", "channels",
                 "pixel_min", "pixel_max", "pixel_mean", "source", "batch_id"]
@@ -28,6 +31,8 @@ def content_hash(image: np.ndarray) -> str:
 
 def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFrame:
     """One row per sample: hash, label, shape, pixel statistics, source."""
+    import pandas as pd
+
     n, c, h, w = batch.x.shape
     if n == 0:
         return pd.DataFrame(columns=META_COLUMNS)
@@ -43,10 +48,21 @@ def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFra
 
 def read_metadata(batches_dir: Path) -> pd.DataFrame:
     """All batches' metadata rows, oldest batch first."""
+    import pandas as pd
+
     files = sorted(batches_dir.glob("*.csv")) if batches_dir.exists() else []
     frames = [pd.read_csv(f, dtype={"label": str, "content_hash": str, "batch_id": str,
                                    "source": str}, keep_default_na=False) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=META_COLUMNS)
+
+
+def has_samples(batches_dir: Path) -> bool:
+    """Whether any batch's metadata holds a row (without reading the tables)."""
+    for path in batches_dir.glob("*.csv") if batches_dir.exists() else []:
+        with path.open() as fh:
+            if fh.readline() and fh.readline().strip():
+                return True
+    return False
 
 
 def read_batches(batches_dir: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

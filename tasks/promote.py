@@ -15,6 +15,11 @@ from evergreen.errors import BadInputError, EvergreenError
 from evergreen.workspace import fsync_dir, fsync_tree, read_json, write_json
 
 
+def summary_row(metrics: dict) -> dict:
+    """The scalar metrics, for tables and the registry."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
 @dataclass
 class GateResult:
     name: str

@@ -12,12 +12,15 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from evergreen.config import PreprocessConfig, PromoteConfig, RetrainConfig, TrainConfig
 from tasks.promote import GateResult, check
+
+if TYPE_CHECKING:  # imported where a table is read: a no-op run never needs it
+    import pandas as pd
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) pixels, labels (int index or str name)
 EXACT_BELOW = 25  # McNemar: exact binomial under this many discordant pairs, chi-square above
@@ -68,6 +71,8 @@ def split_of_batches(batches_dir: Path, batch_ids: list[str], cfg: PreprocessCon
     A sample's split is a function of its content hash and cfg, so this is the champion's
     old test split whenever its batches are still in the dataset (None when none are).
     """
+    import pandas as pd
+
     from tasks.ingest import read_metadata
     from tasks.preprocess import deduplicate, split_of
 
@@ -145,6 +150,7 @@ def replay_mix(train: Split, is_new: np.ndarray, ratio: float, seed: int) -> tup
 def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | None,
                     classes: list[str], in_shape: tuple[int, ...]) -> tuple[bool, str]:
     """Whether to fine-tune the champion's teacher, and why (or why train from scratch)."""
+    from nets.io import card_options
     from tasks.train import model_options
 
     if cfg.mode == "full":
@@ -156,8 +162,8 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
         gone = sorted(set(card["classes"]) - set(classes))
         return False, (f"class set changed (new {added or 'none'}, gone {gone or 'none'}): "
                        "training from scratch with an output per class")
-    wanted = {k: v for k, v in model_options(train_cfg).items() if k != "dropout"}
-    has = {k: v for k, v in card.get("options", {}).items() if k != "dropout"}
+    wanted = {k: v for k, v in model_options(train_cfg, in_shape).items() if k != "dropout"}
+    has = {k: v for k, v in card_options(card).items() if k != "dropout"}
     if card["arch"] != train_cfg.model or wanted != has:
         return False, (f"train.model/options ({train_cfg.model} {wanted}) differ from the champion "
                        f"teacher's ({card['arch']} {has}): training from scratch")

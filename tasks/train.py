@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import sys
@@ -17,6 +18,7 @@ from torch import nn
 
 from evergreen.config import AugmentConfig, TrainConfig
 from nets import build_model
+from nets.cnn import auto_stem_stride
 from tasks.distributed import Replica
 
 log = logging.getLogger("evergreen.train")
@@ -154,6 +156,12 @@ def load_checkpoint(path: Path | None, key: str) -> dict | None:
     return state if isinstance(state, dict) and state.get("key") == key else None
 
 
+def uses_conv(model: nn.Module) -> bool:
+    """Whether channels_last pays: it does for conv nets on this CPU too (oneDNN's native
+    layout; the default teacher trains 1.15-1.3x faster), so fit trains them that way."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
         norm: tuple[list[float], list[float]], settings: FitSettings, *, name: str = "train",
         loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
@@ -166,6 +174,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
     writes the checkpoint; the updates are those of one process with the same batch.
     """
     replica = replica or Replica()
+    if not replica.channels_last and uses_conv(model):
+        replica = dataclasses.replace(replica, channels_last=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -249,14 +259,16 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
             break
     progress.close()
     model.load_state_dict(best_state)
-    return model.eval(), history
+    return model.to(memory_format=torch.contiguous_format).eval(), history
 
 
-def model_options(cfg: TrainConfig) -> dict:
-    """The builder options for the configured architecture."""
+def model_options(cfg: TrainConfig, in_shape: tuple[int, ...]) -> dict:
+    """The builder options for the configured architecture and these inputs, all resolved (the
+    card records them, so the network rebuilds the same whatever the defaults become)."""
     options = {"dropout": cfg.dropout}
     if cfg.model == "cnn":
         options["channels"] = list(cfg.cnn.channels)
+        options["stem_stride"] = cfg.cnn.stem_stride or auto_stem_stride(in_shape)
     elif cfg.model == "vit":
         options.update(cfg.vit.model_dump())
     return options
@@ -277,7 +289,7 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
 
         return launch(train, val, classes, norm, cfg, checkpoint, checkpoint_key)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
-    options = model_options(cfg)
+    options = model_options(cfg, in_shape)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_shape, len(classes), **options)
     model, history = fit(model, train, val, norm, FitSettings.from_train(cfg),
