@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,9 +111,13 @@ def test_new_user_run_twice_then_dvc_is_clean(tmp_path):
     first = run_cli("run", cwd=root)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "verdict: promoted" in first.stdout
-    second = run_cli("run", cwd=root)
+    second = run_cli("run", cwd=root, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stages run: none" in second.stdout and "verdict: unchanged" in second.stdout
+    # a no-op rerun is quick because it loads none of the heavy libraries (issue 8: <= 5 s)
+    heavy = [m for m in ("torch", "pandas", "sklearn", "great_expectations", "matplotlib")
+             if re.search(rf"\|\s+{m}$", second.stderr, re.MULTILINE)]
+    assert heavy == [], f"the no-op rerun imported {heavy}"
     from tests.test_dvc import dvc as run_dvc
 
     dvc = lambda *a: run_dvc(root, *a)  # noqa: E731

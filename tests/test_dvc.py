@@ -41,6 +41,12 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(tmp_path, tiny_batch):
     again = dvc(ws.root, "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout
     assert dvc(ws.root, "status").stdout.strip() == "Data and pipelines are up to date."
+    assert dvcfile.stale_stages(ws.root) == set()  # the flow's one status call agrees
+
+    params = yaml.safe_load(ws.params.read_text())
+    params["train"]["epochs"] += 1
+    ws.params.write_text(yaml.safe_dump(params))
+    assert dvcfile.stale_stages(ws.root) == {"train"}
 
 
 def test_workspace_dvc_yaml_has_no_code_deps_outside_it(tmp_path):

@@ -104,6 +104,41 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, arch):
     assert not list(tmp_path.joinpath("m").glob("*.tmp"))
 
 
+def test_cnn_first_convolution_strides_on_inputs_of_16_px_and_more():
+    def first_conv(model):
+        return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+    big, small = make("cnn", (1, 28, 28)), make("cnn", (1, 8, 8))
+    assert first_conv(big).stride == (2, 2) and big.stem_stride == 2
+    assert first_conv(small).stride == (1, 1) and small.stem_stride == 1
+    assert first_conv(make("cnn", (1, 28, 28), stem_stride=1)).stride == (1, 1)
+    # the stride costs no accuracy in shape: a 28x28 map still ends in the same head
+    with torch.no_grad():
+        assert big.features(torch.randn(2, 1, 28, 28)).shape == (2, 128, 3, 3)
+
+
+def test_a_cnn_card_from_before_stem_stride_rebuilds_the_stride_1_network(tmp_path):
+    in_shape, options = (1, 28, 28), {"channels": [8, 16]}
+    old = make("cnn", in_shape, stem_stride=1, **options).eval()  # how it was built then
+    save_model(old, card_for("cnn", in_shape, options), tmp_path / "m")  # no stem_stride key
+
+    loaded, _ = load_model(tmp_path / "m")
+
+    x = torch.randn(2, *in_shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), old(x))
+
+
+def test_train_options_record_the_resolved_stem_stride():
+    from evergreen.config import TrainConfig
+    from tasks.train import model_options
+
+    assert model_options(TrainConfig(), (1, 28, 28))["stem_stride"] == 2
+    assert model_options(TrainConfig(), (1, 8, 8))["stem_stride"] == 1
+    pinned = TrainConfig.model_validate({"cnn": {"stem_stride": 1}})
+    assert model_options(pinned, (1, 28, 28))["stem_stride"] == 1
+
+
 class Payload:
     """Unpickling this creates `marker` (pickle calls open(marker, "w"))."""
 
