@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from bench.report import entry, not_run
@@ -25,7 +26,7 @@ QUICK_PARAMS = {
     "train": {"epochs": 2, "batch_size": 32, "augment": {"enabled": False}, "cnn": {"channels": [16, 32]}},
     "compress": {"epochs": 2, "batch_size": 32, "augment": False, "prune": {"ratios": [0.5], "epochs": 1},
                  "quantize": {"variants": ["pruned_50"], "calibration_samples": 64},
-                 "select": {"latency_runs": 10, "throughput_batch": 32}},
+                 "select": {"latency_runs": 10, "throughput_batch": 32, "min_speedup": 0.0}},
     "evaluate": {"latency_runs": 10, "throughput_batch": 32, "null_model_max_iter": 200},
     "promote": {"candidate": "teacher", "min_accuracy": 0.5, "min_f1_macro": 0.5,
                 "max_latency_ms": 1000.0},
@@ -73,7 +74,9 @@ def pipeline(quick: bool, scratch: Path) -> dict:
             f"<= {GOAL_OVERHEAD}", overhead <= GOAL_OVERHEAD, wall_seconds=round(wall, 2),
             stage_compute_seconds=round(compute, 2), gx_seconds=round(times["gx_seconds"], 2),
             stage_seconds={k: round(v, 2) for k, v in times["stage_seconds"].items()},
-            data="bundled digits", params=params),
+            data="bundled digits", params=params,
+            prefect_server="the bench's, running" if os.environ.get("PREFECT_API_URL")
+            else "a temporary one the run starts"),
         "peak_rss": entry(rss_mb, "MB", f"evergreen run, {params}", f"< {GOAL_RSS_MB}",
                           rss_mb < GOAL_RSS_MB, measured="max RSS of the largest child process "
                           "(getrusage RUSAGE_CHILDREN)")}
@@ -89,7 +92,7 @@ def noop_rerun(quick: bool, scratch: Path) -> dict:
     """Rerun the pipeline benchmark's workspace, nothing changed, against a Prefect server."""
     if quick:
         return {"noop_rerun": not_run(f"<= {GOAL_NOOP_S}", "not in --quick: it starts a Prefect "
-                                      "server (15-60 s on 2 cores); run `evergreen bench`", "s")}
+                                      "server (15-25 s on 2 cores); run `evergreen bench`", "s")}
     from flows.ui import Server, start_server, stop_process, wait_until_healthy
 
     ws = scratch / "pipeline_ws"
@@ -101,12 +104,14 @@ def noop_rerun(quick: bool, scratch: Path) -> dict:
     try:
         started = wait_until_healthy(server, proc)
         env = {**os.environ, "PREFECT_API_URL": server.api_url}
-        # the first run registers the flow with the fresh server; the second is the steady state
-        runs = [timed_run(ws, scratch / f"noop_{i}.json", env, timeout=600) for i in range(2)]
+        # the first run registers the flow with the fresh server; the next three are the steady state
+        runs = [timed_run(ws, scratch / f"noop_{i}.json", env, timeout=600) for i in range(4)]
     finally:
         stop_process(proc.pid)
     stages = json.loads((scratch / "noop_1.json").read_text())["stage_seconds"]
-    return {"noop_rerun": entry(runs[1], "s", f"first rerun {runs[0]:.1f} s (server up in "
-                                f"{started:.0f} s)", f"<= {GOAL_NOOP_S}", runs[1] <= GOAL_NOOP_S,
+    value = float(np.median(runs[1:]))
+    return {"noop_rerun": entry(value, "s", f"median of 3 reruns; the first, which registers the "
+                                f"flow, {runs[0]:.1f} s (server up in {started:.0f} s)",
+                                f"<= {GOAL_NOOP_S}", value <= GOAL_NOOP_S,
                                 runs_seconds=[round(r, 2) for r in runs],
                                 stage_seconds={k: round(v, 2) for k, v in stages.items()})}
