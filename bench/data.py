@@ -3,7 +3,8 @@ generated from them (8×8 digits upscaled to a 20×20 box in a 28×28 canvas, as
 laid out, each copy warped by a random rotation, zoom and shift).
 
 Train and test copies come from different source digits (the pipeline's content-hash
-split), so a test image is never a warp of a training image.
+split), so a test image is never a warp of a training image. `evergreen bench --mnist DIR`
+reads a real MNIST-format set instead (idx_set).
 """
 
 from __future__ import annotations
@@ -67,6 +68,43 @@ def mnist_like(n_train: int, n_test: int, seed: int = 0):
     for (x, y), n, s in ((sources["train"], n_train, seed), (sources["test"], n_test, seed + 1)):
         images, src = upscale_warped(x, n, s)
         out.append((images, y[src]))
+    return tuple(out)
+
+
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_ENV = "EVERGREEN_BENCH_MNIST"  # the folder `evergreen bench --mnist DIR` names
+
+
+def idx_files(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """MNIST's four IDX files in `folder` (raw or .gz), by split; a missing one is named."""
+    from evergreen.errors import BadInputError
+
+    found = {}
+    for split, names in MNIST_FILES.items():
+        pair = []
+        for name in names:
+            path = next((folder / f"{name}{ext}" for ext in ("", ".gz")
+                         if (folder / f"{name}{ext}").is_file()), None)
+            if path is None:
+                expected = ", ".join(n for pair_names in MNIST_FILES.values() for n in pair_names)
+                raise BadInputError(f"{folder / name}[.gz]: missing; bench --mnist expects a folder "
+                                    f"with MNIST's four IDX files ({expected}), raw or gzipped")
+            pair.append(path)
+        found[split] = (pair[0], pair[1])
+    return found
+
+
+def idx_set(folder: Path, n_train: int | None = None, n_test: int | None = None):
+    """((x_train, y_train), (x_test, y_test)) from an MNIST-format folder, the first n of each
+    (all when None): uint8 (N, C, H, W) and int64 labels (the IDX label bytes)."""
+    from evergreen.config import IngestConfig
+    from tasks.readers import read_idx
+
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        batch, _ = read_idx(*idx_files(folder)[split], IngestConfig())
+        out.append((batch.x[:n], batch.labels[:n].astype(np.int64)))
     return tuple(out)
 
 

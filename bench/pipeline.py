@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -82,18 +81,12 @@ def pipeline(quick: bool, scratch: Path) -> dict:
                           "(getrusage RUSAGE_CHILDREN)")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def noop_rerun(quick: bool, scratch: Path) -> dict:
     """Rerun the pipeline benchmark's workspace, nothing changed, against a Prefect server."""
     if quick:
         return {"noop_rerun": not_run(f"<= {GOAL_NOOP_S}", "not in --quick: it starts a Prefect "
                                       "server (15-25 s on 2 cores); run `evergreen bench`", "s")}
-    from flows.ui import Server, start_server, stop_process, wait_until_healthy
+    from flows.ui import Server, free_port, start_server, stop_process, wait_until_healthy
 
     ws = scratch / "pipeline_ws"
     if not (ws / "dvc.lock").exists():

@@ -52,4 +52,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from flows.cli import exit_now
+
+    exit_now(main(sys.argv[1:]))  # as the `evergreen` command exits

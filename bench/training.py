@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -140,22 +141,33 @@ def time_to_accuracy(quick: bool, scratch=None) -> dict:
 
     Reference: the seed's network (Conv 32 3x3, MaxPool, Dense 64, softmax), Adam at
     Keras's default lr 1e-3, batch 32, 10 epochs, test accuracy after each epoch (Keras's
-    validation_data), in the plain loop. Both see the same generated 28x28 MNIST-format set.
+    validation_data), in the plain loop. Both see the same 28x28 MNIST-format set: generated
+    from the bundled digits, or the IDX set `evergreen bench --mnist DIR` names (all of it;
+    its first 1,000/300 images with --quick).
     """
-    from bench.data import mnist_like
+    import os
+
+    from bench.data import MNIST_ENV, idx_set, mnist_like
     from nets import build_model
     from tasks.preprocess import channel_stats
 
     n_train, n_test, ref_epochs, teacher_epochs = (1000, 300, 2, 1) if quick else (10000, 2000, 10, 2)
-    train, test = mnist_like(n_train, n_test)
+    if os.environ.get(MNIST_ENV):
+        folder = Path(os.environ[MNIST_ENV])
+        train, test = idx_set(folder, n_train if quick else None, n_test if quick else None)
+        data = f"MNIST-format IDX set {folder}"
+    else:
+        train, test = mnist_like(n_train, n_test)
+        data = "28x28 MNIST-format, generated from the bundled digits (bench/data.py)"
+    n_classes = int(max(train[1].max(), test[1].max())) + 1
     norm = channel_stats(train[0])
     ref_curve = []
     torch.manual_seed(0)
-    ref = build_model("seed_cnn", (1, 28, 28), 10)
+    ref = build_model("seed_cnn", tuple(train[0].shape[1:]), n_classes)
     ref_s = plain_fit(ref, train, test, norm, ref_epochs, 32, torch.optim.Adam(ref.parameters(), 1e-3),
                       on_epoch=lambda e, acc, t: ref_curve.append((e, acc, t)))
     curve, start = [], time.perf_counter()
-    stage_s, history = stage_fit(train, test, [str(c) for c in range(10)], norm,
+    stage_s, history = stage_fit(train, test, [str(c) for c in range(n_classes)], norm,
                                  default_train(teacher_epochs, torch.get_num_threads()),
                                  on_epoch=lambda row, _: curve.append(
                                      (row["epoch"], row["val_acc"], time.perf_counter() - start)))
@@ -171,5 +183,4 @@ def time_to_accuracy(quick: bool, scratch=None) -> dict:
         teacher_curve=[[e, a, round(t, 2)] for e, a, t in curve],
         reference_seconds=round(ref_s, 2), reference_final_accuracy=ref_final,
         reference_curve=[[e, a, round(t, 2)] for e, a, t in ref_curve],
-        train_samples=n_train, test_samples=n_test,
-        data="28x28 MNIST-format, generated from the bundled digits (bench/data.py)")}
+        train_samples=len(train[0]), test_samples=len(test[0]), data=data)}

@@ -74,6 +74,32 @@ def test_mnist_like_set_is_28x28_idx_with_test_digits_unseen(tmp_path):
     assert not rejected and np.array_equal(batch.x, x) and list(batch.labels) == [str(v) for v in y]
 
 
+def test_a_user_mnist_folder_is_read_whole_or_its_first_n(tmp_path):
+    from bench.data import idx_set, mnist_like, write_idx
+
+    (x, y), (xt, yt) = mnist_like(40, 12)
+    write_idx(tmp_path, x, y, prefix="train")
+    write_idx(tmp_path, xt, yt, prefix="t10k")
+    (a, b), (c, d) = idx_set(tmp_path)
+    assert np.array_equal(a, x) and np.array_equal(b, y) and b.dtype == np.int64
+    assert np.array_equal(c, xt) and np.array_equal(d, yt)
+    (a, _), (c, _) = idx_set(tmp_path, 10, 5)
+    assert len(a) == 10 and len(c) == 5
+
+
+def test_cli_bench_mnist_folder_without_the_test_files_exits_2_naming_one(tmp_path, capsys):
+    from bench.data import mnist_like, write_idx
+
+    (x, y), _ = mnist_like(10, 2)
+    write_idx(tmp_path / "mnist", x, y, prefix="train")  # no t10k- files
+    rc = main(["--workspace", str(tmp_path / "ws"), "bench", "--mnist", str(tmp_path / "mnist"),
+               "--only", "compression"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "t10k-images-idx3-ubyte[.gz]: missing" in err and "bench --mnist" in err
+    assert not (tmp_path / "ws" / "reports" / "bench.json").exists()
+
+
 def test_plain_loop_learns_and_reports_each_epoch(data):
     from bench.training import plain_fit
     from evergreen.config import AugmentConfig
