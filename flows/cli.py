@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import typing
 
@@ -213,11 +214,18 @@ def cmd_watch(args, ws) -> int:
     from flows.watch import watch_folder
 
     prefect_logging()  # now, not at the first retrain: its console handler prints evergreen.* lines
+    # a service manager stops a watcher with SIGTERM: stop as on Ctrl-C, so the exit handlers
+    # run (Prefect's temporary server is stopped, not left running) and the lock is released
+    signal.signal(signal.SIGTERM, interrupt)
     summary = watch_folder(ws, Path(args.folder), once=args.once)
     print(f"landed {len(summary.landed)} batch(es), {len(summary.unchanged)} drop(s) with nothing "
           f"new, {len(summary.failed)} refused (see DIR/.failed/); {len(summary.retrains)} "
           f"retrain(s), {len(summary.retrain_errors)} failed; {len(summary.events)} event(s) sent")
     return 2 if summary.failed else 1 if summary.retrain_errors else 0
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def cmd_serve(args, ws) -> int:

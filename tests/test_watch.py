@@ -195,6 +195,19 @@ def test_with_a_prefect_server_the_watcher_emits_the_event(prefect_harness, work
     assert found[0].payload["workspace"] == str(workspace.root)
 
 
+def child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.mark.slow
 def test_watch_retrains_a_dropped_batch_end_to_end(tmp_path, digits):
     """The acceptance test: a watcher on a temp folder retrains on a dropped batch."""
@@ -215,8 +228,11 @@ def test_watch_retrains_a_dropped_batch_end_to_end(tmp_path, digits):
         wait_for(lambda: len(json.loads(registry.read_text())["candidates"]) == 2, 900,
                  "the retrain's candidate in the registry")
     finally:
+        children = child_pids(watcher.pid)  # e.g. Prefect's temporary server
         watcher.terminate()
         watcher.wait(30)
+    assert watcher.returncode == 130  # SIGTERM (a service manager's stop) stops it as Ctrl-C does
+    assert not [pid for pid in children if alive(pid)], "the stopped watcher left processes running"
     assert (drops / DONE / "new.npz").exists()
     assert len(list((ws / "data" / "batches").glob("*.npz"))) == 2
     retrained = json.loads(registry.read_text())["candidates"][1]
