@@ -36,8 +36,8 @@ def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool,
 
     `stale`: the stages DVC found changed at the start of the run (None: ask DVC now).
     """
-    current = name not in stale if stale is not None else dvcfile.stage_is_current(ws.root, name)
-    if not rerun and current:
+    if not rerun and (name not in stale if stale is not None
+                      else dvcfile.stage_is_current(ws.root, name)):
         log.info("%s: unchanged (data, params and outputs match dvc.lock), skipped", name)
         return {"ran": False}
     summary = PURE_STAGES[name](ws, cfg, **hooks)

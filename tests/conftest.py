@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from evergreen.workspace import Workspace
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -128,3 +133,23 @@ def write_idx_pair(folder: Path, x: np.ndarray, labels: np.ndarray, gz: bool = F
     img_path.write_bytes(pack(images))
     lab_path.write_bytes(pack(labs))
     return img_path, lab_path
+
+
+def copy_workspace(ws: Workspace, tmp_path: Path) -> Workspace:
+    """A private copy of a (module-scoped) prepared workspace, for a test that changes it."""
+    from evergreen.workspace import Workspace
+
+    shutil.copytree(ws.root, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")
+
+
+def fail_registry_writes(monkeypatch) -> None:
+    """Replacing models/registry.json fails as on a full disk; other files are written."""
+    real_replace = os.replace
+
+    def broken_replace(src, dst):
+        if str(dst).endswith("registry.json"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("evergreen.workspace.os.replace", broken_replace)

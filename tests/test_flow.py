@@ -6,7 +6,7 @@ from evergreen.errors import DataValidationError
 from flows import dvcfile
 from flows.training import PIPELINE, training_pipeline
 from tasks.promote import load_registry
-from tests.conftest import write_png_folder
+from tests.conftest import copy_workspace, write_png_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -64,12 +64,7 @@ def test_run_publishes_summary_and_metrics_artifacts(ran_twice):
 
 
 def test_override_changes_one_run_only(ran_twice, tmp_path):
-    import shutil
-
-    from evergreen.workspace import Workspace
-
-    shutil.copytree(ran_twice[0].root, tmp_path / "ws")
-    ws = Workspace(tmp_path / "ws")
+    ws = copy_workspace(ran_twice[0], tmp_path)
     params_before = ws.params.read_text()
     result = training_pipeline(str(ws.root), overrides=["compress.epochs=1"])
     assert not result["stages"]["train"]["ran"] and result["stages"]["compress"]["ran"]
@@ -83,12 +78,7 @@ def test_override_changes_one_run_only(ran_twice, tmp_path):
      "min samples per class"),  # landed, then refused by the dataset suite
 ])
 def test_bad_batch_is_quarantined_and_dataset_kept(ran_twice, tmp_path, digits, overrides, message):
-    import shutil
-
-    from evergreen.workspace import Workspace
-
-    shutil.copytree(ran_twice[0].root, tmp_path / "ws")
-    ws = Workspace(tmp_path / "ws")
+    ws = copy_workspace(ran_twice[0], tmp_path)
     batches_before = sorted(p.name for p in ws.batches.iterdir())
     registry_before = ws.registry.read_text()
     # 3 new images of an unknown class "x": a new label, and too few samples for a class

@@ -1,8 +1,6 @@
 """The gate: each failing gate blocks promotion and is named; the registry stays consistent."""
 
 import json
-import os
-import shutil
 
 import pytest
 
@@ -12,7 +10,7 @@ from evergreen.workspace import Workspace, read_json, write_json
 from flows.stages import PURE_STAGES, run_promote
 from tasks.ingest import dedupe, write_batch
 from tasks.promote import load_registry, run_gates
-from tests.conftest import TINY_PARAMS
+from tests.conftest import TINY_PARAMS, copy_workspace, fail_registry_writes
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +34,7 @@ def trained(tmp_path_factory, digits):
 
 @pytest.fixture
 def ws(trained, tmp_path):
-    shutil.copytree(trained.root, tmp_path / "ws")
-    return Workspace(tmp_path / "ws")
+    return copy_workspace(trained, tmp_path)
 
 
 def set_metrics(ws, role="student", null_accuracy=None, **values):
@@ -113,15 +110,7 @@ def test_failed_registry_write_leaves_previous_state(ws, monkeypatch):
     set_metrics(ws, **GOOD, null_accuracy=0.5)
     promote(ws)
     before = ws.registry.read_text()
-
-    real_replace = os.replace
-
-    def broken_replace(src, dst):
-        if str(dst).endswith("registry.json"):
-            raise OSError(28, "No space left on device")
-        real_replace(src, dst)
-
-    monkeypatch.setattr("evergreen.workspace.os.replace", broken_replace)
+    fail_registry_writes(monkeypatch)
     with pytest.raises(EvergreenError, match="registry.json"):
         promote(ws, candidate="teacher")
     assert ws.registry.read_text() == before

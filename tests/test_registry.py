@@ -1,7 +1,6 @@
 """The registry's history: forced promotion, rollback, audit entries, atomic switches, status."""
 
 import json
-import os
 
 import pytest
 
@@ -17,6 +16,7 @@ from tasks.promote import (
     rollback,
     store_version,
 )
+from tests.conftest import fail_registry_writes
 
 
 def candidate(version, verdict, accuracy=0.97):
@@ -154,14 +154,7 @@ def test_cli_rollback_takes_the_workspace_lock(ws, capsys):
 
 def test_failed_switch_leaves_the_registry_as_it_was(ws, monkeypatch, capsys):
     before = ws.registry.read_text()
-    real_replace = os.replace
-
-    def broken_replace(src, dst):
-        if str(dst).endswith("registry.json"):
-            raise OSError(28, "No space left on device")
-        real_replace(src, dst)
-
-    monkeypatch.setattr("evergreen.workspace.os.replace", broken_replace)
+    fail_registry_writes(monkeypatch)
     assert cli(ws, "promote", "v3", "--force", "--reason", "x") == EvergreenError.exit_code
     assert "No space left on device" in capsys.readouterr().err
     assert ws.registry.read_text() == before

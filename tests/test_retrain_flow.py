@@ -1,7 +1,6 @@
 """The continual-retraining flow: nothing new, bad batches quarantined (fast, with a
 hand-made champion); then as a user: train on part of digits, ingest more, retrain (slow)."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from evergreen.workspace import Workspace, read_json
 from flows import dvcfile
 from flows.cli import main
 from tasks.promote import load_registry
-from tests.conftest import TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, copy_workspace, write_params
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -67,8 +66,7 @@ def champion_ws(tmp_path_factory, digits):
 
 @pytest.fixture
 def ws(champion_ws, tmp_path):
-    shutil.copytree(champion_ws.root, tmp_path / "ws")
-    return Workspace(tmp_path / "ws")
+    return copy_workspace(champion_ws, tmp_path)
 
 
 def test_nothing_new_trains_nothing(ws, capsys):
