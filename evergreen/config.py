@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -14,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from evergreen.errors import ConfigError
 
 STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "promote")
-SECTIONS = (*STAGES, "retrain", "gan")  # params.yaml sections: the stages, then the GAN pipeline
 
 
 class Section(BaseModel):
@@ -26,16 +26,68 @@ class IngestConfig(Section):
     """Where data comes from when the dataset is empty, and how images are read."""
 
     source: str = Field("digits", description="'digits' or a path (folder, IDX, NPZ, CSV, archive)")
-    grayscale: bool | None = Field(None, description="force 1 channel (True) or 3 (False)")
-    image_size: list[int] | None = Field(
-        None, min_length=2, max_length=2, description="resize to [H, W]; None rejects odd sizes"
-    )
+    channels: Literal["auto", "gray", "rgb"] = Field(
+        "auto", description="auto: RGB when any image has colour (gray ones expanded), else gray; "
+        "a dataset's later batches follow its first")
+    image_size: Literal["auto"] | list[int] = Field(
+        "auto", description="[H, W], or auto: the images' own size when they share one, else the "
+        "median height and width (square when close), at most max_auto_side; later batches "
+        "follow the dataset")
+    resize: Literal["stretch", "pad", "crop"] = Field(
+        "stretch", description="how an image of another shape fits image_size: stretch, pad "
+        "(letterbox with alpha_background) or crop (centre)")
+    max_auto_side: int = Field(128, ge=4, description="image_size auto never picks a side above this")
+    alpha_background: list[int] = Field(
+        default_factory=lambda: [255, 255, 255], min_length=3, max_length=3,
+        description="RGB colour transparent pixels are composited over (and pad's fill)")
+    labels_csv: str | None = Field(
+        None, description="CSV mapping file name to label for a folder of images (found beside "
+        "the images or one folder up when null)")
+    crop_roi: bool = Field(False, description="crop to the labels CSV's ROI columns (X1, Y1, X2, Y2, "
+                           "inclusive, as GTSRB's Roi.X1 ...)")
     on_bad_sample: Literal["reject", "drop"] = Field(
         "reject", description="a bad sample rejects the whole batch, or is dropped and reported")
     csv_label_column: str = Field("label", description="CSV column holding the label")
     max_image_pixels: int = Field(16_777_216, ge=1, description="larger headers are refused")
+    max_batch_pixels: int = Field(
+        1_000_000_000, ge=1, description="pixels (width x height) a batch may decode, summed from "
+        "the headers before decoding, for every format; split larger sources into batches")
+    max_csv_line_bytes: int = Field(4_194_304, ge=64, description="a longer CSV line is refused")
+    read_timeout_s: float = Field(300.0, ge=0.0, description="longest read of one file; 0 = none")
     max_archive_bytes: int = Field(2_000_000_000, ge=1, description="uncompressed archive cap")
     max_archive_members: int = Field(1_000_000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """Workspaces from before `channels`: `grayscale: true|false|null`, `image_size: null`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "grayscale" in data:
+            legacy = data.pop("grayscale")
+            if legacy is not None and not isinstance(legacy, bool):
+                raise ValueError(f"grayscale (deprecated; use channels): expected true, false or "
+                                 f"null, got {legacy!r}")
+            if legacy is not None:
+                data.setdefault("channels", "gray" if legacy else "rgb")
+        if "image_size" in data and data["image_size"] is None:
+            data["image_size"] = "auto"
+        return data
+
+    @field_validator("image_size")
+    @classmethod
+    def _size_pair(cls, value: Any) -> Any:
+        if isinstance(value, list) and (len(value) != 2 or not all(1 <= v <= 65536 for v in value)):
+            raise ValueError(f"expected auto or [H, W] with sides in 1..65536, got {value}")
+        return value
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _colour(cls, value: list[int]) -> list[int]:
+        if not all(0 <= v <= 255 for v in value):
+            raise ValueError(f"expected [R, G, B] in 0..255, got {value}")
+        return value
 
 
 class ValidateConfig(Section):
@@ -350,8 +402,30 @@ class Config(Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
+# params.yaml's sections, by their params.yaml names (`validate`, whose attribute is validate_)
+SECTIONS = tuple(field.alias or name for name, field in Config.model_fields.items())
+
+
 class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not as a string."""
+    """SafeLoader that reads `1e-4` as a float (YAML 1.2), not as a string, and refuses a key
+    given twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` keys may be overridden: that is what they are for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Yaml12Loader.add_implicit_resolver(
@@ -366,48 +440,77 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: where, and what it found."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).strip().splitlines()[0]
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (exc.problem or exc.context or "unreadable").strip()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"{key}: unknown key (value {err['input']!r})"
-    return f"{key}: {err['msg']} (got {err['input']!r})"
+        return f"{key}: unknown key (value {_short(err['input'])})"
+    if err["type"] == "model_type":  # pydantic says "a valid dictionary or instance of XConfig"
+        return f"{key}: expected a section (a mapping of keys), got {_short(err['input'])}"
+    return f"{key}: {err['msg']} (got {_short(err['input'])})"
 
 
 def parse_config(data: dict[str, Any], origin: str = "params.yaml") -> Config:
-    """Validate a params mapping; raise ConfigError naming each bad key and value."""
+    """Validate a params mapping; raise ConfigError naming each bad key and value, one a line."""
     try:
         return Config.model_validate(data or {})
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{origin}: invalid config:\n  {lines}") from None
+        lines = [_describe(e) for e in exc.errors()]
+        if len(lines) == 1:
+            raise ConfigError(f"{origin}: {lines[0]}") from None
+        raise ConfigError(f"{origin}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (values parsed as YAML scalars) to a copy."""
-    data = json.loads(json.dumps(data))
+    """Apply `section.key=value` overrides (values parsed as YAML) to a copy."""
+    data = copy.deepcopy(data)  # not a JSON round trip: params.yaml may hold a date
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
         parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
         if parts[0] not in SECTIONS:
             raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}, "
                               f"expected one of {', '.join(SECTIONS)}")
         node = data
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-        node[parts[-1]] = read_yaml(raw)
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is "
+                                  f"{_short(node)} in params.yaml, not a section")
+        node[parts[-1]] = _override_value(item, ".".join(parts), raw)
     return data
+
+
+def _override_value(item: str, key: str, raw: str) -> Any:
+    try:
+        return read_yaml(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: {key}: expected a YAML value, got {raw!r} "
+                          f"({yaml_problem(exc)}); quote a string: {key}='\"...\"'") from None
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> Config:
     """Read params.yaml (safe_load), apply overrides, validate."""
     try:
-        data = read_yaml(path.read_text()) if path.exists() else {}
+        data = read_yaml(path.read_text(encoding="utf-8")) if path.exists() else {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data or {}, overrides or [])

@@ -70,8 +70,9 @@ def resolve_workspace(path: str | os.PathLike | None = None) -> Workspace:
     return Workspace(Path(chosen).expanduser().resolve())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path` (mode 0600
+    when `private`, else the usual mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -82,7 +83,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual mode
+        if not private:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual mode
         os.replace(tmp, path)
         fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as exc:
@@ -119,8 +121,8 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, private: bool = False) -> None:
+    atomic_write_bytes(path, text.encode(), private)
 
 
 def write_json(path: Path, data: Any) -> None:

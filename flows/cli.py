@@ -161,7 +161,20 @@ def cmd_ingest(args, ws) -> int:
               f"{result['repeated_in_batch']} repeated in the source; no new data version")
     for row in result["dropped"]:
         print(f"  dropped {row['source']}: {row['reason']}")
+    print_read_log(result.get("notes", []), result.get("skipped", []))
     return 0
+
+
+def print_read_log(notes: list[str], skipped: list[dict], shown: int = 10) -> None:
+    """What the read chose (sizes, labels file) and which files it skipped, by name."""
+    for note in notes:
+        print(f"  {note}")
+    if skipped:
+        print(f"  skipped {len(skipped)} file(s) that are not samples:")
+        for row in skipped[:shown]:
+            print(f"    {row['source']}: {row['reason']}")
+        if len(skipped) > shown:
+            print(f"    ... and {len(skipped) - shown} more")
 
 
 def cmd_stage(args, ws) -> int:
@@ -211,9 +224,11 @@ def cmd_watch(args, ws) -> int:
 
     from prefect.logging.configuration import setup_logging as prefect_logging
 
+    from flows.console import hide_user_errors
     from flows.watch import watch_folder
 
     prefect_logging()  # now, not at the first retrain: its console handler prints evergreen.* lines
+    hide_user_errors()  # a retrain failed by our error is logged in one line (flows/watch.py)
     # a service manager stops a watcher with SIGTERM: stop as on Ctrl-C, so the exit handlers
     # run (Prefect's temporary server is stopped, not left running) and the lock is released
     signal.signal(signal.SIGTERM, interrupt)

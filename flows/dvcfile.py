@@ -100,7 +100,7 @@ def init_workspace(ws: Workspace) -> None:
     for path, text in ((ws.params, default_params_yaml()), (root / "dvc.yaml", dvc_yaml(root))):
         if not path.exists():
             atomic_write_text(path, text)
-    ensure_lines(root / ".gitignore", ["/.evergreen/"])
+    ensure_lines(root / ".gitignore", ["/.evergreen/", "/data/quarantine/"])  # rejected data: kept, never committed
     ensure_lines(root / ".dvcignore", ["__pycache__/", "*.pyc"])  # code deps hash sources only
 
 

@@ -203,7 +203,9 @@ PURE_STAGES = {
 
 
 def shown(source: str | tuple[str, str]) -> str:
-    return " + ".join(source) if isinstance(source, tuple) else source
+    from tasks.safe_files import display_name
+
+    return " + ".join(map(display_name, source)) if isinstance(source, tuple) else display_name(source)
 
 
 def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None) -> dict:
@@ -221,9 +223,10 @@ def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None)
     summary = {"source": shown(source), "batch_id": None, "added": 0, "read": len(candidate.batch)
                + candidate.duplicates, "already_present": candidate.present,
                "repeated_in_batch": candidate.repeats,
-               "dropped": [vars(r) for r in candidate.rejected]}
+               "dropped": [vars(r) for r in candidate.rejected],
+               "skipped": [vars(r) for r in candidate.log.skipped], "notes": candidate.log.notes}
     if len(candidate.batch) == 0:
-        log.info("ingest %s: nothing new (%d samples already in the dataset)", source,
+        log.info("ingest %s: nothing new (%d samples already in the dataset)", shown(source),
                  candidate.duplicates)
         return summary
     report = check_batch(ws, cfg, candidate)
@@ -234,7 +237,7 @@ def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None)
                                   f"{failed}\nquarantined in {where}; the dataset is unchanged")
     land_batch(candidate, ws.batches)
     log.info("ingest %s: %d new samples (batch %s), %d repeated in the batch, %d already present, "
-             "%d bad samples dropped", source, len(candidate.batch), candidate.batch_id,
+             "%d bad samples dropped", shown(source), len(candidate.batch), candidate.batch_id,
              candidate.repeats, candidate.present, len(candidate.rejected))
     return {**summary, "batch_id": candidate.batch_id, "added": len(candidate.batch)}
 
@@ -242,13 +245,16 @@ def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None)
 def read_candidate(ws: Workspace, cfg: Config, source: str | tuple[str, str]):
     """Read and deduplicate; unreadable sources and (by policy) bad samples are quarantined."""
     from tasks.ingest import prepare_batch, quarantine_candidate, quarantine_source
+    from tasks.reading import ReadLog
 
+    log = ReadLog()
     try:
-        candidate = prepare_batch(source, cfg.ingest, ws.batches, ws.root)
+        candidate = prepare_batch(source, cfg.ingest, ws.batches, ws.root, log)
     except BadInputError as exc:
         where = quarantine_source(source, str(exc), ws.quarantine, cfg.ingest.max_archive_bytes,
-                                  ws.root)
-        raise BadInputError(str(exc) + (f"\nsource kept in {where}" if where else "")) from None
+                                  log.opened)
+        raise BadInputError(str(exc) + (f"\nthe files read are kept in {where}" if where else "")) \
+            from None
     if candidate.rejected and cfg.ingest.on_bad_sample == "reject":
         reason = (f"{len(candidate.rejected)} bad samples and ingest.on_bad_sample is 'reject' "
                   "(set it to 'drop' to land the rest)")

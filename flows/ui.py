@@ -24,6 +24,7 @@ from pathlib import Path
 from evergreen.config import UiConfig
 from evergreen.errors import BadInputError, EvergreenError
 from evergreen.workspace import Workspace, atomic_write_text
+from flows.console import hide_user_errors
 
 STATE_FILE = "server.json"
 
@@ -283,7 +284,8 @@ def temporary_api():
     while this process loads, and it is told to stop at the end without waiting: Prefect's
     own temporary server would start only when the flow starts, after loading its whole
     server app into this process, and wait up to 5 s for it to stop. Together that is ~10 s
-    of every `evergreen run` (issue 8).
+    of every `evergreen run` (issue 8). The console no longer shows Prefect's traceback of
+    an EvergreenError, which the command prints as one line (flows/console.py).
     """
     # a fresh process with no URL in its environment starts the server at once; if Prefect's
     # settings (a profile) name a server after all, that one is used and this one stopped
@@ -291,6 +293,7 @@ def temporary_api():
         start_temporary_server()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    hide_user_errors()  # the command prints its EvergreenError as one line; Prefect need not
     if PREFECT_API_URL.value():
         if early:
             early[1].terminate()

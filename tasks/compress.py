@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,12 +148,41 @@ def calibration_batch(train: Split, card: dict, n: int, seed: int) -> torch.Tens
     return normalize(torch.from_numpy(train[0][order]), card["mean"], card["std"])
 
 
+class DropMessage(logging.Filter):
+    """A logger filter that drops the records whose message matches `pattern`."""
+
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+# what importing torchao logs on every run, about what this pipeline never uses (int8 runs on
+# the CPU through the X86 quantizer): CUDA kernels (mxfp8; CUTLASS for sm90a) that a CPU
+# torch cannot load, Triton kernels, and torch's deprecation of how torchao registers an Enum
+TORCHAO_IMPORT_NOISE = {
+    "torchao": DropMessage(r"Failed to load \S*torchao/_C_(mxfp8|cutlass_90a)\S*\.so: "),
+    "torchao.kernel.intmm": DropMessage(r"Warning: Detected no triton, "),
+    "torch.utils._pytree": DropMessage(r"<enum '\w+'> is an Enum subclass and is now natively "
+                                       r"supported by torch\.compile"),
+}
+
+
+def quiet_torchao_import() -> None:
+    """Silence torchao's expected import-time warnings; any other warning still shows."""
+    for name, drop in TORCHAO_IMPORT_NOISE.items():
+        logging.getLogger(name).addFilter(drop)  # addFilter skips a filter already there
+
+
 def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
     """Static int8 with the PT2E flow (torchao): per-channel int8 weights, uint8 activations.
 
     Returns the converted graph (quantize/dequantize around float ops); onnxruntime fuses
     those into int8 kernels once exported.
     """
+    quiet_torchao_import()
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,14 +15,17 @@ import numpy as np
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, atomic_write_text
-from tasks.readers import Batch, Rejected, read_idx, read_source
 from tasks.readers import load_digits_batch as load_digits_batch  # re-exported
+from tasks.readers import read_idx, read_source
+from tasks.reading import Batch, ReadLog, Rejected, Shape
+from tasks.safe_files import Opened, SourceFiles, csv_cell, display_name, from_csv_cell
 
 if TYPE_CHECKING:  # pandas costs 0.6 s to import: loaded where a table is built or read
     import pandas as pd
 
 META_COLUMNS = ["content_hash", "label", "height", "width", "channels",
-                "pixel_min", "pixel_max", "pixel_mean", "source", "batch_id"]
+                "pixel_min", "pixel_max", "pixel_mean", "source", "batch_id", "decoded_as"]
+TEXT_COLUMNS = ("label", "source", "decoded_as")  # escaped for spreadsheets in the CSV
 
 
 def content_hash(image: np.ndarray) -> str:
@@ -43,7 +47,17 @@ def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFra
         "pixel_min": x.min(axis=1), "pixel_max": x.max(axis=1),
         "pixel_mean": x.mean(axis=1).round(4),
         "source": batch.sources, "batch_id": batch_id,
+        "decoded_as": batch.decoded or ["as stored"] * n,
     }, columns=META_COLUMNS)
+
+
+def metadata_csv(meta: pd.DataFrame) -> bytes:
+    """The table as CSV; a text cell starting with = + - @ gets a ' so spreadsheets show it."""
+    out = meta.copy()
+    for column in TEXT_COLUMNS:
+        if column in out:
+            out[column] = out[column].astype(str).map(csv_cell)
+    return out.to_csv(index=False).encode()
 
 
 def read_metadata(batches_dir: Path) -> pd.DataFrame:
@@ -52,8 +66,23 @@ def read_metadata(batches_dir: Path) -> pd.DataFrame:
 
     files = sorted(batches_dir.glob("*.csv")) if batches_dir.exists() else []
     frames = [pd.read_csv(f, dtype={"label": str, "content_hash": str, "batch_id": str,
-                                   "source": str}, keep_default_na=False) for f in files]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=META_COLUMNS)
+                                   "source": str, "decoded_as": str}, keep_default_na=False)
+              for f in files]
+    if not frames:
+        return pd.DataFrame(columns=META_COLUMNS)
+    meta = pd.concat(frames, ignore_index=True)
+    for column in TEXT_COLUMNS:
+        if column in meta:
+            meta[column] = meta[column].fillna("").astype(str).map(from_csv_cell)
+    return meta
+
+
+def dataset_shape(meta: pd.DataFrame) -> Shape | None:
+    """(C, H, W) of the dataset's samples (its first batch's), None when it has none."""
+    if meta.empty or not {"channels", "height", "width"} <= set(meta.columns):
+        return None
+    row = meta.iloc[0]
+    return int(row["channels"]), int(row["height"]), int(row["width"])
 
 
 def has_samples(batches_dir: Path) -> bool:
@@ -116,6 +145,7 @@ class Candidate:
     rejected: list[Rejected]
     repeats: int
     present: int
+    log: ReadLog = field(default_factory=ReadLog)
 
     @property
     def duplicates(self) -> int:
@@ -129,18 +159,24 @@ def batch_id_of(hashes: list[str], labels: np.ndarray) -> str:
 
 
 def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir: Path,
-                  workspace: Path | None = None) -> Candidate:
-    """Read `source` (or an IDX (images, labels) pair) and drop samples already in the
-    dataset or repeated in the batch."""
-    if isinstance(source, tuple):
-        batch, rejected = read_idx(Path(source[0]), Path(source[1]), cfg, workspace)
+                  workspace: Path | None = None, log: ReadLog | None = None) -> Candidate:
+    """Read `source` (an IDX (images, labels) pair, or (image folder, labels CSV)) and drop
+    samples already in the dataset or repeated in the batch. Images follow the dataset's
+    shape; `log` collects the files opened and skipped, even when the read fails."""
+    log = log if log is not None else ReadLog()
+    dataset = read_metadata(batches_dir)
+    shape = dataset_shape(dataset)
+    if isinstance(source, tuple) and Path(source[0]).expanduser().is_dir():
+        cfg = cfg.model_copy(update={"labels_csv": source[1]})
+        batch, rejected = read_source(source[0], cfg, workspace, log, shape)
+    elif isinstance(source, tuple):
+        batch, rejected = read_idx(Path(source[0]), Path(source[1]), cfg, workspace, log, shape)
     else:
-        batch, rejected = read_source(source, cfg, workspace)
-    known = set(read_metadata(batches_dir)["content_hash"])
-    fresh, hashes, repeats, present = dedupe(batch, known)
+        batch, rejected = read_source(source, cfg, workspace, log, shape)
+    fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
     batch_id = batch_id_of(hashes, fresh.labels)
     meta = metadata_table(fresh, hashes, batch_id)
-    return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present)
+    return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present, log)
 
 
 def pack_shard(batch: Batch) -> bytes:
@@ -152,44 +188,76 @@ def pack_shard(batch: Batch) -> bytes:
 def land_batch(candidate: Candidate, batches_dir: Path) -> None:
     """Write the shard (.npz), then the metadata (.csv), which marks the batch as landed."""
     atomic_write_bytes(batches_dir / f"{candidate.batch_id}.npz", pack_shard(candidate.batch))
-    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv",
-                       candidate.meta.to_csv(index=False).encode())
+    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv", metadata_csv(candidate.meta))
+
+
+def shown_source(source: str | tuple[str, str]) -> str:
+    return " ".join(display_name(str(s)) for s in (source if isinstance(source, tuple) else (source,)))
+
+
+def private_folder(quarantine_dir: Path, name: str) -> Path:
+    """quarantine/<name>/, mode 0700 (the workspace's .gitignore lists data/quarantine/)."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    target = quarantine_dir / name
+    target.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(target, 0o700)
+    return target
 
 
 def quarantine_candidate(candidate: Candidate, reasons: list[str], quarantine_dir: Path) -> Path:
     """Keep a rejected batch whole in quarantine/<batch-id>/ with its reasons; never delete it."""
-    target = quarantine_dir / candidate.batch_id
-    target.mkdir(parents=True, exist_ok=True)
+    target = private_folder(quarantine_dir, candidate.batch_id)
     if len(candidate.batch):
-        atomic_write_bytes(target / "batch.npz", pack_shard(candidate.batch))
-        atomic_write_bytes(target / "metadata.csv", candidate.meta.to_csv(index=False).encode())
-    lines = [f"source: {candidate.source}", *reasons]
+        atomic_write_bytes(target / "batch.npz", pack_shard(candidate.batch), private=True)
+        atomic_write_bytes(target / "metadata.csv", metadata_csv(candidate.meta), private=True)
+    lines = [f"source: {shown_source(candidate.source)}", *reasons]
     lines += [f"rejected sample {r.source}: {r.reason}" for r in candidate.rejected]
-    atomic_write_text(target / "reasons.txt", "\n".join(lines) + "\n")
+    atomic_write_text(target / "reasons.txt", "\n".join(lines) + "\n", private=True)
     return target
 
 
 def quarantine_source(source: str | tuple[str, str], reason: str, quarantine_dir: Path,
-                      max_bytes: int, workspace: Path) -> Path | None:
-    """A source that could not be read at all: copy its files (if small enough) with the reason.
+                      max_bytes: int, opened: list[Opened]) -> Path | None:
+    """A source that could not be read: a manifest of the files ingest opened (size, sha256)
+    and, when they total at most max_bytes, copies of exactly those files (mode 0600).
 
-    Nothing is copied from a missing path, or from a path inside (or holding) the workspace.
+    Nothing else is copied: not the rest of the folder, not hidden files, not files a link
+    points to outside the source. Nothing at all when no file was opened.
     """
-    paths = [Path(p) for p in (source if isinstance(source, tuple) else (source,))]
-    root = workspace.resolve()
-    if not all(p.exists() for p in paths) or any(
-            p.resolve().is_relative_to(root) or root.is_relative_to(p.resolve()) for p in paths):
+    files = list({o.path: o for o in opened}.values())
+    if not files:
         return None
-    files = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
-                    if f.is_file() and not f.is_symlink()})
-    path = paths[0] if len(paths) == 1 and paths[0].is_dir() else None
-    stamp = "".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    target = quarantine_dir / ("source-" + hashlib.sha256(stamp.encode()).hexdigest()[:12])
-    target.mkdir(parents=True, exist_ok=True)
-    if sum(p.stat().st_size for p in files) <= max_bytes:
-        for f in files:
-            dest = target / "files" / (f.relative_to(path) if path else f.name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, dest, follow_symlinks=False)
-    atomic_write_text(target / "reasons.txt", f"source: {source}\n{reason}\n")
+    stamp = "".join(f"{o.path}:{o.size}" for o in files) + reason
+    target = private_folder(quarantine_dir, "source-" + hashlib.sha256(
+        stamp.encode("utf-8", "surrogateescape")).hexdigest()[:12])
+    copy = sum(o.size for o in files) <= max_bytes
+    rows = [_quarantine_file(o, i, target / "files" if copy else None) for i, o in enumerate(files)]
+    atomic_write_text(target / "manifest.json", json.dumps(
+        {"source": shown_source(source), "reason": reason, "files": rows}, indent=2) + "\n",
+        private=True)
+    atomic_write_text(target / "reasons.txt", f"source: {shown_source(source)}\n{reason}\n",
+                      private=True)
     return target
+
+
+def _quarantine_file(opened: Opened, index: int, folder: Path | None) -> dict:
+    """Hash (and copy into folder) one file ingest opened, through the same safe opener."""
+    files = SourceFiles(opened.path.parent)
+    digest, data = hashlib.sha256(), bytearray()
+    try:
+        with files.open(opened.path, opened.shown) as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                if folder is not None:
+                    data += chunk
+    except BadInputError as exc:  # gone or changed since: say so, copy nothing
+        return {"file": opened.shown, "size": opened.size, "sha256": None, "copied": None,
+                "note": str(exc)}
+    name = None
+    if folder is not None:
+        parts = PurePosixPath(opened.shown).parts
+        safe = opened.shown if parts and not opened.shown.startswith("/") and ".." not in parts \
+            and ":" not in opened.shown else f"{index:05d}-{display_name(opened.path.name)}"
+        atomic_write_bytes(folder / safe, bytes(data), private=True)  # inside a 0700 folder
+        name = safe
+    return {"file": opened.shown, "size": opened.size, "sha256": digest.hexdigest(), "copied": name}

@@ -2,13 +2,16 @@
 
 Whole-source problems (missing, empty, truncated, hostile archives) raise BadInputError
 naming the file; per-sample problems (a corrupt image, a bad CSV row) come back as
-Rejected, so the caller can apply ingest.on_bad_sample.
+Rejected, so the caller can apply ingest.on_bad_sample. Every file is opened through
+SourceFiles (regular files inside the source only, with a deadline), and every format
+checks ingest.max_batch_pixels from its headers before decoding.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import math
 import os
 import re
@@ -16,13 +19,10 @@ import stat
 import struct
 import tarfile
 import tempfile
-import warnings
 import zipfile
 import zlib
-from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -30,91 +30,59 @@ import numpy as np
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
+from tasks.decode import SUFFIXES as IMAGE_SUFFIXES
+from tasks.decode import fit_array
+from tasks.image_folder import os_file, read_image_folder
+from tasks.labels_csv import MAX_LABEL
+from tasks.reading import Batch, Names, Reading, ReadLog, Rejected, Shape, choose_target, to_channels
+from tasks.safe_files import SourceFiles, display_name, text_lines
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
-OTHER_IMAGE_SUFFIXES = {".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".ico"}
-PIL_FORMATS = ("PNG", "JPEG", "BMP")  # never let PIL probe other plugins (EPS runs Ghostscript)
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+DATA_SUFFIXES = (".npz", ".csv", ".zip", ".gz", *TAR_SUFFIXES)
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 1 << 20
-SOURCE_KINDS = ("'digits', an image folder root/<label>/*.png, MNIST IDX files, .npz, .csv, "
-                "or a .zip/.tar(.gz) archive of these")
-
-
-@dataclass
-class Batch:
-    """Images as uint8 (N, C, H, W), string labels (N,), and where each sample came from."""
-
-    x: np.ndarray
-    labels: np.ndarray
-    sources: list[str]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def take(self, keep: np.ndarray) -> Batch:
-        return Batch(self.x[keep], self.labels[keep], [self.sources[i] for i in np.flatnonzero(keep)])
-
-
-@dataclass
-class Rejected:
-    """One sample refused: where it came from and why."""
-
-    source: str  # file, file[index] or file:line
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Names:
-    """How paths are shown to the user: relative to `base`, behind `prefix` ('a.zip:')."""
-
-    base: Path
-    prefix: str = ""
-
-    def __call__(self, path: Path) -> str:
-        rel = _relative(path, self.base)
-        return self.prefix + rel if rel else self.prefix.rstrip(":") or str(path)
-
-
-def _relative(path: Path, base: Path) -> str:
-    """path relative to base, '/'-separated, '' for base itself (string slicing: pathlib is slow)."""
-    text, start = str(path), str(base).rstrip(os.sep) + os.sep
-    rel = text[len(start):] if text.startswith(start) else path.relative_to(base).as_posix()
-    return "" if rel == "." else rel.replace(os.sep, "/")
-
+SOURCE_KINDS = ("'digits', an image folder root/<label>/*.png (or images with a labels CSV), "
+                "MNIST IDX files, .npz, .csv, or a .zip/.tar(.gz) archive of these")
 
 Read = tuple[Batch, list[Rejected]]
 
 
 # --- entry points ---------------------------------------------------------------------
 
-def read_source(source: str, cfg: IngestConfig, workspace: Path | None = None) -> Read:
+def read_source(source: str, cfg: IngestConfig, workspace: Path | None = None,
+                log: ReadLog | None = None, conform_to: Shape | None = None) -> Read:
     """Read 'digits' or a path (image folder, IDX, NPZ, CSV, zip/tar archive of these).
 
-    Returns the samples read and those refused with their reasons. `workspace` (its root)
-    guards against ingesting the workspace's own data/ or models/.
+    Returns the samples read and those refused with their reasons; `log` collects the files
+    opened and skipped and the choices made. `workspace` (its root) guards against ingesting
+    the workspace's own data/ or models/; `conform_to` is the dataset's (C, H, W).
     """
+    log = log if log is not None else ReadLog()
     if source == "digits":
-        batch, rejects = load_digits_batch(), []
-    else:
-        path = _checked_path(Path(source).expanduser(), source, workspace)
-        names = _Names(path) if path.is_dir() else _Names(path.parent)
-        batch, rejects = _read_path(path, cfg, names, in_archive=False)
+        reading = Reading(cfg, SourceFiles(Path("/")), Names(Path("/")), log, conform_to)
+        return conform(load_digits_batch(), reading, "sklearn digits, 0..16 scaled to 0..255"), []
+    path = _checked_path(Path(source).expanduser(), source, workspace)
+    real = Path(os.path.realpath(path))
+    files = SourceFiles(real if path.is_dir() else real.parent, cfg.read_timeout_s, log.opened)
+    names = Names(path) if path.is_dir() else Names(path.parent)
+    batch, rejects = _read_path(path, Reading(cfg, files, names, log, conform_to), in_archive=False)
     if len(batch) == 0 and not rejects:
-        raise BadInputError(f"{source}: empty source: no samples found")
-    return _conform(batch, cfg), rejects
+        raise BadInputError(f"{display_name(source)}: empty source: no samples found")
+    return batch, rejects
 
 
-def read_idx(images: Path, labels: Path, cfg: IngestConfig,
-             workspace: Path | None = None) -> Read:
+def read_idx(images: Path, labels: Path, cfg: IngestConfig, workspace: Path | None = None,
+             log: ReadLog | None = None, conform_to: Shape | None = None) -> Read:
     """An MNIST-format pair given as two paths (raw or gzip): the images and the labels file."""
+    log = log if log is not None else ReadLog()
     images = _checked_path(Path(images).expanduser(), str(images), workspace)
     labels = _checked_path(Path(labels).expanduser(), str(labels), workspace)
-    batch = _read_idx_pair(images, labels, cfg, _Names(images.parent), _Names(labels.parent))
+    reading = Reading(cfg, SourceFiles(Path("/"), cfg.read_timeout_s, log.opened),
+                      Names(images.parent), log, conform_to)
+    batch = _read_idx_pair(images, labels, reading, Names(labels.parent))
     if len(batch) == 0:
-        raise BadInputError(f"{images}: empty source: no samples found")
-    return _conform(batch, cfg), []
+        raise BadInputError(f"{display_name(str(images))}: empty source: no samples found")
+    return batch, []
 
 
 def load_digits_batch() -> Batch:
@@ -128,8 +96,12 @@ def load_digits_batch() -> Batch:
 
 
 def _checked_path(path: Path, source: str, workspace: Path | None) -> Path:
+    shown = display_name(source)
     if not path.exists():
-        raise BadInputError(f"{source}: no such file or directory (expected {SOURCE_KINDS})")
+        raise BadInputError(f"{shown}: no such file or directory (expected {SOURCE_KINDS})")
+    if not (path.is_dir() or path.is_file()):
+        raise BadInputError(f"{shown}: not a regular file or folder (a FIFO, socket or device); "
+                            "refused")
     if workspace is None:
         return path
     real = path.resolve()
@@ -137,91 +109,100 @@ def _checked_path(path: Path, source: str, workspace: Path | None) -> Path:
         guarded = (Path(workspace) / folder).resolve()
         if real.is_relative_to(guarded) or guarded.is_relative_to(real):
             where = "lies inside" if real.is_relative_to(guarded) else "contains"
-            raise BadInputError(f"{source}: {where} the workspace's {folder}/ folder ({guarded}); "
+            raise BadInputError(f"{shown}: {where} the workspace's {folder}/ folder ({guarded}); "
                                 "ingest from a copy outside data/ and models/")
     return path
 
 
-def _read_path(path: Path, cfg: IngestConfig, names: _Names, in_archive: bool) -> Read:
+def _read_path(path: Path, reading: Reading, in_archive: bool) -> Read:
     if path.is_dir():
-        return _read_dir(path, cfg, names, in_archive)
-    kind = _file_kind(path, names)
+        return _read_dir(path, reading, in_archive)
+    names = reading.names
+    reading.files.check(path, names(path))  # a link out or a special file is refused here
+    kind = _file_kind(path, reading)
     if kind in ("zip", "tar"):
         if in_archive:
             raise BadInputError(f"{names(path)}: an archive inside an archive is not supported; "
                                 "extract the outer one first")
-        return _read_archive(path, cfg, names, kind)
+        return _read_archive(path, reading, kind)
     if kind == "npz":
-        return _read_npz(path, cfg, names)
+        return _read_npz(path, reading)
     if kind == "csv":
-        return _read_csv(path, cfg, names)
-    return _read_idx_pair(*_idx_pair_of(path, names), cfg, names), []
+        return _read_csv(path, reading)
+    return _read_idx_pair(*_idx_pair_of(path, reading), reading), []
 
 
-def _read_dir(root: Path, cfg: IngestConfig, names: _Names, in_archive: bool) -> Read:
+def _read_dir(root: Path, reading: Reading, in_archive: bool) -> Read:
     """IDX files if any are here, a lone data file (.npz, .csv, ...), else an image folder."""
-    entries = [p for p in sorted(root.iterdir()) if not _skipped(p.name)]
-    files = [p for p in entries if p.is_file()]
-    idx = [p for p in files if _looks_idx(p)]
+    entries = sorted(root.iterdir())
+    visible = [p for p in entries if not os_file(p.name)]
+    files = [p for p in visible if p.is_file() and reading.files.inside(p)]
+    idx = [p for p in files if _looks_idx(p, reading)]
     if idx:
-        batches = [_read_idx_pair(images, labels, cfg, names) for images, labels in _pair_idx(idx, names)]
+        _name_skipped(entries, set(idx), reading)
+        batches = [_read_idx_pair(images, labels, reading) for images, labels in _pair_idx(idx, reading)]
         if len({b.x.shape[1:] for b in batches}) > 1:
-            raise BadInputError(f"{names(root)}: IDX files hold images of different sizes "
+            raise BadInputError(f"{reading.names(root)}: IDX files hold images of different sizes "
                                 f"{[b.x.shape[2:] for b in batches]}; ingest them one by one")
         return Batch(np.concatenate([b.x for b in batches]), np.concatenate([b.labels for b in batches]),
-                     [s for b in batches for s in b.sources]), []
-    data = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    if len(data) == 1 and not any(p.is_dir() for p in entries):  # a folder around one data file
-        return _read_path(data[0], cfg, names, in_archive)
-    return _read_image_folder(root, cfg, names)
+                     [s for b in batches for s in b.sources], [d for b in batches for d in b.decoded]), []
+    data = [p for p in files if p.name.lower().endswith(DATA_SUFFIXES)]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(data) == 1 and not images and not any(p.is_dir() for p in visible):
+        _name_skipped(entries, {data[0]}, reading)
+        return _read_path(data[0], reading, in_archive)
+    return read_image_folder(root, reading)
 
 
-def _skipped(name: str) -> bool:
-    """Hidden files and OS droppings (.DS_Store, __MACOSX/, ._resource forks) are not samples."""
-    return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
+def _name_skipped(entries: list[Path], read: set[Path], reading: Reading) -> None:
+    for p in entries:
+        if p not in read:
+            why = "hidden or OS metadata file" if os_file(p.name) else "not a data file"
+            reading.log.skipped.append(Rejected(reading.names(p), why))
 
 
-def _head(path: Path, n: int = 512) -> bytes:
+def _head(path: Path, reading: Reading, n: int = 512) -> bytes:
     """The first bytes of a file, decompressed if it is gzip (raw if the stream is corrupt)."""
-    with path.open("rb") as fh:
+    with reading.files.open(path, reading.names(path)) as fh:
         raw = fh.read(n)
-    if raw[:2] != GZIP_MAGIC:
-        return raw
-    try:
-        with gzip.open(path) as fh:
-            return fh.read(n)
-    except (OSError, EOFError, zlib.error):
-        return raw
+        if raw[:2] != GZIP_MAGIC:
+            return raw
+        fh.seek(0)
+        try:
+            with gzip.GzipFile(fileobj=fh) as gz:
+                return gz.read(n)
+        except (OSError, EOFError, zlib.error):
+            return raw
 
 
-def _file_kind(path: Path, names: _Names) -> str:
+def _file_kind(path: Path, reading: Reading) -> str:
     name = path.name.lower()
     if name.endswith(".npz"):
         return "npz"
     if name.endswith(".csv"):
         return "csv"
-    head = _head(path)
+    head = _head(path, reading)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06") or name.endswith(".zip"):
         return "zip"
     if head[257:262] == b"ustar" or name.endswith(TAR_SUFFIXES):
         return "tar"
-    if _looks_idx(path, head):
+    if _looks_idx(path, reading, head):
         return "idx"
-    raise BadInputError(f"{names(path)}: not a recognised source file (expected {SOURCE_KINDS})")
+    raise BadInputError(f"{reading.names(path)}: not a recognised source file (expected {SOURCE_KINDS})")
 
 
 # --- IDX ------------------------------------------------------------------------------
 
-def _looks_idx(path: Path, head: bytes | None = None) -> bool:
+def _looks_idx(path: Path, reading: Reading, head: bytes | None = None) -> bool:
     if "idx" in path.name.lower() or "ubyte" in path.name.lower():
         return True
-    head = _head(path, 4) if head is None else head
+    head = _head(path, reading, 4) if head is None else head
     return head[:3] == b"\0\0\x08" and head[3:4] in (b"\x01", b"\x03")
 
 
-def _idx_ndim(path: Path) -> int | None:
+def _idx_ndim(path: Path, reading: Reading) -> int | None:
     """3 for an images file, 1 for labels: from the magic number, else from the name."""
-    head = _head(path, 4)
+    head = _head(path, reading, 4)
     if head[:3] == b"\0\0\x08" and head[3:4] in (b"\x01", b"\x03"):  # a cut-short file may end at 3
         return head[3]
     name = path.name.lower()
@@ -232,39 +213,40 @@ def _labels_name(images_name: str) -> str:
     return images_name.replace("idx3", "idx1").replace("images", "labels")
 
 
-def _pair_idx(files: list[Path], names: _Names) -> list[tuple[Path, Path]]:
+def _pair_idx(files: list[Path], reading: Reading) -> list[tuple[Path, Path]]:
     """(images, labels) pairs: the only two files, or matched by name (train-*, t10k-*)."""
-    kinds = {p: _idx_ndim(p) for p in files}
+    kinds = {p: _idx_ndim(p, reading) for p in files}
     images = [p for p in files if kinds[p] == 3]
     labels = {p.name: p for p in files if kinds[p] == 1}
     if len(images) == 1 and len(labels) == 1 and len(files) == 2:
         return [(images[0], next(iter(labels.values())))]
     pairs = [(p, labels.pop(_labels_name(p.name))) for p in images if _labels_name(p.name) in labels]
-    unpaired = [p.name for p in files if p not in {q for pair in pairs for q in pair}]
+    unpaired = [display_name(p.name) for p in files if p not in {q for pair in pairs for q in pair}]
     if unpaired or not pairs:
         raise BadInputError(
-            f"{names(files[0].parent)}: cannot pair IDX images (idx3) and labels (idx1) files: "
-            f"{unpaired or [p.name for p in files]} left over; name them like "
+            f"{reading.names(files[0].parent)}: cannot pair IDX images (idx3) and labels (idx1) "
+            f"files: {unpaired or [display_name(p.name) for p in files]} left over; name them like "
             "train-images-idx3-ubyte / train-labels-idx1-ubyte")
     return pairs
 
 
-def _idx_pair_of(images: Path, names: _Names) -> tuple[Path, Path]:
+def _idx_pair_of(images: Path, reading: Reading) -> tuple[Path, Path]:
     """The labels file next to an images file, found by name."""
-    if _idx_ndim(images) == 1:
-        raise BadInputError(f"{names(images)}: is an IDX labels file; give the images file or "
+    shown = reading.names(images)
+    if _idx_ndim(images, reading) == 1:
+        raise BadInputError(f"{shown}: is an IDX labels file; give the images file or "
                             "the folder holding both")
     name = _labels_name(images.name)
     if name == images.name or not (images.parent / name).is_file():
-        raise BadInputError(f"{names(images)}: no matching IDX labels file next to it "
-                            f"(looked for {name})")
+        raise BadInputError(f"{shown}: no matching IDX labels file next to it "
+                            f"(looked for {display_name(name)})")
     return images, images.parent / name
 
 
 @contextmanager
-def _open_maybe_gz(path: Path) -> Iterator[IO[bytes]]:
+def _open_maybe_gz(path: Path, reading: Reading, shown: str) -> Iterator[IO[bytes]]:
     """The file's bytes, gunzipped as they are read when it starts with the gzip magic."""
-    with path.open("rb") as raw:
+    with reading.files.open(path, shown) as raw:
         gz = raw.read(2) == GZIP_MAGIC
         raw.seek(0)
         yield _Gunzip(raw) if gz else raw
@@ -305,23 +287,34 @@ def _read_upto(fh: IO[bytes], n: int, shown: str) -> bytes:
     return b"".join(chunks)
 
 
-def read_idx_array(path: Path, ndim: int, max_bytes: int, shown: str) -> np.ndarray:
-    """One MNIST-format IDX file of unsigned bytes with `ndim` dimensions (raw or gzip)."""
-    with _open_maybe_gz(path) as fh:
-        head = _read_upto(fh, 4 + 4 * ndim, shown)
-        if len(head) < 4 + 4 * ndim or head[:3] != b"\0\0\x08" or head[3] != ndim:
-            raise BadInputError(
-                f"{shown}: not an IDX file of unsigned bytes with {ndim} dimensions "
-                f"(magic {head[:4].hex() or 'missing'}, expected 000008{ndim:02x})")
-        dims = struct.unpack(f">{ndim}I", head[4:])
-        if 0 in dims[1:]:
-            raise BadInputError(f"{shown}: IDX header says images of {dims[1]}x{dims[2]}: no pixels")
+def _idx_dims(head: bytes, ndim: int, shown: str) -> tuple[int, ...]:
+    if len(head) < 4 + 4 * ndim or head[:3] != b"\0\0\x08" or head[3] != ndim:
+        raise BadInputError(
+            f"{shown}: not an IDX file of unsigned bytes with {ndim} dimensions "
+            f"(magic {head[:4].hex() or 'missing'}, expected 000008{ndim:02x})")
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    if 0 in dims[1:]:
+        raise BadInputError(f"{shown}: IDX header says images of {dims[1]}x{dims[2]}: no pixels")
+    return dims
+
+
+def read_idx_array(path: Path, ndim: int, reading: Reading, shown: str) -> np.ndarray:
+    """One MNIST-format IDX file of unsigned bytes with `ndim` dimensions (raw or gzip);
+    the header's counts are checked against the limits before the payload is read."""
+    cfg = reading.cfg
+    with _open_maybe_gz(path, reading, shown) as fh:
+        dims = _idx_dims(_read_upto(fh, 4 + 4 * ndim, shown), ndim, shown)
         what = f"{dims[0]} images of {dims[1]}x{dims[2]}" if ndim == 3 else f"{dims[0]} labels"
         unit = "pixels" if ndim == 3 else "labels"
         expected = math.prod(dims)
-        if expected > max_bytes:
+        if ndim == 3 and dims[1] * dims[2] > cfg.max_image_pixels:
+            raise BadInputError(f"{shown}: header says images of {dims[1]}x{dims[2]} pixels "
+                                f"(> ingest.max_image_pixels {cfg.max_image_pixels})")
+        if ndim == 3:
+            reading.budget(expected, f"header says {what}", shown)
+        if expected > cfg.max_archive_bytes:
             raise BadInputError(f"{shown}: header says {what} ({expected} bytes), more than "
-                                f"ingest.max_archive_bytes {max_bytes}")
+                                f"ingest.max_archive_bytes {cfg.max_archive_bytes}")
         payload = _read_upto(fh, expected + 1, shown)
     if len(payload) < expected:
         raise BadInputError(f"{shown}: truncated IDX: header says {what}, "
@@ -332,138 +325,28 @@ def read_idx_array(path: Path, ndim: int, max_bytes: int, shown: str) -> np.ndar
     return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
-def _read_idx_pair(images: Path, labels: Path, cfg: IngestConfig, names: _Names,
-                   label_names: _Names | None = None) -> Batch:
-    shown, shown_labels = names(images), (label_names or names)(labels)
-    x = read_idx_array(images, 3, cfg.max_archive_bytes, shown)
-    y = read_idx_array(labels, 1, cfg.max_archive_bytes, shown_labels)
+def _read_idx_pair(images: Path, labels: Path, reading: Reading,
+                   label_names: Names | None = None) -> Batch:
+    shown, shown_labels = reading.names(images), (label_names or reading.names)(labels)
+    y = read_idx_array(labels, 1, reading, shown_labels)  # small: read first
+    x = read_idx_array(images, 3, reading, shown)
     if len(x) != len(y):
         raise BadInputError(f"{shown_labels}: {len(y)} labels for {len(x)} images in {shown}")
     sources = [f"{shown}[{i}]" for i in range(len(x))]
-    return Batch(np.ascontiguousarray(x[:, None]), y.astype(str), sources)
-
-
-# --- image folders --------------------------------------------------------------------
-
-def _walk_images(root: Path, names: _Names) -> tuple[list[Path], list[Rejected]]:
-    """Image files under root, breadth first; links that leave root are refused, not followed."""
-    real_root = root.resolve()
-    found, rejects, seen, queue = [], [], {real_root}, deque([root])
-    while queue:
-        folder = queue.popleft()
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            path = Path(entry.path)
-            if _skipped(entry.name):
-                continue
-            if entry.is_symlink() and not _resolves_inside(path, real_root):
-                rejects.append(Rejected(names(path), "symlink points outside the source (or loops); "
-                                                     "not followed"))
-            elif entry.is_dir():
-                real = path.resolve()  # each real folder once: in-source links cannot loop
-                if real not in seen:
-                    seen.add(real)
-                    queue.append(path)
-            elif (suffix := path.suffix.lower()) in IMAGE_SUFFIXES:
-                if entry.is_file():
-                    found.append(path)
-                else:
-                    rejects.append(Rejected(names(path), "not a regular file (broken link?)"))
-            elif suffix in OTHER_IMAGE_SUFFIXES:
-                rejects.append(Rejected(names(path), f"unsupported image format {suffix} "
-                                                     "(PNG, JPEG, BMP only)"))
-    return sorted(found), rejects
-
-
-def _resolves_inside(path: Path, real_root: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(real_root)
-    except (OSError, RuntimeError):  # a symlink loop
-        return False
-
-
-def _decode_image(path: Path, cfg: IngestConfig) -> np.ndarray | str:
-    """One image as (H, W) gray or (H, W, 3) RGB uint8, or the reason it was refused."""
-    from PIL import Image, UnidentifiedImageError
-
-    limit = cfg.max_image_pixels
-    try:
-        with Image.open(path, formats=PIL_FORMATS) as img:
-            w, h = img.size  # from the header: nothing decoded yet
-            if w * h > limit:
-                return f"image header claims {w}x{h} pixels (> ingest.max_image_pixels {limit})"
-            gray = cfg.grayscale if cfg.grayscale is not None else img.mode in GRAY_MODES
-            mode = "L" if gray else "RGB"
-            img = img.convert(mode) if img.mode != mode else img
-            if cfg.image_size is not None and img.size != (cfg.image_size[1], cfg.image_size[0]):
-                img = img.resize((cfg.image_size[1], cfg.image_size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except Image.DecompressionBombError as exc:
-        return f"image header claims more pixels than PIL allows (> ingest.max_image_pixels {limit}): {exc}"
-    except UnidentifiedImageError:
-        return "cannot decode image: not a PNG, JPEG or BMP file"
-    except Exception as exc:  # noqa: BLE001 - hostile files make PIL raise almost anything
-        return f"cannot decode image: {str(exc) or type(exc).__name__}"
-
-
-def _read_image_folder(root: Path, cfg: IngestConfig, names: _Names) -> Read:
-    """Images under root/<label>/... (nested folders allowed); the label is the top folder."""
-    from PIL import Image
-
-    paths, rejects = _walk_images(root, names)
-    flat = [p for p in paths if p.parent == root]
-    rejects += [Rejected(names(p), "image is not inside a <label>/ folder") for p in flat]
-    paths = [p for p in paths if p.parent != root]
-    if not paths:
-        raise BadInputError(f"{names(root)}: no images found in <root>/<label>/ (PNG, JPEG, BMP)"
-                            + (f"; {len(flat)} lie directly in the root" if flat else ""))
-    arrays, kept = [], []
-    with warnings.catch_warnings():
-        # our own header check against ingest.max_image_pixels stands in for PIL's warning
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for path in paths:
-            img = _decode_image(path, cfg)
-            if isinstance(img, str):
-                rejects.append(Rejected(names(path), img))
-            else:
-                arrays.append(img)
-                kept.append(path)
-    batch, odd = _stack_images(arrays, kept, root, names)
-    return batch, rejects + odd
-
-
-def _stack_images(arrays: list[np.ndarray], paths: list[Path], root: Path, names: _Names) -> Read:
-    """One (N, C, H, W) array; images off the majority shape are refused."""
-    if not arrays:
-        return Batch(np.zeros((0, 1, 0, 0), np.uint8), np.array([], dtype=str), []), []
-    if any(a.ndim == 3 for a in arrays):  # some RGB: gray ones replicated, as PIL's L->RGB
-        arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]
-    shapes = [a.shape for a in arrays]
-    common = Counter(shapes).most_common(1)[0][0]
-    keep = [i for i, s in enumerate(shapes) if s == common]
-    odd = [Rejected(names(paths[i]), f"image shape {_chw(shapes[i])} differs from the batch's "
-                                     f"{_chw(common)}; set ingest.image_size to resize")
-           for i, s in enumerate(shapes) if s != common]
-    x = np.stack([arrays[i] for i in keep])  # (N, H, W) or (N, H, W, 3)
-    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x[:, None]
-    labels = np.array([_relative(paths[i], root).split("/", 1)[0] for i in keep])
-    return Batch(x, labels, [names(paths[i]) for i in keep]), odd
-
-
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else (1, *shape)
+    return conform(Batch(np.ascontiguousarray(x[:, None]), y.astype(str), sources), reading, "IDX uint8")
 
 
 # --- NPZ ------------------------------------------------------------------------------
 
-def _npy_header(zf: zipfile.ZipFile, member: str, key: str, cfg: IngestConfig, shown: str) -> None:
-    """Refuse object arrays and oversized arrays from the .npy header, before loading."""
-    with zf.open(member) as fh:
-        version = np.lib.format.read_magic(fh)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(fh)
+NPZ_CHUNK_BYTES = 64 << 20  # rows of a large array are converted this many bytes at a time
+
+
+def _npy_header(fh: IO[bytes], key: str, cfg: IngestConfig, shown: str) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran order, dtype) from the .npy header; object and oversized arrays refused."""
+    version = np.lib.format.read_magic(fh)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = read(fh)
     if dtype.hasobject:
         raise BadInputError(f"{shown}: array {key!r} holds Python objects (dtype {dtype}); refused "
                             "because loading it would unpickle (run) code; save numeric arrays")
@@ -471,37 +354,87 @@ def _npy_header(zf: zipfile.ZipFile, member: str, key: str, cfg: IngestConfig, s
     if nbytes > cfg.max_archive_bytes:
         raise BadInputError(f"{shown}: array {key!r} of shape {shape} is {nbytes} bytes, more "
                             f"than ingest.max_archive_bytes {cfg.max_archive_bytes}")
+    return shape, fortran, dtype
 
 
-def _load_npz(path: Path, cfg: IngestConfig, shown: str) -> tuple[np.ndarray, np.ndarray]:
+def _npz_members(zf: zipfile.ZipFile, shown: str) -> tuple[str, str]:
+    members = {m[:-4]: m for m in zf.namelist() if m.endswith(".npy")}
+    keys = [next((k for k in alias if k in members), None) for alias in (("x", "images"), ("y", "labels"))]
+    if None in keys:
+        found = sorted(display_name(m) for m in members)[:10]
+        raise BadInputError(f"{shown}: expected arrays 'x' (or 'images') and 'y' (or "
+                            f"'labels'), found {found or 'none'}")
+    return members[keys[0]], members[keys[1]]
+
+
+def _npz_pixels(shape: tuple) -> int:
+    """Pixels (width x height over the images) of an array of images, channels not counted."""
+    if len(shape) == 4:
+        channels = shape[3] if shape[3] in (1, 3) else shape[1]
+        return math.prod(shape) // max(channels, 1)
+    return math.prod(shape)
+
+
+def _npy_rows(zf: zipfile.ZipFile, member: str, key: str, reading: Reading,
+              shown: str) -> Iterator[np.ndarray]:
+    """The array's rows (samples), a bounded number of bytes at a time."""
+    with zf.open(member) as fh:
+        shape, fortran, dtype = _npy_header(fh, key, reading.cfg, shown)
+        if fortran or len(shape) == 0:  # rare: read whole (bounded by max_archive_bytes)
+            fh.seek(0)
+            yield np.lib.format.read_array(fh, allow_pickle=False)
+            return
+        row = math.prod(shape[1:]) * dtype.itemsize
+        step = max(1, NPZ_CHUNK_BYTES // max(row, 1))
+        for start in range(0, shape[0], step):
+            n = min(step, shape[0] - start)
+            data = _read_upto(fh, n * row, shown)
+            if len(data) < n * row:
+                raise BadInputError(f"{shown}: array {key!r} is truncated")
+            yield np.frombuffer(data, dtype=dtype).reshape(n, *shape[1:])
+
+
+def _load_npz(path: Path, reading: Reading, shown: str) -> tuple[np.ndarray, np.ndarray, list, str]:
+    """(uint8 images, labels, per-sample reasons or None, how decoded), converted a chunk of
+    rows at a time."""
     try:
-        with zipfile.ZipFile(path) as zf:  # an .npz is a zip of .npy files
-            members = {m[:-4]: m for m in zf.namelist() if m.endswith(".npy")}
-            keys = [next((k for k in alias if k in members), None)
-                    for alias in (("x", "images"), ("y", "labels"))]
-            if None in keys:
-                raise BadInputError(f"{shown}: expected arrays 'x' (or 'images') and 'y' (or "
-                                    f"'labels'), found {sorted(members) or 'none'}")
-            for key in keys:
-                _npy_header(zf, members[key], key, cfg, shown)
-        with np.load(path, allow_pickle=False) as npz:
-            return npz[keys[0]], npz[keys[1]]
+        with reading.files.open(path, shown) as raw, zipfile.ZipFile(raw) as zf:
+            x_member, y_member = _npz_members(zf, shown)
+            with zf.open(y_member) as fh:
+                _npy_header(fh, "y", reading.cfg, shown)
+            with zf.open(y_member) as fh:
+                y = np.lib.format.read_array(fh, allow_pickle=False)
+            with zf.open(x_member) as fh:
+                shape, _, dtype = _npy_header(fh, "x", reading.cfg, shown)
+            _npz_shape(shape, shown)
+            reading.budget(_npz_pixels(shape), f"array 'x' of shape {shape}", shown)
+            if dtype.kind not in "iuf":
+                raise BadInputError(f"{shown}: array 'x' has dtype {dtype}; expected integers or floats")
+            top = _float_top(_npy_rows(zf, x_member, "x", reading, shown)) if dtype.kind == "f" else 255.0
+            chunks = [_to_uint8(rows, top) for rows in _npy_rows(zf, x_member, "x", reading, shown)]
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as exc:
-        raise BadInputError(f"{shown}: not a readable .npz file: {exc}") from None
+        raise BadInputError(f"{shown}: not a readable .npz file: {type(exc).__name__}") from None
+    how = f"NPZ {dtype}" + (f", scaled from 0..{top:g}" if dtype != np.uint8 else "")
+    if not chunks:
+        return np.zeros((0, *shape[1:]), np.uint8), y, [], how
+    return np.concatenate([c[0] for c in chunks]), y, [r for c in chunks for r in c[1]], how
 
 
-def _npz_images(x: np.ndarray, shown: str) -> np.ndarray:
+def _npz_shape(shape: tuple, shown: str) -> None:
+    if len(shape) in (3, 4) and 0 in shape[1:]:
+        raise BadInputError(f"{shown}: array 'x' has shape {shape}: images with no pixels")
+    if not (len(shape) == 3 or len(shape) == 4 and (shape[3] in (1, 3) or shape[1] in (1, 3))):
+        raise BadInputError(f"{shown}: array 'x' has shape {shape}; expected (N, H, W), "
+                            "(N, H, W, C) or (N, C, H, W) with C 1 or 3")
+
+
+def _npz_images(x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) from (N, H, W), channels-last (N, H, W, C) or channels-first, C in 1, 3."""
-    if x.ndim in (3, 4) and 0 in x.shape[1:]:
-        raise BadInputError(f"{shown}: array 'x' has shape {x.shape}: images with no pixels")
     if x.ndim == 3:
         return x[:, None]
-    if x.ndim == 4 and x.shape[3] in (1, 3):
+    if x.shape[3] in (1, 3):
         return x.transpose(0, 3, 1, 2)
-    if x.ndim == 4 and x.shape[1] in (1, 3):
-        return x
-    raise BadInputError(f"{shown}: array 'x' has shape {x.shape}; expected (N, H, W), "
-                        "(N, H, W, C) or (N, C, H, W) with C 1 or 3")
+    return x
 
 
 def _npz_labels(y: np.ndarray, n: int, shown: str) -> np.ndarray:
@@ -513,23 +446,38 @@ def _npz_labels(y: np.ndarray, n: int, shown: str) -> np.ndarray:
         y = y.astype(np.int64)
     if y.dtype.kind not in "iuUS":
         raise BadInputError(f"{shown}: labels 'y' of dtype {y.dtype}; expected integers or strings")
-    return y.astype(str)
+    if y.dtype.kind == "S":  # bytes: UTF-8 where it is, the raw bytes escaped where not
+        y = np.array([v.decode("utf-8", "surrogateescape") for v in y.tolist()], dtype=str)
+    labels = [display_name(v.strip()) for v in y.astype(str).tolist()]
+    bad = next((i for i, v in enumerate(labels) if not v or len(v) > MAX_LABEL), None)
+    if bad is not None:
+        raise BadInputError(f"{shown}: label {bad} in 'y' is empty or longer than {MAX_LABEL} "
+                            "characters")
+    return np.array(labels, dtype=str)
 
 
-def _to_uint8(x: np.ndarray, shown: str) -> tuple[np.ndarray, list[str | None]]:
+def _float_top(chunks: Iterator[np.ndarray]) -> float:
+    """1.0 when most samples stay within 1 (images in 0..1), else 255.0."""
+    within, total = 0, 0
+    for rows in chunks:
+        flat = rows.reshape(len(rows), -1)
+        hi = np.where(np.isfinite(flat), flat, -np.inf).max(axis=1, initial=-np.inf)
+        within += int((hi <= 1.0).sum())
+        total += len(rows)
+    return 1.0 if total and within / total > 0.5 else 255.0
+
+
+def _to_uint8(x: np.ndarray, top: float) -> tuple[np.ndarray, list[str | None]]:
     """uint8 pixels and, per sample, why it was refused (None if fine).
 
-    Floats are in 0..1 (scaled by 255) when most samples stay within 1, else 0..255; values
-    that round into 0..255 are fine (float noise such as 255.00001).
+    Floats are in 0..`top` (scaled by 255/top); values that round into 0..255 are fine
+    (float noise such as 255.00001).
     """
-    if x.dtype.kind not in "iuf":
-        raise BadInputError(f"{shown}: array 'x' has dtype {x.dtype}; expected integers or floats")
     if x.dtype == np.uint8 or len(x) == 0:
         return x.astype(np.uint8, copy=False), [None] * len(x)
     flat = x.reshape(len(x), -1)
     finite = np.isfinite(flat).all(axis=1) if x.dtype.kind == "f" else np.ones(len(x), bool)
     lo, hi = flat.min(axis=1), flat.max(axis=1)
-    top = 1.0 if x.dtype.kind == "f" and np.mean(hi[finite] <= 1.0) > 0.5 else 255.0
     scaled = np.round(np.where(finite[:, None], flat, 0).astype(np.float64) * (255.0 / top))
     ok = finite & (scaled.min(axis=1) >= 0) & (scaled.max(axis=1) <= 255)
     reasons = [None if good else "NaN or inf pixel values" if not fin
@@ -539,17 +487,16 @@ def _to_uint8(x: np.ndarray, shown: str) -> tuple[np.ndarray, list[str | None]]:
     return pixels.reshape(x.shape), reasons
 
 
-def _read_npz(path: Path, cfg: IngestConfig, names: _Names) -> Read:
+def _read_npz(path: Path, reading: Reading) -> Read:
     """Arrays x (images) and y (labels) from an .npz, loaded without pickle."""
-    shown = names(path)
-    x, y = _load_npz(path, cfg, shown)
-    x = _npz_images(x, shown)
-    labels = _npz_labels(y, len(x), shown)
-    pixels, reasons = _to_uint8(x, shown)
+    shown = reading.names(path)
+    pixels, y, reasons, how = _load_npz(path, reading, shown)
+    labels = _npz_labels(y, len(pixels), shown)
+    pixels = _npz_images(pixels)
     keep = np.array([r is None for r in reasons], bool)
     rejects = [Rejected(f"{shown}[{i}]", r) for i, r in enumerate(reasons) if r is not None]
     sources = [f"{shown}[{i}]" for i in np.flatnonzero(keep)]
-    return Batch(np.ascontiguousarray(pixels[keep]), labels[keep], sources), rejects
+    return conform(Batch(np.ascontiguousarray(pixels[keep]), labels[keep], sources), reading, how), rejects
 
 
 # --- CSV ------------------------------------------------------------------------------
@@ -569,8 +516,8 @@ def _csv_layout(first: list[str], label_column: str, shown: str) -> tuple[list[s
         return cells, cells.index(label_column)
     if sum(map(_is_number, cells[1:])) > len(cells[1:]) / 2:
         return None, 0
-    raise BadInputError(f"{shown}: the header has no {label_column!r} column (it starts "
-                        f"{cells[:3]}); set ingest.csv_label_column")
+    raise BadInputError(f"{shown}: the header has no {display_name(label_column)!r} column; "
+                        "set ingest.csv_label_column")
 
 
 def _csv_side(width: int, shown: str) -> int:
@@ -586,13 +533,14 @@ def _csv_problem(cells: list[str], columns: list[str]) -> str | None:
     """Why a row's pixel cells are not integers in 0..255 (the first bad cell), or None."""
     for cell, column in zip(cells, columns, strict=True):
         text = cell.strip()
+        shown = display_name(column)
         if not text:
-            return f"missing pixel value in column {column}"
+            return f"missing pixel value in column {shown}"
         if not _is_number(text) or not math.isfinite(float(text)):
-            return f"non-numeric pixel value {text!r} in column {column}"
+            return f"non-numeric pixel value in column {shown}"
         value = float(text)
         if not 0 <= value <= 255 or value != int(value):
-            return f"pixel value {text!r} in column {column} is not an integer in 0..255"
+            return f"pixel value in column {shown} is not an integer in 0..255"
     return None
 
 
@@ -607,69 +555,66 @@ def _parse_pixels(cells: list[str], columns: list[str]) -> np.ndarray | str:
     return values.astype(np.uint8)
 
 
-def _read_csv(path: Path, cfg: IngestConfig, names: _Names) -> Read:
+def _read_csv(path: Path, reading: Reading) -> Read:
     """label + H*H pixel columns (Kaggle MNIST layout), header optional; bad rows refused."""
-    shown = names(path)
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.reader(fh)
+    shown = reading.names(path)
+    with reading.files.open(path, shown) as fh:
+        reader = csv.reader(text_lines(fh, reading.cfg.max_csv_line_bytes, shown))
         try:
-            return _parse_csv(reader, cfg.csv_label_column, shown)
-        except UnicodeDecodeError as exc:
-            raise BadInputError(f"{shown}: not UTF-8 text: {exc}") from None
+            return _parse_csv(reader, reading, shown)
         except csv.Error as exc:
             raise BadInputError(f"{shown}: line {reader.line_num}: malformed CSV: {exc}") from None
 
 
-def _parse_csv(reader, label_column: str, shown: str) -> Read:  # reader: a csv.reader
+def _parse_csv(reader, reading: Reading, shown: str) -> Read:  # reader: a csv.reader
     first = next((r for r in reader if r), None)
     if first is None:
         raise BadInputError(f"{shown}: empty CSV: no rows")
-    header, at = _csv_layout(first, label_column, shown)
+    header, at = _csv_layout(first, reading.cfg.csv_label_column, shown)
     side, width = _csv_side(len(first), shown), len(first)
     columns = [c for i, c in enumerate(header or []) if i != at] or [str(i + 1) for i in range(1, width)]
     rows, labels, sources, rejects = [], [], [], []
-    for cells in reader if header else _chain_first(first, reader):
+    for cells in reader if header else itertools.chain([first], reader):
         if not cells:
             continue
         line = reader.line_num
         if len(cells) != width:
             raise BadInputError(f"{shown}: line {line} has {len(cells)} columns, expected "
                                 f"{width} like the {'header' if header else 'first row'}")
+        reading.budget((len(rows) + 1) * side * side, f"more than {len(rows)} rows of {side}x{side}",
+                       shown)
         label, pixels = cells[at].strip(), cells[:at] + cells[at + 1:]
-        parsed = _parse_pixels(pixels, columns) if label else "missing label"
+        parsed = (_parse_pixels(pixels, columns) if label and len(label) <= MAX_LABEL
+                  else "missing label" if not label else f"label longer than {MAX_LABEL} characters")
         if isinstance(parsed, str):
             rejects.append(Rejected(f"{shown}:{line}", f"line {line}: {parsed}"))
         else:
             rows.append(parsed)
-            labels.append(label)
+            labels.append(display_name(label))
             sources.append(f"{shown}:{line}")
     x = np.stack(rows).reshape(-1, 1, side, side) if rows else np.zeros((0, 1, side, side), np.uint8)
-    return Batch(x, np.array(labels, dtype=str), sources), rejects
-
-
-def _chain_first(first: list[str], rest: Iterator[list[str]]) -> Iterator[list[str]]:
-    yield first
-    yield from rest
+    return conform(Batch(x, np.array(labels, dtype=str), sources), reading, "CSV 0..255"), rejects
 
 
 # --- archives -------------------------------------------------------------------------
 
-def _read_archive(path: Path, cfg: IngestConfig, names: _Names, kind: str) -> Read:
+def _read_archive(path: Path, reading: Reading, kind: str) -> Read:
     """Extract into a private temporary folder, then read what it holds."""
-    shown = names(path)
+    shown, cfg = reading.names(path), reading.cfg
     with tempfile.TemporaryDirectory(prefix="evergreen-archive-") as tmp:
         root = Path(tmp).resolve()
-        if kind == "zip":
-            _extract_zip(path, root, cfg, shown)
-        else:
-            _extract_tar(path, root, cfg, shown)
-        return _read_path(_descend(root), cfg, _Names(root, f"{shown}:"), in_archive=True)
+        with reading.files.open(path, shown) as fh:
+            if kind == "zip":
+                _extract_zip(fh, root, cfg, shown)
+            else:
+                _extract_tar(fh, root, cfg, shown)
+        return _read_path(_descend(root), reading.inside(root, f"{shown}:"), in_archive=True)
 
 
 def _descend(root: Path) -> Path:
     """Into a lone top-level folder (archive/mnist/7/x.png), but not into a label folder."""
     while True:
-        entries = [p for p in root.iterdir() if not _skipped(p.name)]
+        entries = [p for p in root.iterdir() if not os_file(p.name)]
         if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
             return root
         if any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries[0].iterdir()):
@@ -682,8 +627,8 @@ def _member_path(name: str, shown: str) -> PurePosixPath:
     text = name.replace("\\", "/")
     parts = PurePosixPath(text).parts
     if text.startswith("/") or re.match(r"[A-Za-z]:", text) or ".." in parts:
-        raise BadInputError(f"{shown}: member {name!r} has an absolute path or '..' (zip slip); "
-                            "refusing the whole archive, nothing was extracted")
+        raise BadInputError(f"{shown}: member {display_name(name)!r} has an absolute path or '..' "
+                            "(zip slip); refusing the whole archive, nothing was extracted")
     return PurePosixPath(*[p for p in parts if p not in ("", ".")])
 
 
@@ -735,12 +680,12 @@ class _Sink:
         dest = self.root.joinpath(*rel.parts)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.relpath(self.root.joinpath(*target.parts), dest.parent), dest)
-        if not _resolves_inside(dest, self.root):  # chained links can still escape
-            raise BadInputError(f"{self.shown}: member {rel.as_posix()!r} is a symlink that "
+        if not SourceFiles(self.root).inside(dest):  # chained links can still escape
+            raise BadInputError(f"{self.shown}: member {display_name(rel.as_posix())!r} is a symlink that "
                                 "points outside the archive; refused")
 
 
-def _extract_zip(path: Path, root: Path, cfg: IngestConfig, shown: str) -> None:
+def _extract_zip(path: IO[bytes], root: Path, cfg: IngestConfig, shown: str) -> None:
     """Check every member from the central directory, then extract; links come last."""
     sink, links = _Sink(root, cfg, shown), []
     try:
@@ -769,8 +714,8 @@ def _checked_link(rel: PurePosixPath, target: str, hard: bool, shown: str) -> Pu
     inside = _link_target(rel, target, hard)
     if inside is None:
         kind = "hardlink" if hard else "symlink"
-        raise BadInputError(f"{shown}: member {rel.as_posix()!r} is a {kind} to {target!r}, "
-                            "outside the archive; refusing the whole archive")
+        raise BadInputError(f"{shown}: member {display_name(rel.as_posix())!r} is a {kind} that "
+                            "points outside the archive; refusing the whole archive")
     return inside
 
 
@@ -786,15 +731,15 @@ def _tar_plan(tf: tarfile.TarFile, cfg: IngestConfig, shown: str) -> list[tuple]
         elif m.isreg() or m.isdir():
             plan.append((rel, m, None))
         else:
-            raise BadInputError(f"{shown}: member {m.name!r} is a device, fifo or other special "
-                                "file; only files, folders and links inside are allowed")
+            raise BadInputError(f"{shown}: member {display_name(m.name)!r} is a device, fifo or "
+                                "other special file; only files, folders and links inside are allowed")
     return plan
 
 
-def _extract_tar(path: Path, root: Path, cfg: IngestConfig, shown: str) -> None:
+def _extract_tar(fh: IO[bytes], root: Path, cfg: IngestConfig, shown: str) -> None:
     sink = _Sink(root, cfg, shown)
     try:
-        with tarfile.open(path, "r:*") as tf:
+        with tarfile.open(fileobj=fh, mode="r:*") as tf:
             plan = _tar_plan(tf, cfg, shown)
             for rel, m, _ in plan:
                 if m.isdir():
@@ -802,7 +747,7 @@ def _extract_tar(path: Path, root: Path, cfg: IngestConfig, shown: str) -> None:
                 elif (m.isreg() or m.islnk()) and rel.parts:  # a hardlink: a copy of its target
                     src = tf.extractfile(m)
                     if src is None:
-                        raise BadInputError(f"{shown}: member {m.name!r} cannot be read")
+                        raise BadInputError(f"{shown}: member {display_name(m.name)!r} cannot be read")
                     with src:
                         sink.write(rel, src)
             for rel, m, target in plan:
@@ -814,30 +759,17 @@ def _extract_tar(path: Path, root: Path, cfg: IngestConfig, shown: str) -> None:
 
 # --- shape and channel policy -----------------------------------------------------------
 
-def _conform(batch: Batch, cfg: IngestConfig) -> Batch:
-    """Apply ingest.grayscale and ingest.image_size to formats that hold arrays (IDX, NPZ, CSV)."""
-    x = batch.x
-    if len(x) == 0:
-        return batch
-    if cfg.grayscale is True and x.shape[1] == 3:
-        # PIL's L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16, so every format agrees
-        x = ((x.astype(np.uint32) * np.array([19595, 38470, 7471], np.uint32)[:, None, None]).sum(1)
-             + 0x8000 >> 16).astype(np.uint8)[:, None]
-    elif cfg.grayscale is False and x.shape[1] == 1:
-        x = np.repeat(x, 3, axis=1)
-    if cfg.image_size is not None and x.shape[2:] != tuple(cfg.image_size):
-        x = _resize(x, tuple(cfg.image_size))
-    return batch if x is batch.x else Batch(x, batch.labels, batch.sources)
-
-
-def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N, C, H, W) -> (N, C, *size), bilinear as for image folders."""
-    from PIL import Image
-
-    h, w = size
-    out = np.empty((len(x), x.shape[1], h, w), np.uint8)
-    for i, img in enumerate(x):
-        pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-        arr = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
-        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return out
+def conform(batch: Batch, reading: Reading, decoded_as: str) -> Batch:
+    """Apply ingest.channels and ingest.image_size to formats that hold arrays (IDX, NPZ, CSV,
+    digits); image folders are decoded at their batch's shape already."""
+    x, how = batch.x, [decoded_as]
+    if len(x):
+        target, notes = choose_target([x.shape[2:]], x.shape[1] == 3, reading.cfg, reading.conform_to)
+        reading.log.notes += notes
+        if x.shape[1] != target.channels:
+            how.append("L->RGB" if target.channels == 3 else "RGB->L")
+            x = to_channels(x, target.channels)
+        if x.shape[2:] != target.size:
+            how.append(f"{x.shape[3]}x{x.shape[2]}->{target.size[1]}x{target.size[0]} {target.policy}")
+            x = fit_array(x, target)
+    return Batch(x, batch.labels, batch.sources, [", ".join(how)] * len(x))

@@ -150,3 +150,26 @@ def test_selection_explains_when_nothing_fits():
     name, reason = select_variant(rows, SelectConfig(max_accuracy_drop=0.01, max_size_kb=100))
     assert name is None
     assert "no variant fits" in reason and "teacher: size" in reason and "small: val accuracy" in reason
+
+
+QUIET_INT8 = """
+import logging
+logging.basicConfig(format="%(name)s: %(message)s")  # a console on the root logger, as Prefect's
+import torch
+from tasks.compress import quantize_int8
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                          torch.nn.Linear(144, 10))
+quantize_int8(net, torch.randn(8, 1, 8, 8))
+logging.getLogger("torchao").warning("a real warning")
+"""
+
+
+def test_int8_shows_no_torchao_import_noise_but_real_warnings():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", QUIET_INT8], capture_output=True, text=True,
+                          timeout=300, check=True)
+    for noise in ("_C_mxfp8", "_C_cutlass_90a", "no triton", "is an Enum subclass"):
+        assert noise not in done.stderr
+    assert "torchao: a real warning" in done.stderr

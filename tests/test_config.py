@@ -1,5 +1,7 @@
 """Typed config: the committed params.yaml, dvc.yaml's params keys, overrides, errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,73 @@ def test_yaml_is_parsed_safely(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_every_config_section_can_be_overridden(tmp_path):
+    cfg = load_config(tmp_path / "none.yaml", ["watch.poll_seconds=2", "ui.port=4300",
+                                               "serve.timezone=Europe/Paris",
+                                               "validate.min_batch_size=3"])
+    assert (cfg.watch.poll_seconds, cfg.ui.port, cfg.serve.timezone) == (2.0, 4300, "Europe/Paris")
+    assert cfg.validate_.min_batch_size == 3
+    with pytest.raises(ConfigError, match="unknown section 'validate_'"):
+        apply_overrides({}, ["validate_.min_batch_size=3"])
+
+
+def test_a_date_in_params_yaml_survives_an_override(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  seed: 2024-01-01\n")
+    with pytest.raises(ConfigError, match="train.seed: Input should be a valid integer"):
+        load_config(path, ["train.epochs=3"])
+
+
+BAD_OVERRIDES = [
+    ("train.lr=@x:1", "train.lr: expected a YAML value, got '@x:1'"),
+    ("train.lr=[1", "train.lr: expected a YAML value, got '[1'"),
+    ("train.lr={a: 1, a: 2}", "found duplicate key 'a'"),
+    ("key=@x:1", "unknown section 'key'"),
+    ("a.b=[1", "unknown section 'a'"),
+    ("train..lr=1", "expected section.key=value"),
+    ("watch.debounce_s=1", "watch.debounce_s: unknown key"),
+    ("train.augment=5", "train.augment: expected a section"),
+    ("train.lr.x=1", "train.lr: Input should be a valid number"),
+]
+BAD_PARAMS = [
+    ("train: 5\n", "train: expected a section (a mapping of keys), got 5"),
+    ("train: [1, 2]\n", "train: expected a section"),
+    ("- train\n", "expected a mapping of sections, got list"),
+    ("train:\n  augment: [1]\n", "train.augment: expected a section"),
+    ("train:\n  1: 2\n", "train.1: Keys should be strings"),
+    ("train:\n  lr: 0.1\n  lr: 0.2\n", "line 3, column 3: found duplicate key 'lr'"),
+    ("train:\n  lr: @x\n", "not valid YAML: line 2, column 7: found character '@'"),
+    ("? [1]\n: 2\n", "found unhashable key"),
+]
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(root), *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.parametrize("override, message", BAD_OVERRIDES)
+def test_a_malformed_override_is_one_line_and_exit_2(tmp_path, override, message):
+    done = run_cli(tmp_path, "run", "--set", override)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("text, message", BAD_PARAMS)
+def test_a_malformed_params_yaml_is_one_line_and_exit_2(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    for args in (["run"], ["run", "--set", "train.epochs=3"], ["stage", "validate"]):
+        done = run_cli(tmp_path, *args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("evergreen ") and done.stderr.count("\n") == 1
+        assert "Traceback" not in done.stderr
+    assert message in run_cli(tmp_path, "run").stderr
+
+
+def test_a_params_yaml_that_is_not_utf8_is_exit_2(tmp_path):
+    (tmp_path / "params.yaml").write_bytes(b"train:\n  lr: \xff\n")
+    done = run_cli(tmp_path, "run")
+    assert done.returncode == 2 and "not UTF-8 text" in done.stderr

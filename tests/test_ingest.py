@@ -131,18 +131,26 @@ def test_numeric_looking_batch_id_round_trips(workspace, tmp_path, k):
     np.testing.assert_array_equal(got, x)
 
 
-def test_batch_of_another_shape_is_refused_and_nothing_written(workspace, tmp_path, tiny_idx,
-                                                               tiny_batch):
+def test_batch_of_another_shape_follows_the_dataset_or_is_refused(workspace, tmp_path, tiny_idx,
+                                                                  tiny_batch):
     ingest(str(tiny_idx), None, workspace.batches)
     before = {p.name: p.read_bytes() for p in workspace.batches.iterdir()}
     rgb = np.concatenate([tiny_batch.x[:4]] * 3, axis=1)
-    root = write_png_folder(tmp_path / "rgb", rgb, tiny_batch.labels[:4])
+    big = np.repeat(np.repeat(rgb, 2, axis=2), 2, axis=3)  # 3x16x16
+    root = write_png_folder(tmp_path / "rgb", big, tiny_batch.labels[:4])
+    ws = Workspace(workspace.root)
 
-    with pytest.raises(DataValidationError) as err:
-        ingest(str(root), None, workspace.batches)
-
-    assert "3x8x8" in str(err.value) and "1x8x8" in str(err.value)
+    forced = NO_DRIFT.model_copy(deep=True)
+    forced.ingest.channels, forced.ingest.image_size = "rgb", [16, 16]
+    with pytest.raises(DataValidationError) as err:  # asked for 3x16x16: the shape gate refuses
+        run_ingest(ws, forced, str(root))
+    assert "3x16x16" in str(err.value) and "1x8x8" in str(err.value)
     assert {p.name: p.read_bytes() for p in workspace.batches.iterdir()} == before
+
+    landed = ingest(str(root), None, workspace.batches)  # auto: the dataset's 1x8x8, and said so
+    assert landed.added == 4 and any("dataset's shape 1x8x8" in n for n in landed.notes)
+    x, _, meta = read_batches(workspace.batches)
+    assert x.shape[1:] == (1, 8, 8) and meta["decoded_as"].str.contains("RGB->L").sum() == 4
 
 
 def test_metadata_rows_describe_each_sample(workspace, tiny_idx, tiny_batch):
@@ -198,4 +206,6 @@ def test_unreadable_source_is_kept_in_quarantine(workspace, tmp_path):
         ingest(str(bad.parent), None, workspace.batches)
     (held,) = workspace.quarantine.iterdir()
     assert (held / "files" / "train-images-idx3-ubyte").read_bytes() == bad.read_bytes()
+    assert (held.stat().st_mode & 0o777) == 0o700
+    assert ((held / "files" / "train-images-idx3-ubyte").stat().st_mode & 0o777) == 0o600
     assert "truncated IDX" in (held / "reasons.txt").read_text()

@@ -99,7 +99,7 @@ def csv_non_numeric(tmp_path, digits):
     lines = path.read_text().splitlines()
     lines[3] = lines[3].replace(",0,", ",abc,", 1)
     path.write_text("\n".join(lines) + "\n")
-    return path, "non-numeric pixel value 'abc'"
+    return path, "non-numeric pixel value in column"
 
 
 def npz_with_nan(tmp_path, digits):

@@ -18,6 +18,7 @@ import pytest
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
 from tasks.readers import Rejected, _Sink, load_digits_batch, read_idx, read_source
+from tasks.reading import ReadLog
 from tests.conftest import write_idx_pair, write_png_folder
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -160,17 +161,18 @@ def test_jpeg_and_bmp_folders(tmp_path, tiny_batch):
             np.testing.assert_array_equal(img, tiny_batch.x[index_of(source)])
 
 
-def test_mixed_image_sizes_are_rejected_or_resized(tmp_path, tiny_batch):
+def test_mixed_image_sizes_follow_image_size_auto_or_the_given_size(tmp_path, tiny_batch):
     from PIL import Image
 
     root = write_png_folder(tmp_path / "sizes", tiny_batch.x[:3], np.array(["0"] * 3))
     (root / "1").mkdir()
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(root / "1" / "odd.png")
 
-    batch, rejects = read(root)
-    assert batch.x.shape == (3, 1, 8, 8)
-    assert rejects == [Rejected("1/odd.png", "image shape (1, 10, 12) differs from the batch's "
-                                             "(1, 8, 8); set ingest.image_size to resize")]
+    log = ReadLog()
+    batch, rejects = read_source(str(root), IngestConfig(), log=log)
+    assert batch.x.shape == (4, 1, 8, 8) and rejects == []  # the median size, and said so
+    assert any(n.startswith("image_size auto: 8x8") for n in log.notes)
+    assert "12x10->8x8 stretch" in batch.decoded[batch.sources.index("1/odd.png")]
 
     resized = read_clean(root, image_size=[12, 10])
     assert resized.x.shape == (4, 1, 12, 10)  # [H, W]
@@ -197,7 +199,8 @@ def test_folder_without_label_subfolders_is_refused(tmp_path, tiny_batch):
         png.rename(root / f"{png.parent.name}_{png.name}")
     for folder in [p for p in root.iterdir() if p.is_dir()]:
         folder.rmdir()
-    assert "no images" in refused(root)
+    assert "images lie directly in the folder with no labels" in refused(root)
+    assert "LABELS.csv" in refused(root)
 
 
 def test_header_claiming_huge_dimensions_is_refused_before_decoding(tmp_path, tiny_batch):
@@ -417,9 +420,9 @@ def test_csv_bad_rows_are_rejected_by_line_and_column(tmp_path, tiny_batch):
 
     assert len(batch) == 2 and batch.sources == ["train.csv:3", "train.csv:7"]
     assert rejects == [
-        Rejected("train.csv:2", "line 2: non-numeric pixel value 'abc' in column pixel42"),
+        Rejected("train.csv:2", "line 2: non-numeric pixel value in column pixel42"),
         Rejected("train.csv:4", "line 4: missing pixel value in column pixel0"),
-        Rejected("train.csv:5", "line 5: pixel value '300' in column pixel9 is not an integer in 0..255"),
+        Rejected("train.csv:5", "line 5: pixel value in column pixel9 is not an integer in 0..255"),
         Rejected("train.csv:6", "line 6: missing label"),
     ]
 

@@ -1,0 +1,233 @@
+"""Image folders: <root>/<label>/... (nested folders allowed), or images beside a labels CSV.
+
+Two passes over the files: headers first (sizes, modes: limits and the batch's shape are
+decided before any pixel is decoded), then decoding, one image at a time, straight into
+the batch's array.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from evergreen.errors import BadInputError
+from tasks.decode import FORMAT_NAMES, SUFFIXES, DecodeError, Header, decode, draft_pixels, probe
+from tasks.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
+from tasks.reading import Batch, Reading, Rejected, choose_target, relative
+from tasks.safe_files import SourceFiles, UnreadableFile, display_name
+
+OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".AppleDouble", ".Spotlight-V100",
+            ".Trashes", ".fseventsd", "@eaDir", "Icon\r"}
+MAX_DEPTH = 32
+LABELS_SUFFIXES = (".csv", ".tsv")
+
+
+def os_file(name: str) -> bool:
+    """Hidden files and OS droppings (.DS_Store, __MACOSX/, ._resource forks) are not samples."""
+    return name.startswith(".") or name in OS_FILES
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's message without the 'file: ' in front (the Rejected names the file)."""
+    text = str(exc)
+    return text.split(": ", 1)[1] if ": " in text else text
+
+
+def walk(root: Path, reading: Reading) -> tuple[list[Path], list[Path], list[Rejected]]:
+    """(image files, other regular files, refused entries) under root, breadth first.
+
+    Links that leave the source are refused, not followed; hidden files, OS droppings and
+    special files (FIFOs, sockets, devices) are skipped and named in the read's log.
+    """
+    names, files, skipped = reading.names, reading.files, reading.log.skipped
+    images, others, rejects, seen, queue = [], [], [], {files.real_root}, deque([(root, 0)])
+    while queue:
+        folder, depth = queue.popleft()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            rejects.append(Rejected(names(folder), f"cannot list folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if os_file(entry.name):
+                skipped.append(Rejected(names(path), "hidden or OS metadata file"))
+            elif entry.is_symlink() and not files.inside(path):
+                rejects.append(Rejected(names(path), "symlink points outside the source (or loops); "
+                                                     "not followed"))
+            elif entry.is_dir():
+                real = path.resolve()  # each real folder once: in-source links cannot loop
+                if depth + 1 > MAX_DEPTH:
+                    skipped.append(Rejected(names(path), f"folder deeper than {MAX_DEPTH} levels; "
+                                                         "not read"))
+                elif real not in seen:
+                    seen.add(real)
+                    queue.append((path, depth + 1))
+            elif not entry.is_file():
+                skipped.append(Rejected(names(path), "not a regular file (FIFO, socket, device "
+                                                     "or broken link); not read"))
+            elif path.suffix.lower() in SUFFIXES:
+                images.append(path)
+            else:
+                others.append(path)
+    return sorted(images), others, rejects
+
+
+def read_image_folder(root: Path, reading: Reading) -> tuple[Batch, list[Rejected]]:
+    """Images under root/<label>/..., or directly in root with a labels CSV."""
+    paths, others, rejects = walk(root, reading)
+    nested = [p for p in paths if p.parent != root]
+    flat = [p for p in paths if p.parent == root]
+    if flat and not nested:
+        labels, entries, more = _labels_from_csv(root, flat, others, reading)
+        rejects += more
+    else:
+        others_skipped(others, root, reading)
+        rejects += [Rejected(reading.names(p), "image is not inside a <label>/ folder") for p in flat]
+        labels = {p: display_name(relative(p, root).split("/", 1)[0]) for p in nested}
+        entries = {}
+    if not labels:
+        skipped = reading.log.skipped
+        raise BadInputError(
+            f"{reading.names(root)}: no images found in <root>/<label>/ ({FORMAT_NAMES})"
+            + (f"; {len(flat)} lie directly in the root" if flat else "")
+            + (f"; skipped {len(skipped)} other files ({', '.join(s.source for s in skipped[:3])}"
+               f"{', ...' if len(skipped) > 3 else ''})" if skipped else ""))
+    batch, bad = _decode_all(list(labels), labels, entries, reading)
+    return batch, rejects + bad
+
+
+def others_skipped(others: list[Path], root: Path, reading: Reading) -> None:
+    """Name each file that is not an image as skipped (a class folder's own CSV included)."""
+    for path in others:
+        what = ("a CSV inside a class folder (not read)" if path.suffix.lower() in LABELS_SUFFIXES
+                and path.parent != root else "not an image")
+        reading.log.skipped.append(Rejected(reading.names(path), what))
+
+
+def _labels_from_csv(root: Path, flat: list[Path], others: list[Path], reading: Reading):
+    """Labels of images lying directly in root, from ingest.labels_csv or the one CSV found."""
+    path = find_labels_csv(root, others, reading)
+    files = reading.files if reading.files.inside(path) else SourceFiles(
+        path.parent, reading.cfg.read_timeout_s, reading.log.opened)
+    shown = reading.names(path) if path.parent == root else display_name(str(path))
+    cfg = reading.cfg
+    with files.open(path, shown) as fh:
+        entries, rejects = read_labels(fh, shown, cfg.csv_label_column, cfg.crop_roi,
+                                       cfg.max_csv_line_bytes)
+    others_skipped([p for p in others if p != path], root, reading)
+    reading.log.notes.append(f"labels from {shown} ({len(entries)} rows)")
+    labels, found = {}, {}
+    for image in flat:
+        rel = relative(image, root)
+        entry = lookup(entries, rel, csv_relative(rel, root, path.parent))
+        if entry is None:
+            rejects.append(Rejected(reading.names(image), f"no label for this file in {shown}"))
+        else:
+            labels[image], found[image] = entry.label, entry
+    return labels, found, rejects
+
+
+def find_labels_csv(root: Path, others: list[Path], reading: Reading) -> Path:
+    """ingest.labels_csv, else the one CSV beside the images (or one folder up) whose header
+    has a file-name and a label column."""
+    cfg = reading.cfg
+    if cfg.labels_csv:
+        given = Path(cfg.labels_csv).expanduser()
+        path = given if given.is_absolute() or given.exists() else root / given
+        if not path.is_file():
+            raise BadInputError(f"{cfg.labels_csv}: ingest.labels_csv: no such file")
+        return path
+    for folder in (root, root.parent):
+        candidates = [p for p in (others if folder == root else _csvs_in(folder))
+                      if p.parent == folder and p.suffix.lower() in LABELS_SUFFIXES
+                      and _is_labels_csv(p, reading)]
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            raise BadInputError(f"{reading.names(root)}: several labels CSVs "
+                                f"({', '.join(display_name(p.name) for p in candidates)}); "
+                                "name one: evergreen ingest DIR LABELS.csv (or ingest.labels_csv)")
+    raise BadInputError(f"{reading.names(root)}: images lie directly in the folder with no labels: "
+                        "put them in <label>/ sub-folders, or give a labels CSV (file name and "
+                        "label columns): evergreen ingest DIR LABELS.csv (or ingest.labels_csv)")
+
+
+def _csvs_in(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in LABELS_SUFFIXES
+                      and not os_file(p.name))
+    except OSError:
+        return []
+
+
+def _is_labels_csv(path: Path, reading: Reading) -> bool:
+    files = SourceFiles(path.parent, reading.cfg.read_timeout_s)  # a look at the header only
+    try:
+        with files.open(path, display_name(path.name)) as fh:
+            cols = header_columns(fh, reading.cfg.csv_label_column, 65536, path.name)
+    except BadInputError:
+        return False
+    return cols is not None
+
+
+def _probe_all(paths: list[Path], reading: Reading) -> tuple[list[tuple[Path, Header]], list[Rejected]]:
+    ok, rejects = [], []
+    for path in paths:
+        shown = reading.names(path)
+        try:
+            with reading.files.open(path, shown) as fh:
+                ok.append((path, probe(fh, reading.cfg.max_image_pixels)))
+        except (DecodeError, UnreadableFile) as exc:
+            rejects.append(Rejected(shown, _reason(exc) if isinstance(exc, UnreadableFile) else str(exc)))
+    return ok, rejects
+
+
+def _roi(entry: Entry | None, header: Header) -> tuple[int, int, int, int] | None:
+    """The ROI clipped to the image, in the file's pixel grid (None: the whole image)."""
+    if entry is None or entry.roi is None:
+        return None
+    x1, y1, x2, y2 = entry.roi
+    return (max(0, x1), max(0, y1), min(header.width, x2), min(header.height, y2))
+
+
+def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, Entry],
+                reading: Reading) -> tuple[Batch, list[Rejected]]:
+    headers, rejects = _probe_all(paths, reading)
+    rois = {p: _roi(entries.get(p), h) for p, h in headers}
+    for p, _ in headers:
+        if rois[p] is not None and (rois[p][2] <= rois[p][0] or rois[p][3] <= rois[p][1]):
+            rejects.append(Rejected(reading.names(p), "ROI lies outside the image"))
+    headers = [(p, h) for p, h in headers if rois[p] is None or rois[p][2] > rois[p][0]
+               and rois[p][3] > rois[p][1]]
+    if not headers:
+        return Batch(np.zeros((0, 1, 1, 1), np.uint8), np.array([], dtype=str), [], []), rejects
+    sizes = [(r[3] - r[1], r[2] - r[0]) if (r := rois[p]) else (h.height, h.width) for p, h in headers]
+    target, notes = choose_target(sizes, any(h.colour for _, h in headers), reading.cfg,
+                                  reading.conform_to)
+    reading.log.notes += notes
+    root_shown = reading.names(reading.files.root)
+    reading.budget(sum(draft_pixels(h, target) for _, h in headers), f"{len(headers)} images",
+                   root_shown)
+    reading.budget(len(headers) * target.size[0] * target.size[1], "the batch at "
+                   f"{target.size[0]}x{target.size[1]}", root_shown)
+    x = np.empty((len(headers), target.channels, *target.size), np.uint8)
+    kept, decoded = [], []
+    for path, header in headers:
+        shown = reading.names(path)
+        try:
+            with reading.files.open(path, shown) as fh:
+                arr, how = decode(fh, header, target, rois[path])
+        except (DecodeError, UnreadableFile) as exc:
+            rejects.append(Rejected(shown, _reason(exc) if isinstance(exc, UnreadableFile) else str(exc)))
+            continue
+        x[len(kept)] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        kept.append(path)
+        decoded.append(how)
+    batch = Batch(x[: len(kept)], np.array([labels[p] for p in kept], dtype=str),
+                  [reading.names(p) for p in kept], decoded)
+    return batch, rejects

@@ -1,0 +1,188 @@
+"""Safe file access for every reader: regular files inside the source, a deadline, a record.
+
+Every reader opens files through `SourceFiles.open`, so the same rules hold for each
+format: FIFOs, sockets and devices are refused (never opened for a blocking read), links
+that leave the source are refused, a read that takes too long is stopped, and what was
+opened is recorded (quarantine copies exactly that, never the rest of a folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import threading
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from evergreen.errors import BadInputError
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")  # spreadsheets run cells starting so
+
+
+class UnreadableFile(BadInputError):
+    """One file that cannot be opened safely: a special file, a link out, a slow read."""
+
+
+def display_name(text: str) -> str:
+    """A name as shown and stored: control, format and undecodable characters escaped.
+
+    A newline cannot forge a line in a record, and a name that was not valid UTF-8 on disk
+    (surrogate-escaped by Python) becomes `\\xNN` for each raw byte; other characters that are
+    escaped are `\\xNN` below 0x80 (same byte in UTF-8) and `\\uNNNN` above. Backslashes are
+    doubled, so the display form maps back to exactly one name on disk.
+    """
+    if text.isprintable() and "\\" not in text:  # the common case, at C speed
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte that was not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"):
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code <= 0xFFFF
+                       else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def csv_cell(text: str) -> str:
+    """A text cell safe in a spreadsheet: a leading = + - @ (or ') gets a ' in front."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def from_csv_cell(text: str) -> str:
+    """Undo `csv_cell`: exactly one leading ' is removed."""
+    return text[1:] if text.startswith("'") else text
+
+
+@dataclass
+class Opened:
+    """A file a reader opened: where it is, how it is shown, its size."""
+
+    path: Path
+    shown: str
+    size: int
+
+
+@dataclass
+class SourceFiles:
+    """Opens files under `root` for reading, and remembers each one it opened.
+
+    `timeout_s` bounds the time spent inside one `open(...)` block (main thread only:
+    elsewhere the special-file checks still hold, and a read cannot block on a FIFO).
+    """
+
+    root: Path
+    timeout_s: float = 120.0
+    opened: list[Opened] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.real_root = Path(os.path.realpath(self.root))
+
+    def inside(self, path: Path) -> bool:
+        """Whether path (links resolved) lies inside the source."""
+        try:
+            return Path(os.path.realpath(path)).is_relative_to(self.real_root)
+        except (OSError, ValueError):
+            return False
+
+    def check(self, path: Path, shown: str) -> os.stat_result:
+        """The file's stat when it is a regular file inside the source; else UnreadableFile."""
+        if not self.inside(path):
+            raise UnreadableFile(f"{shown}: a link that points outside the source (or loops); "
+                                 "not followed")
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise UnreadableFile(f"{shown}: cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFile(f"{shown}: not a regular file ({kind_of(st.st_mode)}); skipped")
+        return st
+
+    @contextlib.contextmanager
+    def open(self, path: Path, shown: str) -> Iterator[IO[bytes]]:
+        """The file's bytes, opened without blocking and refused unless regular and inside."""
+        self.check(path, shown)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:
+            raise UnreadableFile(f"{shown}: cannot read: {exc.strerror or exc}") from None
+        st = os.fstat(fd)  # the file opened, not the name checked: a swap in between is caught
+        if not stat.S_ISREG(st.st_mode) or not self.inside(path):
+            os.close(fd)
+            raise UnreadableFile(f"{shown}: not a regular file inside the source; skipped")
+        os.set_blocking(fd, True)
+        self.opened.append(Opened(Path(path), shown, st.st_size))
+        with deadline(self.timeout_s, shown), os.fdopen(fd, "rb") as fh:
+            yield fh
+
+    def read_bytes(self, path: Path, shown: str, limit: int) -> bytes:
+        """The whole file, refused when it holds more than `limit` bytes."""
+        with self.open(path, shown) as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise BadInputError(f"{shown}: larger than {limit} bytes; refused")
+        return data
+
+
+def kind_of(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+class _Deadline(BaseException):  # not an Exception: a reader's broad `except` cannot hide it
+    pass
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, shown: str) -> Iterator[None]:
+    """Stop the block with UnreadableFile after `seconds` (SIGALRM; main thread only)."""
+    usable = seconds > 0 and threading.current_thread() is threading.main_thread()
+    if not usable or signal.getitimer(signal.ITIMER_REAL)[0] > 0:  # nested: the outer one holds
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Deadline:
+        raise UnreadableFile(f"{shown}: reading took longer than ingest.read_timeout_s "
+                             f"({seconds:g} s); refused") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def text_lines(fh: IO[bytes], max_line_bytes: int, shown: str) -> Iterator[str]:
+    """UTF-8 lines (BOM dropped) of at most max_line_bytes each: an endless line is refused
+    after that many bytes, never read whole into memory."""
+    number = 0
+    while True:
+        raw = fh.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            raise BadInputError(f"{shown}: line {number} is longer than ingest.max_csv_line_bytes "
+                                f"({max_line_bytes} bytes); refused")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInputError(f"{shown}: line {number} is not UTF-8 text (byte {exc.start})") from None
+        yield line.removeprefix("\ufeff") if number == 1 else line
