@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="champion, candidates, data version")
     status.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="class probabilities from the champion")
-    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of them")
     predict.add_argument("--json", action="store_true")
+    predict.add_argument("--csv", metavar="OUT", help="write one row per image to this CSV")
     add_ui_parser(sub)
     add_trigger_parsers(sub)
     add_registry_parsers(sub)
@@ -292,15 +293,24 @@ def cmd_rollback(args, ws) -> int:
 
 
 def cmd_predict(args, ws) -> int:
-    from flows.report import predict_paths
+    from flows.report import predict_paths, predictions_csv
 
-    rows = predict_paths(ws, args.paths)
-    if args.json:
+    rows, errors = predict_paths(ws, args.paths)
+    if args.csv:
+        from pathlib import Path
+
+        from evergreen.workspace import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.csv), predictions_csv(rows))
+        print(f"{len(rows)} prediction(s) written to {args.csv}")
+    elif args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
             print(f"{row['path']}: {row['class']} ({row['probability']:.4f})")
-    return 0
+    for line in errors:
+        print(f"evergreen predict: error: {line}", file=sys.stderr)
+    return 2 if errors else 0
 
 
 WRITERS = {"run", "ingest", "stage"}  # one of these at a time per workspace

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
-from evergreen.errors import BadInputError, EvergreenError
+from evergreen.errors import BadInputError
 from evergreen.workspace import Workspace
 
 
@@ -93,42 +89,52 @@ def print_retrain(result: dict) -> None:
                   f"{'improvement' if c['improvement'] else 'no significant difference'}")
 
 
-def load_image(path: Path, in_shape: list[int]) -> np.ndarray:
-    """An image file as uint8 (C, H, W) in the model's channels and size."""
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = in_shape
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB")
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BadInputError(f"{path}: cannot decode image: {exc}") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def predict_paths(ws: Workspace, paths: list[str]) -> list[dict]:
-    """The champion's class probabilities for each image file."""
+def predict_paths(ws: Workspace, paths: list[str]) -> tuple[list[dict], list[str]]:
+    """The champion's class probabilities for each image file (folders: every image in them),
+    and one error line per file that could not be read; files are decoded as ingest does."""
+    from evergreen.config import load_config
     from nets.io import load_model
     from nets.runtime import OnnxModel
     from tasks.evaluate import predict_proba
+    from tasks.predict_input import collect_inputs, load_inputs
     from tasks.promote import load_registry
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:
-        raise EvergreenError(f"{ws.registry}: no champion yet; run `evergreen run` first")
+        raise BadInputError(f"{ws.registry}: no champion yet; run `evergreen run` first")
+    cfg = load_config(ws.params).ingest
+    inputs, errors = collect_inputs(paths, cfg)
     # served from the ONNX export (onnxruntime) when the champion has one
     model, card = load_model(ws.root / registry["versions"][registry["champion"]]["path"],
                              prefer_onnx=True)
-    x = np.stack([load_image(Path(p), card["in_shape"]) for p in paths])
-    proba = predict_proba(model, card, x)
-    return [{"path": p, "class": card["classes"][int(row.argmax())],
-             "probability": float(row.max()),
-             "probabilities": {c: round(float(v), 6) for c, v in zip(card["classes"], row, strict=False)},
-             "champion": registry["champion"],
-             "runtime": "onnxruntime" if isinstance(model, OnnxModel) else "torch"}
-            for p, row in zip(paths, proba, strict=False)]
+    runtime = "onnxruntime" if isinstance(model, OnnxModel) else "torch"
+    rows = []
+    for items, x, bad in load_inputs(inputs, card["in_shape"], cfg):
+        errors += bad
+        proba = predict_proba(model, card, x) if len(x) else []
+        rows += [{"path": item.shown, "class": card["classes"][int(row.argmax())],
+                  "probability": float(row.max()),
+                  "probabilities": {c: round(float(v), 6) for c, v in zip(card["classes"], row,
+                                                                          strict=True)},
+                  "champion": registry["champion"], "runtime": runtime}
+                 for item, row in zip(items, proba, strict=True)]
+    if not rows and not errors:
+        raise BadInputError(f"{' '.join(paths)}: no image files found")
+    return rows, errors
+
+
+def predictions_csv(rows: list[dict]) -> bytes:
+    """One row per image: path, class, probability, then each class's probability."""
+    import csv
+    import io
+
+    from tasks.safe_files import csv_cell
+
+    classes = list(rows[0]["probabilities"]) if rows else []
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "class", "probability", *map(csv_cell, classes)])
+    for row in rows:
+        writer.writerow([csv_cell(row["path"]), csv_cell(row["class"]), f"{row['probability']:.6f}",
+                         *(f"{row['probabilities'][c]:.6f}" for c in classes)])
+    return buf.getvalue().encode()

@@ -39,12 +39,15 @@ def signature(drop: Path) -> tuple:
         if not drop.is_dir():
             st = drop.lstat()
             return ((drop.name, st.st_size, st.st_mtime_ns),)
-        rows = []
-        for folder, _, files in os.walk(drop):
-            for name in files:
-                st = os.lstat(os.path.join(folder, name))
-                rows.append((os.path.relpath(os.path.join(folder, name), drop), st.st_size,
-                             st.st_mtime_ns))
+        rows, stack = [], [str(drop)]
+        while stack:  # not os.walk: it recurses, and a very deep drop would hit the limit
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        st = entry.stat(follow_symlinks=False)
+                        rows.append((os.path.relpath(entry.path, drop), st.st_size, st.st_mtime_ns))
         return tuple(sorted(rows))
     except OSError:  # a file vanished mid-walk: the drop is still changing
         return (("<changing>", time.monotonic_ns()),)

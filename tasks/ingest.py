@@ -17,7 +17,7 @@ from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, atomic_write_text
 from tasks.readers import load_digits_batch as load_digits_batch  # re-exported
 from tasks.readers import read_idx, read_source
-from tasks.reading import Batch, ReadLog, Rejected, Shape
+from tasks.reading import Batch, ReadLog, Rejected, Shape, canonical_labels
 from tasks.safe_files import Opened, SourceFiles, csv_cell, display_name, from_csv_cell
 
 if TYPE_CHECKING:  # pandas costs 0.6 s to import: loaded where a table is built or read
@@ -173,6 +173,10 @@ def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir:
         batch, rejected = read_idx(Path(source[0]), Path(source[1]), cfg, workspace, log, shape)
     else:
         batch, rejected = read_source(source, cfg, workspace, log, shape)
+    labels, note = canonical_labels(batch.labels)
+    if note:
+        batch = Batch(batch.x, labels, batch.sources, batch.decoded)
+        log.notes.append(note)
     fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
     batch_id = batch_id_of(hashes, fresh.labels)
     meta = metadata_table(fresh, hashes, batch_id)

@@ -154,3 +154,19 @@ def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
     # PIL's L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16
     weights = np.array([19595, 38470, 7471], np.uint32)[:, None, None]
     return (((x.astype(np.uint32) * weights).sum(1) + 0x8000) >> 16).astype(np.uint8)[:, None]
+
+
+def canonical_labels(labels: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Zero-padded numbers as plain integers ('00016' -> '16'), so class folders named
+    00000..00042 and a CSV's ClassId 0..42 name the same classes; unchanged when that
+    would merge two labels."""
+    text = [str(v) for v in labels.tolist()]
+    if not text or not all(t.isdigit() and t.isascii() for t in text) or \
+            not any(len(t) > 1 and t[0] == "0" for t in text):
+        return labels, None
+    plain = {t: str(int(t)) for t in set(text)}
+    if len(set(plain.values())) < len(plain):
+        return labels, None
+    example = next(t for t in plain if plain[t] != t)
+    return (np.array([plain[t] for t in text], dtype=str),
+            f"labels: zero-padded numbers read as integers ({example} -> {plain[example]})")

@@ -58,7 +58,7 @@ def test_status_of_an_empty_workspace(workspace, capsys):
 
 
 def test_predict_without_champion_is_an_error(workspace, capsys):
-    assert main(["--workspace", str(workspace.root), "predict", "x.png"]) == 1
+    assert main(["--workspace", str(workspace.root), "predict", "x.png"]) == 2
     assert "no champion yet" in capsys.readouterr().err
 
 
