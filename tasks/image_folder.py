@@ -83,7 +83,7 @@ def read_image_folder(root: Path, reading: Reading) -> tuple[Batch, list[Rejecte
     nested = [p for p in paths if p.parent != root]
     flat = [p for p in paths if p.parent == root]
     if flat and not nested:
-        labels, entries, more = _labels_from_csv(root, flat, others, reading)
+        labels, entries, more = _labels_from_csv(root, flat, others, reading, rejects)
         rejects += more
     else:
         others_skipped(others, root, reading)
@@ -91,14 +91,18 @@ def read_image_folder(root: Path, reading: Reading) -> tuple[Batch, list[Rejecte
         labels = {p: display_name(relative(p, root).split("/", 1)[0]) for p in nested}
         entries = {}
     if not labels:
-        skipped = reading.log.skipped
-        raise BadInputError(
-            f"{reading.names(root)}: no images found in <root>/<label>/ ({FORMAT_NAMES})"
-            + (f"; {len(flat)} lie directly in the root" if flat else "")
-            + (f"; skipped {len(skipped)} other files ({', '.join(s.source for s in skipped[:3])}"
-               f"{', ...' if len(skipped) > 3 else ''})" if skipped else ""))
+        raise BadInputError(f"{reading.names(root)}: no images found in <root>/<label>/ "
+                            f"({FORMAT_NAMES})" + (f"; {len(flat)} lie directly in the root" if flat else "")
+                            + _listed("refused", rejects) + _listed("skipped", reading.log.skipped))
     batch, bad = _decode_all(list(labels), labels, entries, reading)
     return batch, rejects + bad
+
+
+def _listed(what: str, rows: list[Rejected], shown: int = 3) -> str:
+    if not rows:
+        return ""
+    listed = ", ".join(f"{r.source} ({r.reason})" for r in rows[:shown])
+    return f"; {what} {len(rows)}: {listed}" + (", ..." if len(rows) > shown else "")
 
 
 def others_skipped(others: list[Path], root: Path, reading: Reading) -> None:
@@ -109,9 +113,10 @@ def others_skipped(others: list[Path], root: Path, reading: Reading) -> None:
         reading.log.skipped.append(Rejected(reading.names(path), what))
 
 
-def _labels_from_csv(root: Path, flat: list[Path], others: list[Path], reading: Reading):
+def _labels_from_csv(root: Path, flat: list[Path], others: list[Path], reading: Reading,
+                     refused: list[Rejected]):
     """Labels of images lying directly in root, from ingest.labels_csv or the one CSV found."""
-    path = find_labels_csv(root, others, reading)
+    path = find_labels_csv(root, others, reading, refused)
     files = reading.files if reading.files.inside(path) else SourceFiles(
         path.parent, reading.cfg.read_timeout_s, reading.log.opened)
     shown = reading.names(path) if path.parent == root else display_name(str(path))
@@ -132,7 +137,8 @@ def _labels_from_csv(root: Path, flat: list[Path], others: list[Path], reading: 
     return labels, found, rejects
 
 
-def find_labels_csv(root: Path, others: list[Path], reading: Reading) -> Path:
+def find_labels_csv(root: Path, others: list[Path], reading: Reading,
+                    refused: list[Rejected]) -> Path:
     """ingest.labels_csv, else the one CSV beside the images (or one folder up) whose header
     has a file-name and a label column."""
     cfg = reading.cfg
@@ -154,7 +160,8 @@ def find_labels_csv(root: Path, others: list[Path], reading: Reading) -> Path:
                                 "name one: evergreen ingest DIR LABELS.csv (or ingest.labels_csv)")
     raise BadInputError(f"{reading.names(root)}: images lie directly in the folder with no labels: "
                         "put them in <label>/ sub-folders, or give a labels CSV (file name and "
-                        "label columns): evergreen ingest DIR LABELS.csv (or ingest.labels_csv)")
+                        "label columns): evergreen ingest DIR LABELS.csv (or ingest.labels_csv)"
+                        + _listed("refused", refused) + _listed("skipped", reading.log.skipped))
 
 
 def _csvs_in(folder: Path) -> list[Path]:

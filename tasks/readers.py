@@ -163,7 +163,7 @@ def _name_skipped(entries: list[Path], read: set[Path], reading: Reading) -> Non
 
 def _head(path: Path, reading: Reading, n: int = 512) -> bytes:
     """The first bytes of a file, decompressed if it is gzip (raw if the stream is corrupt)."""
-    with reading.files.open(path, reading.names(path)) as fh:
+    with reading.files.open(path, reading.names(path), record=False) as fh:  # a look at its kind
         raw = fh.read(n)
         if raw[:2] != GZIP_MAGIC:
             return raw
@@ -328,8 +328,8 @@ def read_idx_array(path: Path, ndim: int, reading: Reading, shown: str) -> np.nd
 def _read_idx_pair(images: Path, labels: Path, reading: Reading,
                    label_names: Names | None = None) -> Batch:
     shown, shown_labels = reading.names(images), (label_names or reading.names)(labels)
-    y = read_idx_array(labels, 1, reading, shown_labels)  # small: read first
-    x = read_idx_array(images, 3, reading, shown)
+    x = read_idx_array(images, 3, reading, shown)  # its header is checked against the limits first
+    y = read_idx_array(labels, 1, reading, shown_labels)
     if len(x) != len(y):
         raise BadInputError(f"{shown_labels}: {len(y)} labels for {len(x)} images in {shown}")
     sources = [f"{shown}[{i}]" for i in range(len(x))]

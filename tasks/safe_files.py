@@ -108,8 +108,12 @@ class SourceFiles:
         return st
 
     @contextlib.contextmanager
-    def open(self, path: Path, shown: str) -> Iterator[IO[bytes]]:
-        """The file's bytes, opened without blocking and refused unless regular and inside."""
+    def open(self, path: Path, shown: str, record: bool = True) -> Iterator[IO[bytes]]:
+        """The file's bytes, opened without blocking and refused unless regular and inside.
+
+        `record=False` for a look at a file's first bytes (its kind), not a read of its data:
+        quarantine copies only what was recorded.
+        """
         self.check(path, shown)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
@@ -120,7 +124,8 @@ class SourceFiles:
             os.close(fd)
             raise UnreadableFile(f"{shown}: not a regular file inside the source; skipped")
         os.set_blocking(fd, True)
-        self.opened.append(Opened(Path(path), shown, st.st_size))
+        if record:
+            self.opened.append(Opened(Path(path), shown, st.st_size))
         with deadline(self.timeout_s, shown), os.fdopen(fd, "rb") as fh:
             yield fh
 
