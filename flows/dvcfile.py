@@ -100,7 +100,8 @@ def init_workspace(ws: Workspace) -> None:
     for path, text in ((ws.params, default_params_yaml()), (root / "dvc.yaml", dvc_yaml(root))):
         if not path.exists():
             atomic_write_text(path, text)
-    ensure_lines(root / ".gitignore", ["/.evergreen/", "/data/quarantine/"])  # rejected data: kept, never committed
+    # rejected data is kept in data/quarantine/, never committed
+    ensure_lines(root / ".gitignore", ["/.evergreen/", "/data/quarantine/"])
     ensure_lines(root / ".dvcignore", ["__pycache__/", "*.pyc"])  # code deps hash sources only
 
 

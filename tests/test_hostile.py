@@ -21,7 +21,7 @@ import pytest
 
 from flows import dvcfile
 from flows.cli import main
-from tests.conftest import TINY_PARAMS, copy_workspace, write_idx_pair, write_params, write_png_folder
+from tests.conftest import TINY_PARAMS, copy_workspace, write_params, write_png_folder
 
 SECRET = "EVERGREEN-PRIVATE-e1f0c3"  # planted in files a reader must never quote or copy
 DEADLINE_S = 60
