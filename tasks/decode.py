@@ -8,7 +8,6 @@ over a background, palettes, LA and CMYK are converted, EXIF orientation is appl
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import IO, Literal
@@ -216,19 +215,6 @@ def _fit(img, target: Target):
     if target.policy == "crop":
         return ImageOps.fit(img, (w, h), resample), [note]
     return img.resize((w, h), resample), [note]
-
-
-def draft_pixels(header: Header, target: Target) -> int:
-    """Pixels decoding will produce: JPEG decodes at 1/2..1/8 scale when that still covers
-    the target, every other format at full size."""
-    if header.format != "JPEG":
-        return header.pixels
-    h, w = target.size
-    scale = 1
-    while scale < 8 and math.ceil(header.width / (scale * 2)) >= w and \
-            math.ceil(header.height / (scale * 2)) >= h:
-        scale *= 2
-    return math.ceil(header.width / scale) * math.ceil(header.height / scale)
 
 
 def fit_array(x: np.ndarray, target: Target) -> np.ndarray:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from evergreen.errors import BadInputError
-from tasks.decode import FORMAT_NAMES, SUFFIXES, DecodeError, Header, decode, draft_pixels, probe
+from tasks.decode import FORMAT_NAMES, SUFFIXES, DecodeError, Header, decode, probe
 from tasks.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
 from tasks.reading import Batch, Reading, Rejected, choose_target, relative
 from tasks.safe_files import SourceFiles, UnreadableFile, display_name
@@ -36,45 +37,64 @@ def _reason(exc: BaseException) -> str:
     return text.split(": ", 1)[1] if ": " in text else text
 
 
+@dataclass
+class Walk:
+    """What a walk found: image files, other regular files, refused entries, folders to visit."""
+
+    images: list[Path] = field(default_factory=list)
+    others: list[Path] = field(default_factory=list)
+    rejects: list[Rejected] = field(default_factory=list)
+    seen: set[Path] = field(default_factory=set)
+    queue: deque = field(default_factory=deque)
+
+
 def walk(root: Path, reading: Reading) -> tuple[list[Path], list[Path], list[Rejected]]:
     """(image files, other regular files, refused entries) under root, breadth first.
 
     Links that leave the source are refused, not followed; hidden files, OS droppings and
     special files (FIFOs, sockets, devices) are skipped and named in the read's log.
     """
-    names, files, skipped = reading.names, reading.files, reading.log.skipped
-    images, others, rejects, seen, queue = [], [], [], {files.real_root}, deque([(root, 0)])
-    while queue:
-        folder, depth = queue.popleft()
+    found = Walk(seen={reading.files.real_root}, queue=deque([(root, 0)]))
+    while found.queue:
+        folder, depth = found.queue.popleft()
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            rejects.append(Rejected(names(folder), f"cannot list folder: {exc.strerror or exc}"))
+            found.rejects.append(Rejected(reading.names(folder),
+                                          f"cannot list folder: {exc.strerror or exc}"))
             continue
         for entry in entries:
-            path = Path(entry.path)
-            if os_file(entry.name):
-                skipped.append(Rejected(names(path), "hidden or OS metadata file"))
-            elif entry.is_symlink() and not files.inside(path):
-                rejects.append(Rejected(names(path), "symlink points outside the source (or loops); "
-                                                     "not followed"))
-            elif entry.is_dir():
-                real = path.resolve()  # each real folder once: in-source links cannot loop
-                if depth + 1 > MAX_DEPTH:
-                    skipped.append(Rejected(names(path), f"folder deeper than {MAX_DEPTH} levels; "
-                                                         "not read"))
-                elif real not in seen:
-                    seen.add(real)
-                    queue.append((path, depth + 1))
-            elif not entry.is_file():
-                skipped.append(Rejected(names(path), "not a regular file (FIFO, socket, device "
-                                                     "or broken link); not read"))
-            elif path.suffix.lower() in SUFFIXES:
-                images.append(path)
-            else:
-                others.append(path)
-    return sorted(images), others, rejects
+            try:
+                _sort_entry(entry, depth, reading, found)
+            except OSError as exc:  # a link loop, a file gone meanwhile
+                found.rejects.append(Rejected(reading.names(Path(entry.path)),
+                                              f"cannot read: {exc.strerror or exc}"))
+    return sorted(found.images), found.others, found.rejects
+
+
+def _sort_entry(entry: os.DirEntry, depth: int, reading: Reading, found: Walk) -> None:
+    """One folder entry: an image, another file, a folder to visit, or refused or skipped."""
+    path, names, skipped = Path(entry.path), reading.names, reading.log.skipped
+    if os_file(entry.name):
+        skipped.append(Rejected(names(path), "hidden or OS metadata file"))
+    elif entry.is_symlink() and not reading.files.inside(path):
+        found.rejects.append(Rejected(names(path), "symlink points outside the source (or loops); "
+                                                   "not followed"))
+    elif entry.is_dir():
+        real = path.resolve()  # each real folder once: in-source links cannot loop
+        if depth + 1 > MAX_DEPTH:
+            skipped.append(Rejected(names(path), f"folder deeper than {MAX_DEPTH} levels; not read"))
+        elif real not in found.seen:
+            found.seen.add(real)
+            found.queue.append((path, depth + 1))
+    elif not entry.is_file():
+        skipped.append(Rejected(names(path), "not a regular file (FIFO, socket, device or broken "
+                                             "link); not read"))
+    elif path.suffix.lower() in SUFFIXES:
+        found.images.append(path)
+    else:
+        found.others.append(path)
 
 
 def read_image_folder(root: Path, reading: Reading) -> tuple[Batch, list[Rejected]]:
@@ -217,11 +237,10 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
     target, notes = choose_target(sizes, any(h.colour for _, h in headers), reading.cfg,
                                   reading.conform_to)
     reading.log.notes += notes
-    root_shown = reading.names(reading.files.root)
-    reading.budget(sum(draft_pixels(h, target) for _, h in headers), f"{len(headers)} images",
-                   root_shown)
-    reading.budget(len(headers) * target.size[0] * target.size[1], "the batch at "
-                   f"{target.size[0]}x{target.size[1]}", root_shown)
+    # each image is decoded alone, straight into its row (at most max_image_pixels at a time)
+    reading.budget(len(headers) * target.channels * target.size[0] * target.size[1],
+                   f"{len(headers)} images at {target.channels}x{target.size[0]}x{target.size[1]}",
+                   reading.names(reading.files.root))
     x = np.empty((len(headers), target.channels, *target.size), np.uint8)
     kept, decoded = [], []
     for path, header in headers:

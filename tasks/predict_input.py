@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.config import IngestConfig
-from tasks.decode import DecodeError, Target, decode, draft_pixels, probe
+from tasks.decode import DecodeError, Target, decode, probe
 from tasks.image_folder import walk
 from tasks.reading import Names, Reading, ReadLog
 from tasks.safe_files import SourceFiles, UnreadableFile, display_name, kind_of
@@ -55,22 +55,17 @@ def load_inputs(inputs: list[Input], in_shape: list[int], cfg: IngestConfig,
                 chunk: int = 256) -> Iterator[tuple[list[Input], np.ndarray, list[str]]]:
     """(inputs decoded, uint8 (N, C, H, W) in the model's shape, error lines), `chunk` at a time.
 
-    Each chunk's decoded pixels are checked against ingest.max_batch_pixels from the headers.
+    Each image is decoded alone, within ingest.max_image_pixels, straight to the model's size.
     """
     c, h, w = in_shape
     background = (cfg.alpha_background[0], cfg.alpha_background[1], cfg.alpha_background[2])
     target = Target(c, (h, w), cfg.resize, background)
     for start in range(0, len(inputs), chunk):
-        ok, arrays, errors, pixels = [], [], [], 0
+        ok, arrays, errors = [], [], []
         for item in inputs[start:start + chunk]:
             try:
                 with item.files.open(item.path, item.shown) as fh:
                     header = probe(fh, cfg.max_image_pixels)
-                pixels += draft_pixels(header, target)
-                if pixels > cfg.max_batch_pixels:
-                    errors.append(f"{item.shown}: more than ingest.max_batch_pixels "
-                                  f"{cfg.max_batch_pixels} pixels to decode in one chunk; refused")
-                    continue
                 with item.files.open(item.path, item.shown) as fh:
                     arr, _ = decode(fh, header, target)
             except UnreadableFile as exc:

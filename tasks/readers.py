@@ -272,19 +272,19 @@ class _Gunzip:
         return bytes(out)
 
 
-def _read_upto(fh: IO[bytes], n: int, shown: str) -> bytes:
-    """At most n bytes, in chunks: a header's claim never sizes an allocation by itself."""
-    chunks, got = [], 0
+def _read_upto(fh: IO[bytes], n: int, shown: str) -> bytearray:
+    """At most n bytes, in chunks grown into one buffer: a header's claim never sizes an
+    allocation by itself, and the data is held once (not as chunks and a joined copy)."""
+    buf = bytearray()
     try:
-        while got < n:
-            chunk = fh.read(min(CHUNK, n - got))
+        while len(buf) < n:
+            chunk = fh.read(min(CHUNK, n - len(buf)))
             if not chunk:
                 break
-            chunks.append(chunk)
-            got += len(chunk)
+            buf += chunk
     except (OSError, zlib.error) as exc:
         raise BadInputError(f"{shown}: corrupt gzip stream: {exc}") from None
-    return b"".join(chunks)
+    return buf
 
 
 def _idx_dims(head: bytes, ndim: int, shown: str) -> tuple[int, ...]:
@@ -367,14 +367,6 @@ def _npz_members(zf: zipfile.ZipFile, shown: str) -> tuple[str, str]:
     return members[keys[0]], members[keys[1]]
 
 
-def _npz_pixels(shape: tuple) -> int:
-    """Pixels (width x height over the images) of an array of images, channels not counted."""
-    if len(shape) == 4:
-        channels = shape[3] if shape[3] in (1, 3) else shape[1]
-        return math.prod(shape) // max(channels, 1)
-    return math.prod(shape)
-
-
 def _npy_rows(zf: zipfile.ZipFile, member: str, key: str, reading: Reading,
               shown: str) -> Iterator[np.ndarray]:
     """The array's rows (samples), a bounded number of bytes at a time."""
@@ -407,7 +399,7 @@ def _load_npz(path: Path, reading: Reading, shown: str) -> tuple[np.ndarray, np.
             with zf.open(x_member) as fh:
                 shape, _, dtype = _npy_header(fh, "x", reading.cfg, shown)
             _npz_shape(shape, shown)
-            reading.budget(_npz_pixels(shape), f"array 'x' of shape {shape}", shown)
+            reading.budget(math.prod(shape), f"array 'x' of shape {shape}", shown)
             if dtype.kind not in "iuf":
                 raise BadInputError(f"{shown}: array 'x' has dtype {dtype}; expected integers or floats")
             top = _float_top(_npy_rows(zf, x_member, "x", reading, shown)) if dtype.kind == "f" else 255.0
@@ -573,7 +565,7 @@ def _parse_csv(reader, reading: Reading, shown: str) -> Read:  # reader: a csv.r
     header, at = _csv_layout(first, reading.cfg.csv_label_column, shown)
     side, width = _csv_side(len(first), shown), len(first)
     columns = [c for i, c in enumerate(header or []) if i != at] or [str(i + 1) for i in range(1, width)]
-    rows, labels, sources, rejects = [], [], [], []
+    pixels, labels, sources, rejects = bytearray(), [], [], []  # rows held once, as bytes
     for cells in reader if header else itertools.chain([first], reader):
         if not cells:
             continue
@@ -581,18 +573,18 @@ def _parse_csv(reader, reading: Reading, shown: str) -> Read:  # reader: a csv.r
         if len(cells) != width:
             raise BadInputError(f"{shown}: line {line} has {len(cells)} columns, expected "
                                 f"{width} like the {'header' if header else 'first row'}")
-        reading.budget((len(rows) + 1) * side * side, f"more than {len(rows)} rows of {side}x{side}",
-                       shown)
-        label, pixels = cells[at].strip(), cells[:at] + cells[at + 1:]
-        parsed = (_parse_pixels(pixels, columns) if label and len(label) <= MAX_LABEL
+        reading.budget((len(labels) + 1) * side * side,
+                       f"more than {len(labels)} rows of {side}x{side}", shown)
+        label, cells = cells[at].strip(), cells[:at] + cells[at + 1:]
+        parsed = (_parse_pixels(cells, columns) if label and len(label) <= MAX_LABEL
                   else "missing label" if not label else f"label longer than {MAX_LABEL} characters")
         if isinstance(parsed, str):
             rejects.append(Rejected(f"{shown}:{line}", f"line {line}: {parsed}"))
         else:
-            rows.append(parsed)
+            pixels += parsed.tobytes()
             labels.append(display_name(label))
             sources.append(f"{shown}:{line}")
-    x = np.stack(rows).reshape(-1, 1, side, side) if rows else np.zeros((0, 1, side, side), np.uint8)
+    x = np.frombuffer(pixels, np.uint8).reshape(-1, 1, side, side)
     return conform(Batch(x, np.array(labels, dtype=str), sources), reading, "CSV 0..255"), rejects
 
 

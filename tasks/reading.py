@@ -90,10 +90,10 @@ class Reading:
         files = SourceFiles(root, self.cfg.read_timeout_s)  # temporary copies: not recorded
         return Reading(self.cfg, files, Names(root, prefix), self.log, self.conform_to)
 
-    def budget(self, pixels: int, what: str, shown: str) -> None:
-        """Refuse before decoding when the batch would decode more than max_batch_pixels."""
-        if pixels > self.cfg.max_batch_pixels:
-            raise BadInputError(f"{shown}: {what}: {pixels} pixels to decode, more than "
+    def budget(self, values: int, what: str, shown: str) -> None:
+        """Refuse, before decoding, a batch that would hold more than max_batch_pixels values."""
+        if values > self.cfg.max_batch_pixels:
+            raise BadInputError(f"{shown}: {what}: {values} pixel values to hold, more than "
                                 f"ingest.max_batch_pixels {self.cfg.max_batch_pixels}; split the "
                                 "source into batches or raise the limit")
 

@@ -217,3 +217,73 @@ def test_eps_and_other_formats_are_never_probed(tmp_path):
     batch, rejects = read_source(str(root), IngestConfig())
     assert len(batch) == 1 and [r.source for r in rejects] == ["a/x.png"]
     assert "not a PNG, JPEG" in rejects[0].reason
+
+
+# --- layouts: a labels CSV beside the images, class folders with their own CSV -------------
+
+def test_gtsrb_test_layout_labels_from_the_csv_one_folder_up(tmp_path):
+    images = tmp_path / "Final_Test" / "Images"
+    images.mkdir(parents=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for i in range(4):
+        img = np.zeros((12, 10, 3), np.uint8)
+        img[2:8, 3:7] = 60 * (i + 1)  # the sign, inside its ROI
+        (images / f"{i:05d}.ppm").write_bytes(netpbm(b"P6", img, 255))
+        rows.append(f"{i:05d}.ppm;10;12;3;2;6;7;{i % 2}")
+    (tmp_path / "Final_Test" / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+    (images / "GT-final_test.test.csv").write_text(rows[0].rsplit(";", 1)[0] + "\n")  # no labels
+    log = ReadLog()
+    batch, rejects = read_source(str(images), IngestConfig(), log=log)
+    assert rejects == [] and sorted(batch.labels) == ["0", "0", "1", "1"]
+    assert any("GT-final_test.csv" in n for n in log.notes)
+    assert [s.source for s in log.skipped] == ["GT-final_test.test.csv"]
+    roi, _ = read_source(str(images), IngestConfig(crop_roi=True))
+    assert roi.x.shape[2:] == (6, 4)  # rows 2..7, columns 3..6: X2/Y2 inclusive
+    k = roi.sources.index("00002.ppm")
+    assert (roi.x[k] == 180).all()
+
+
+def test_kaggle_id_label_csv_with_ids_without_suffix(tmp_path):
+    root = tmp_path / "train"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(encoded(Image.fromarray(GRAY + i), "PNG"))
+    (root / "train.csv").write_text("id,label\n0,cat\n1,dog\n2,cat\n")
+    batch, rejects = read_source(str(root), IngestConfig())
+    assert rejects == [] and list(batch.labels) == ["cat", "dog", "cat"]
+
+
+def test_an_image_missing_from_the_labels_csv_is_refused_by_name(tmp_path):
+    root = tmp_path / "train"
+    root.mkdir()
+    for name in ("a.png", "b.png"):
+        (root / name).write_bytes(encoded(Image.fromarray(GRAY), "PNG"))
+    (root / "labels.csv").write_text("file,class\na.png,1\n")
+    batch, rejects = read_source(str(root), IngestConfig())
+    assert len(batch) == 1 and rejects[0].source == "b.png" and "no label" in rejects[0].reason
+
+
+def test_os_droppings_and_class_folder_csvs_are_skipped_and_named(tmp_path):
+    png = encoded(Image.fromarray(GRAY), "PNG")
+    root = folder_of(tmp_path, {"a/1.png": png, "a/GT-a.csv": b"Filename;ClassId\n1.png;0\n",
+                                "a/._1.png": b"\0\5\26\7", "a/Thumbs.db": b"x", ".DS_Store": b"x",
+                                "__MACOSX/a/._1.png": b"x", "README": b"about", "b/2.png": png})
+    log = ReadLog()
+    batch, rejects = read_source(str(root), IngestConfig(), log=log)
+    assert len(batch) == 2 and rejects == []
+    skipped = {s.source: s.reason for s in log.skipped}
+    assert set(skipped) == {"a/GT-a.csv", "a/._1.png", "a/Thumbs.db", ".DS_Store", "__MACOSX", "README"}
+    assert "CSV inside a class folder" in skipped["a/GT-a.csv"]
+
+
+def test_two_paths_image_folder_and_labels_csv(tmp_path):
+    from tasks.ingest import prepare_batch
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    (root / "x.png").write_bytes(encoded(Image.fromarray(GRAY), "PNG"))
+    (tmp_path / "elsewhere.csv").write_text("image;target\nx.png;7\n")
+    candidate = prepare_batch((str(root), str(tmp_path / "elsewhere.csv")), IngestConfig(),
+                              tmp_path / "batches")
+    assert list(candidate.batch.labels) == ["7"]
+    assert candidate.meta["decoded_as"].iloc[0].startswith("PNG L")

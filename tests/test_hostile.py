@@ -91,14 +91,14 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def png_claiming(width: int, height: int, data: bytes = b"\0" * 64) -> bytes:
+def png_claiming(width: int, height: int, data: bytes = b"\0" * 64, compressed: bool = False) -> bytes:
     """A PNG whose header claims width x height 8-bit gray pixels over `data` (valid CRCs)."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(data)) + \
-        chunk(b"IEND", b"")
+    idat = data if compressed else zlib.compress(data)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def good_images(folder: Path, digits, n: int = 4, label: str = "0") -> None:
@@ -308,10 +308,11 @@ def test_a_labels_csv_with_an_endless_line_is_refused(ws, src, capsys):
 
 def test_pngs_with_large_declared_sizes_are_refused_from_the_headers(ws, src, capsys):
     (src / "0").mkdir(parents=True)
-    body = b"\0" * (4097 * 4096)  # a real 4096x4096 image of zeros: ~16 KB compressed
-    for i in range(70):  # 1.17 G pixels declared: past ingest.max_batch_pixels (1 G)
-        (src / "0" / f"{i}.png").write_bytes(png_claiming(4096, 4096, body))
-    refuse(ws, capsys, ["ingest", str(src)], "max_batch_pixels")
+    body = zlib.compress(b"\0" * (4097 * 4096))  # a real 4096x4096 image of zeros: ~16 KB
+    for i in range(40):  # 0.7 MB of files that would hold 671 M pixels at their own size
+        (src / "0" / f"{i}.png").write_bytes(png_claiming(4096, 4096, body, compressed=True))
+    write_params(ws.root, {**TINY_PARAMS, "ingest": {"image_size": [4096, 4096]}})
+    refuse(ws, capsys, ["ingest", str(src)], "40 images at 1x4096x4096: 671088640 pixel values")
 
 
 def test_an_idx_header_claiming_a_billion_images_is_refused(ws, src, capsys):
