@@ -404,7 +404,8 @@ def _load_npz(path: Path, reading: Reading, shown: str) -> tuple[np.ndarray, np.
                 raise BadInputError(f"{shown}: array 'x' has dtype {dtype}; expected integers or floats")
             top = _float_top(_npy_rows(zf, x_member, "x", reading, shown)) if dtype.kind == "f" else 255.0
             chunks = [_to_uint8(rows, top) for rows in _npy_rows(zf, x_member, "x", reading, shown)]
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError,
+            NotImplementedError, RuntimeError) as exc:  # the last two: unsupported or encrypted zip
         raise BadInputError(f"{shown}: not a readable .npz file: {type(exc).__name__}") from None
     how = f"NPZ {dtype}" + (f", scaled from 0..{top:g}" if dtype != np.uint8 else "")
     if not chunks:
@@ -698,8 +699,9 @@ def _extract_zip(path: IO[bytes], root: Path, cfg: IngestConfig, shown: str) -> 
                         sink.write(rel, src)
             for rel, target in links:
                 sink.link(rel, target)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, ValueError) as exc:
-        raise BadInputError(f"{shown}: cannot extract zip archive: {exc}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, ValueError,
+            NotImplementedError) as exc:
+        raise BadInputError(f"{shown}: cannot extract zip archive: {type(exc).__name__}") from None
 
 
 def _checked_link(rel: PurePosixPath, target: str, hard: bool, shown: str) -> PurePosixPath:

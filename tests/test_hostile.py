@@ -403,3 +403,14 @@ def test_display_names_escape_controls_and_raw_bytes_unambiguously():
     assert display_name("\u2028") == "\\u2028"
     for text in ("=1", "+1", "-1", "@a", "'a", "a"):
         assert from_csv_cell(csv_cell(text)) == text
+
+
+def test_watch_refuses_a_fifo_drop_and_releases_the_lock(ws, tmp_path, capsys):
+    drops = tmp_path / "drops"
+    drops.mkdir()
+    os.mkfifo(drops / "x.csv")
+    write_params(ws.root, {**TINY_PARAMS, "watch": {"quiet_seconds": 0.2}})
+    assert main(["--workspace", str(ws.root), "watch", str(drops), "--once"]) == 2
+    assert not (ws.root / ".evergreen" / "lock").exists()
+    assert (drops / ".failed" / "x.csv").exists()  # kept, not deleted
+    assert "Traceback" not in capsys.readouterr().err

@@ -600,3 +600,13 @@ def test_source_inside_the_workspace_data_or_models_is_refused(workspace, tiny_b
 
     assert ("lies inside" if folder != "." else "contains") in str(err.value)
     assert "data/" in str(err.value) or "models/" in str(err.value)
+
+
+def test_npz_needing_an_unsupported_zip_version_is_refused(tmp_path, tiny_batch):
+    buf = io.BytesIO()
+    np.savez(buf, x=tiny_batch.x[:3, 0], y=np.arange(3))
+    data = bytearray(buf.getvalue())
+    at = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[at + 6:at + 8] = b"@\x00"  # "version needed to extract": 6.4 (found by deep fuzzing)
+    (tmp_path / "v.npz").write_bytes(bytes(data))
+    assert refused(tmp_path / "v.npz").startswith("v.npz: not a readable .npz file")
