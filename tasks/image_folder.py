@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.errors import BadInputError
-from tasks.decode import FORMAT_NAMES, SUFFIXES, DecodeError, Header, decode, probe
+from tasks.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, decode, probe
 from tasks.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
 from tasks.reading import Batch, Reading, Rejected, choose_target, relative
 from tasks.safe_files import SourceFiles, UnreadableFile, display_name
@@ -106,10 +106,10 @@ def read_image_folder(root: Path, reading: Reading) -> tuple[Batch, list[Rejecte
         labels, entries, more = _labels_from_csv(root, flat, others, reading, rejects)
         rejects += more
     else:
-        others_skipped(others, root, reading)
+        entries = _folder_rois(nested, others, root, reading, rejects) if reading.cfg.crop_roi else {}
+        others_skipped([p for p in others if not (entries and _is_roi_csv(p, root))], root, reading)
         rejects += [Rejected(reading.names(p), "image is not inside a <label>/ folder") for p in flat]
         labels = {p: display_name(relative(p, root).split("/", 1)[0]) for p in nested}
-        entries = {}
     if not labels:
         raise BadInputError(f"{reading.names(root)}: no images found in <root>/<label>/ "
                             f"({FORMAT_NAMES})" + (f"; {len(flat)} lie directly in the root" if flat else "")
@@ -123,6 +123,33 @@ def _listed(what: str, rows: list[Rejected], shown: int = 3) -> str:
         return ""
     listed = ", ".join(f"{r.source} ({r.reason})" for r in rows[:shown])
     return f"; {what} {len(rows)}: {listed}" + (", ..." if len(rows) > shown else "")
+
+
+def _is_roi_csv(path: Path, root: Path) -> bool:
+    return path.suffix.lower() in LABELS_SUFFIXES and path.parent != root
+
+
+def _folder_rois(images: list[Path], others: list[Path], root: Path, reading: Reading,
+                 rejects: list[Rejected]) -> dict[Path, Entry]:
+    """With ingest.crop_roi, the ROI of each image from its class folder's own CSV (GTSRB's
+    GT-<class>.csv); the folder still gives the label."""
+    cfg, by_folder = reading.cfg, {}
+    for path in (p for p in others if _is_roi_csv(p, root)):
+        with reading.files.open(path, reading.names(path)) as fh:
+            found, bad = read_labels(fh, reading.names(path), cfg.csv_label_column, True,
+                                     cfg.max_csv_line_bytes)
+        by_folder.setdefault(path.parent, {}).update(found)
+        rejects += bad
+        reading.log.notes.append(f"ROIs from {reading.names(path)} ({len(found)} rows)")
+    entries = {}
+    for image in images:
+        entry = lookup(by_folder.get(image.parent, {}), image.name, image.name)
+        if entry is not None:
+            entries[image] = entry
+    if len(entries) < len(images):
+        reading.log.notes.append(f"ingest.crop_roi: {len(images) - len(entries)} images have no "
+                                 "ROI row and are used whole")
+    return entries
 
 
 def others_skipped(others: list[Path], root: Path, reading: Reading) -> None:
@@ -215,11 +242,12 @@ def _probe_all(paths: list[Path], reading: Reading) -> tuple[list[tuple[Path, He
 
 
 def _roi(entry: Entry | None, header: Header) -> tuple[int, int, int, int] | None:
-    """The ROI clipped to the image, in the file's pixel grid (None: the whole image)."""
-    if entry is None or entry.roi is None:
+    """The ROI on this image, in the file's pixel grid (None: the whole image)."""
+    if entry is None:
         return None
-    x1, y1, x2, y2 = entry.roi
-    return (max(0, x1), max(0, y1), min(header.width, x2), min(header.height, y2))
+    w, h = (header.height, header.width) if header.orientation in SWAPS_SIDES else (header.width,
+                                                                                    header.height)
+    return entry.roi_for(w, h)
 
 
 def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, Entry],

@@ -31,6 +31,7 @@ class Columns:
     file: int
     label: int
     roi: tuple[int, int, int, int] | None
+    size: tuple[int, int] | None = None  # Width, Height: the size the ROI was measured on
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,17 @@ class Entry:
     label: str
     roi: tuple[int, int, int, int] | None  # a crop box (left, top, right, bottom), exclusive
     line: int
+    size: tuple[int, int] | None = None  # (width, height) the ROI refers to, when listed
+
+    def roi_for(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """The ROI on an image of this size: scaled when the file was resized since the CSV was
+        written (the CSV's Width/Height differ), then clipped to the image."""
+        if self.roi is None:
+            return None
+        sx, sy = (width / self.size[0], height / self.size[1]) if self.size else (1.0, 1.0)
+        x1, y1, x2, y2 = self.roi
+        return (max(0, round(x1 * sx)), max(0, round(y1 * sy)), min(width, round(x2 * sx)),
+                min(height, round(y2 * sy)))
 
 
 def _key(name: str) -> str:
@@ -59,7 +71,8 @@ def columns_of(header: list[str], label_column: str, want_roi: bool) -> Columns 
         return None
     bare = [c.removeprefix("roi.").removeprefix("roi_") for c in lower]
     roi = tuple(bare.index(n) for n in ROI_COLUMNS) if all(n in bare for n in ROI_COLUMNS) else None
-    return Columns(file, label, roi if want_roi else None)
+    size = (lower.index("width"), lower.index("height")) if {"width", "height"} <= set(lower) else None
+    return Columns(file, label, roi if want_roi else None, size if want_roi else None)
 
 
 def _delimiter(first: str) -> str:
@@ -110,11 +123,14 @@ def _entries(reader, cols: Columns, shown: str) -> tuple[dict[str, Entry], list[
         if problem:
             rejects.append(Rejected(f"{shown}:{line}", f"line {line}: {problem}"))
             continue
-        roi = None
+        roi = size = None
         if cols.roi:
             x1, y1, x2, y2 = (int(cells[i]) for i in cols.roi)
             roi = (x1, y1, x2 + 1, y2 + 1)  # X2/Y2 are inclusive (GTSRB)
-        entries[name] = Entry(display_name(cells[cols.label].strip()), roi, line)
+            listed = [cells[i].strip() for i in cols.size] if cols.size else []
+            size = (int(listed[0]), int(listed[1])) if all(v.isdigit() and int(v) > 0
+                                                            for v in listed) and listed else None
+        entries[name] = Entry(display_name(cells[cols.label].strip()), roi, line, size)
     return entries, rejects
 
 

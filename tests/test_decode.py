@@ -287,3 +287,20 @@ def test_two_paths_image_folder_and_labels_csv(tmp_path):
                               tmp_path / "batches")
     assert list(candidate.batch.labels) == ["7"]
     assert candidate.meta["decoded_as"].iloc[0].startswith("PNG L")
+
+
+def test_class_folder_csvs_give_rois_scaled_to_a_resized_copy(tmp_path):
+    folder = tmp_path / "Images" / "00003"
+    folder.mkdir(parents=True)
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[4:16, 6:14] = 200  # the sign; the CSV measured it on the 40x40 original
+    (folder / "00000_00000.ppm").write_bytes(netpbm(b"P6", img, 255))
+    (folder / "GT-00003.csv").write_text("Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId\n"
+                                         "00000_00000.ppm;40;40;12;8;27;31;3\n")
+    plain, _ = read_source(str(tmp_path / "Images"), IngestConfig())
+    assert plain.x.shape[2:] == (20, 20) and list(plain.labels) == ["00003"]
+    log = ReadLog()
+    cropped, _ = read_source(str(tmp_path / "Images"), IngestConfig(crop_roi=True), log=log)
+    assert cropped.x.shape[2:] == (12, 8) and (cropped.x == 200).all()
+    assert any("ROIs from 00003/GT-00003.csv" in n for n in log.notes)
+    assert log.skipped == []  # the CSV was read, not skipped
