@@ -133,14 +133,18 @@ def _folder_rois(images: list[Path], others: list[Path], root: Path, reading: Re
                  rejects: list[Rejected]) -> dict[Path, Entry]:
     """With ingest.crop_roi, the ROI of each image from its class folder's own CSV (GTSRB's
     GT-<class>.csv); the folder still gives the label."""
-    cfg, by_folder = reading.cfg, {}
-    for path in (p for p in others if _is_roi_csv(p, root)):
+    cfg, by_folder, csvs = reading.cfg, {}, [p for p in others if _is_roi_csv(p, root)]
+    for path in csvs:
         with reading.files.open(path, reading.names(path)) as fh:
             found, bad = read_labels(fh, reading.names(path), cfg.csv_label_column, True,
                                      cfg.max_csv_line_bytes)
         by_folder.setdefault(path.parent, {}).update(found)
         rejects += bad
-        reading.log.notes.append(f"ROIs from {reading.names(path)} ({len(found)} rows)")
+    if csvs:
+        rows = sum(len(v) for v in by_folder.values())
+        reading.log.notes.append(f"ROIs from {len(csvs)} class-folder CSV(s) ({rows} rows): "
+                                 + ", ".join(reading.names(p) for p in csvs[:2])
+                                 + (", ..." if len(csvs) > 2 else ""))
     entries = {}
     for image in images:
         entry = lookup(by_folder.get(image.parent, {}), image.name, image.name)

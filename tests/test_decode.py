@@ -302,5 +302,5 @@ def test_class_folder_csvs_give_rois_scaled_to_a_resized_copy(tmp_path):
     log = ReadLog()
     cropped, _ = read_source(str(tmp_path / "Images"), IngestConfig(crop_roi=True), log=log)
     assert cropped.x.shape[2:] == (12, 8) and (cropped.x == 200).all()
-    assert any("ROIs from 00003/GT-00003.csv" in n for n in log.notes)
+    assert any("ROIs from 1 class-folder CSV(s) (1 rows): 00003/GT-00003.csv" in n for n in log.notes)
     assert log.skipped == []  # the CSV was read, not skipped
