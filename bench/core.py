@@ -30,6 +30,7 @@ GROUPS = {
     "time_to_accuracy": ("bench.training:time_to_accuracy", ("time_to_98_vs_reference",), (600, 5400)),
     "ddp": ("bench.collected:ddp", ("ddp_2x1_vs_1x2",), (600, 1800)),
     "ingest": ("bench.collected:ingest", ("ingest_throughput", "validate_70k"), (600, 1800)),
+    "decode": ("bench.photos:decode", ("decode_vs_plain_pillow",), (300, 900)),
     "warm_vs_scratch": ("bench.collected:warm_vs_scratch", ("warm_vs_scratch", "warm_old_test_drop"),
                         (900, 3600)),
     "gan": ("bench.collected:gan", ("gan_distance_ratio",), (120, 120)),

@@ -86,11 +86,15 @@ class SourceFiles:
 
     def __post_init__(self):
         self.real_root = Path(os.path.realpath(self.root))
+        self._prefix = str(self.real_root).rstrip(os.sep) + os.sep
+
+    def _holds(self, real: str) -> bool:
+        return real == str(self.real_root) or real.startswith(self._prefix)
 
     def inside(self, path: Path) -> bool:
         """Whether path (links resolved) lies inside the source."""
         try:
-            return Path(os.path.realpath(path)).is_relative_to(self.real_root)
+            return self._holds(os.path.realpath(path))
         except (OSError, ValueError):
             return False
 
@@ -99,6 +103,10 @@ class SourceFiles:
         if not self.inside(path):
             raise UnreadableFile(f"{shown}: a link that points outside the source (or loops); "
                                  "not followed")
+        return self._regular(path, shown)
+
+    @staticmethod
+    def _regular(path: Path, shown: str) -> os.stat_result:
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -107,22 +115,33 @@ class SourceFiles:
             raise UnreadableFile(f"{shown}: not a regular file ({kind_of(st.st_mode)}); skipped")
         return st
 
+    def _opened_inside(self, fd: int, path: Path) -> bool:
+        """Whether the file behind fd lies inside the source: what was opened, not the name
+        looked at before (Linux names it in /proc; elsewhere the name is resolved again)."""
+        try:
+            return self._holds(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            return self.inside(path)
+
     @contextlib.contextmanager
     def open(self, path: Path, shown: str, record: bool = True) -> Iterator[IO[bytes]]:
         """The file's bytes, opened without blocking and refused unless regular and inside.
 
-        `record=False` for a look at a file's first bytes (its kind), not a read of its data:
-        quarantine copies only what was recorded.
+        Special files are refused from their stat, before any open; the file then opened is
+        checked again (a swap in between is caught). `record=False` for a look at a file's
+        first bytes (its kind), not a read of its data: quarantine copies only what was recorded.
         """
-        self.check(path, shown)
+        self._regular(path, shown)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as exc:
             raise UnreadableFile(f"{shown}: cannot read: {exc.strerror or exc}") from None
-        st = os.fstat(fd)  # the file opened, not the name checked: a swap in between is caught
-        if not stat.S_ISREG(st.st_mode) or not self.inside(path):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not self._opened_inside(fd, path):
             os.close(fd)
-            raise UnreadableFile(f"{shown}: not a regular file inside the source; skipped")
+            why = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+                "a link that points outside the source (or loops); not followed"
+            raise UnreadableFile(f"{shown}: {why}")
         os.set_blocking(fd, True)
         if record:
             self.opened.append(Opened(Path(path), shown, st.st_size))

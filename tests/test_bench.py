@@ -18,7 +18,8 @@ NAMES = {"train_throughput_vs_plain_loop", "time_to_98_vs_reference", "pipeline_
          "noop_rerun", "peak_rss", "inference_batch1_p50", "inference_batch1_p95",
          "inference_batch256_throughput", "compression_latency_ratio", "compression_size_ratio",
          "compression_accuracy_drop", "ddp_2x1_vs_1x2", "warm_vs_scratch", "warm_old_test_drop",
-         "ingest_throughput", "validate_70k", "gan_distance_ratio", "distillation_gain"}
+         "ingest_throughput", "validate_70k", "gan_distance_ratio", "distillation_gain",
+         "decode_vs_plain_pillow"}
 
 
 def test_every_benchmark_belongs_to_one_group():
