@@ -399,6 +399,10 @@ def _load_npz(path: Path, reading: Reading, shown: str) -> tuple[np.ndarray, np.
             with zf.open(x_member) as fh:
                 shape, _, dtype = _npy_header(fh, "x", reading.cfg, shown)
             _npz_shape(shape, shown)
+            side = shape[1:3] if len(shape) == 3 or shape[3] in (1, 3) else shape[2:4]
+            if side[0] * side[1] > reading.cfg.max_image_pixels:
+                raise BadInputError(f"{shown}: array 'x' holds images of {side[0]}x{side[1]} pixels "
+                                    f"(> ingest.max_image_pixels {reading.cfg.max_image_pixels})")
             reading.budget(math.prod(shape), f"array 'x' of shape {shape}", shown)
             if dtype.kind not in "iuf":
                 raise BadInputError(f"{shown}: array 'x' has dtype {dtype}; expected integers or floats")
@@ -565,6 +569,9 @@ def _parse_csv(reader, reading: Reading, shown: str) -> Read:  # reader: a csv.r
         raise BadInputError(f"{shown}: empty CSV: no rows")
     header, at = _csv_layout(first, reading.cfg.csv_label_column, shown)
     side, width = _csv_side(len(first), shown), len(first)
+    if side * side > reading.cfg.max_image_pixels:
+        raise BadInputError(f"{shown}: rows hold images of {side}x{side} pixels "
+                            f"(> ingest.max_image_pixels {reading.cfg.max_image_pixels})")
     columns = [c for i, c in enumerate(header or []) if i != at] or [str(i + 1) for i in range(1, width)]
     pixels, labels, sources, rejects = bytearray(), [], [], []  # rows held once, as bytes
     for cells in reader if header else itertools.chain([first], reader):

@@ -194,17 +194,21 @@ def deadline(seconds: float, shown: str) -> Iterator[None]:
 
 
 def text_lines(fh: IO[bytes], max_line_bytes: int, shown: str) -> Iterator[str]:
-    """UTF-8 lines (BOM dropped) of at most max_line_bytes each: an endless line is refused
-    after that many bytes, never read whole into memory."""
-    number = 0
+    """UTF-8 lines (BOM dropped) of a CSV, none longer than max_line_bytes, nor any record
+    (lines joined by a quoted field's newlines): an endless line or record is refused after
+    that many bytes, never read whole into memory."""
+    number, record, open_quote = 0, 0, False
     while True:
         raw = fh.readline(max_line_bytes + 1)
         if not raw:
             return
         number += 1
-        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-            raise BadInputError(f"{shown}: line {number} is longer than ingest.max_csv_line_bytes "
-                                f"({max_line_bytes} bytes); refused")
+        record = record + len(raw) if open_quote else len(raw)
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n") or record > max_line_bytes:
+            what = "line" if not open_quote else "record (a quoted field over several lines)"
+            raise BadInputError(f"{shown}: {what} {number} is longer than "
+                                f"ingest.max_csv_line_bytes ({max_line_bytes} bytes); refused")
+        open_quote ^= raw.count(b'"') % 2 == 1  # "" inside a field counts twice: parity holds
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

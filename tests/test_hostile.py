@@ -414,3 +414,22 @@ def test_watch_refuses_a_fifo_drop_and_releases_the_lock(ws, tmp_path, capsys):
     assert not (ws.root / ".evergreen" / "lock").exists()
     assert (drops / ".failed" / "x.csv").exists()  # kept, not deleted
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_endless_quoted_csv_record_is_refused_after_the_limit(ws, src, capsys):
+    src.mkdir(parents=True)
+    record = '1,"' + "0\n" * 40_000 + '"\n'  # short lines, one record: a field over 40,000 lines
+    (src / "q.csv").write_text("label,p\n" + record)
+    write_params(ws.root, {**TINY_PARAMS, "ingest": {"max_csv_line_bytes": 65536}})
+    refuse(ws, capsys, ["ingest", str(src / "q.csv")], "q.csv: record (a quoted field")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "csv"])
+def test_max_image_pixels_holds_for_array_formats(ws, src, capsys, fmt):
+    src.mkdir(parents=True)
+    write_params(ws.root, {**TINY_PARAMS, "ingest": {"max_image_pixels": 100}})
+    if fmt == "npz":
+        np.savez(src / "a.npz", x=np.zeros((2, 11, 11), np.uint8), y=np.zeros(2, int))
+    else:
+        (src / "a.csv").write_text("label," + ",".join(f"p{i}" for i in range(121)) + "\n")
+    refuse(ws, capsys, ["ingest", str(src / f"a.{fmt}")], "max_image_pixels 100")
