@@ -226,8 +226,14 @@ class SelectConfig(Section):
 
     max_accuracy_drop: float = Field(0.01, ge=0.0, le=1.0,
                                      description="validation accuracy below the teacher's")
-    max_latency_ms: float = Field(5.0, gt=0.0, description="batch-1 p95 in onnxruntime")
-    max_size_kb: float = Field(256.0, gt=0.0, description="exported model file")
+    max_size_ratio: float | None = Field(
+        0.25, gt=0.0, description="exported file at most this share of the teacher's (null: off)")
+    max_latency_ms: float | None = Field(None, gt=0.0, description="absolute batch-1 p95 in "
+                                         "onnxruntime (null: off; speed is judged by min_speedup)")
+    max_size_kb: float | None = Field(None, gt=0.0, description="absolute size of the exported "
+                                      "file (null: off; size is judged by max_size_ratio)")
+    fallback: Literal["teacher", "none"] = Field(
+        "teacher", description="when no variant fits: the teacher is the candidate, or none is")
     min_speedup: float = Field(3.0, ge=0.0, description="the teacher's batch-1 p50 latency over "
                                "the variant's, measured side by side (0: no minimum)")
     objective: Literal["accuracy", "latency", "size"] = Field(
@@ -240,7 +246,10 @@ class SelectConfig(Section):
 class CompressConfig(Section):
     """Variants of the teacher (pruned, distilled, int8), measured, and one selected by budget."""
 
-    student: Literal["seed_cnn", "cnn", "vit"] = "seed_cnn"
+    student: Literal["auto", "seed_cnn", "cnn", "vit"] = Field(
+        "auto", description="auto: the seed's network (seed_cnn) on inputs up to 16 px, above them "
+        "the teacher's architecture at half its width (seed_cnn's Flatten->Dense grows with the "
+        "image: on 28x28 it is larger than the teacher)")
     temperature: float = Field(2.0, gt=0.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft-target loss")
     epochs: int = Field(60, ge=1)

@@ -86,9 +86,10 @@ def train_student(teacher: nn.Module, teacher_card: dict, train: Split, val: Spl
     Returns (model, card, history).
     """
     in_shape, classes = tuple(teacher_card["in_shape"]), teacher_card["classes"]
-    options = {"dropout": cfg.dropout}
+    arch, options = student_arch(cfg.student, teacher_card)
+    options["dropout"] = cfg.dropout
     torch.manual_seed(cfg.seed)
-    student = build_model(cfg.student, in_shape, len(classes), **options)
+    student = build_model(arch, in_shape, len(classes), **options)
     norm = (teacher_card["mean"], teacher_card["std"])
     loss = distillation_loss(teacher, cfg.temperature, cfg.alpha) if distilled else cross_entropy_loss
     student, history = fit(student, train, val, norm, student_settings(cfg), name="compress",
@@ -97,8 +98,30 @@ def train_student(teacher: nn.Module, teacher_card: dict, train: Split, val: Spl
                "temperature": cfg.temperature, "alpha": cfg.alpha} if distilled
               else {"method": "student_without_distillation", "role": "control"})
     inherited = {k: v for k, v in teacher_card.items() if k != "training"}  # not how it trained
-    card = {**inherited, "arch": cfg.student, "options": options, "compression": method}
+    card = {**inherited, "arch": arch, "options": options,
+            "compression": {**method, "student": cfg.student}}
     return student, card, history
+
+
+SEED_CNN_MAX_SIDE = 16  # above it, the seed network's Flatten->Dense outgrows the teacher
+
+
+def student_arch(choice: str, teacher_card: dict) -> tuple[str, dict]:
+    """(architecture, options) of the student: `choice`, or for auto the seed's network on
+    inputs up to 16 px and, above them, the teacher's architecture at half its width (about a
+    quarter of its weights and compute), so a student is never larger than its teacher."""
+    if choice != "auto":
+        return choice, {}
+    if max(teacher_card["in_shape"][1:]) <= SEED_CNN_MAX_SIDE or teacher_card["arch"] == "seed_cnn":
+        return "seed_cnn", {}
+    options = dict(teacher_card.get("options", {}))
+    if teacher_card["arch"] == "cnn":
+        options["channels"] = [max(4, c // 2) for c in options.get("channels", [32, 64, 128])]
+    elif teacher_card["arch"] == "vit":
+        options["dim"] = max(8, options.get("dim", 64) // 2)
+        options["heads"] = max(1, min(options.get("heads", 4), options["dim"] // 8))
+    options.pop("dropout", None)
+    return teacher_card["arch"], options
 
 
 def distill(teacher: nn.Module, teacher_card: dict, train: Split, val: Split, cfg: CompressConfig,
@@ -334,9 +357,13 @@ def budget_failures(row: dict, teacher: dict, cfg: SelectConfig) -> list[str]:
     if drop > cfg.max_accuracy_drop:
         why.append(f"val accuracy {drop:.4f} below the teacher's (max_accuracy_drop "
                    f"{cfg.max_accuracy_drop})")
-    if row["latency_ms_p95"] > cfg.max_latency_ms:
+    share = row["size_bytes"] / teacher["size_bytes"]
+    if cfg.max_size_ratio is not None and share > cfg.max_size_ratio:
+        why.append(f"size {row['size_bytes'] / 1024:.1f} KB is {share:.2f} of the teacher's "
+                   f"> max_size_ratio {cfg.max_size_ratio}")
+    if cfg.max_latency_ms is not None and row["latency_ms_p95"] > cfg.max_latency_ms:
         why.append(f"latency p95 {row['latency_ms_p95']:.3f} ms > max_latency_ms {cfg.max_latency_ms}")
-    if row["size_bytes"] / 1024 > cfg.max_size_kb:
+    if cfg.max_size_kb is not None and row["size_bytes"] / 1024 > cfg.max_size_kb:
         why.append(f"size {row['size_bytes'] / 1024:.1f} KB > max_size_kb {cfg.max_size_kb}")
     speedup = teacher["latency_ms_p50"] / row["latency_ms_p50"]
     if speedup < cfg.min_speedup:
@@ -362,7 +389,11 @@ def select_variant(rows: list[dict], cfg: SelectConfig) -> tuple[str | None, str
         row["fits"] = not row["outside_budget"]
     fitting = [r for r in rows if r["fits"]]
     if not fitting:
-        detail = "; ".join(f"{r['name']}: {', '.join(r['outside_budget'])}" for r in rows)
+        detail = "; ".join(f"{r['name']}: {', '.join(r['outside_budget'])}" for r in rows
+                           if r["name"] != "teacher")
+        if cfg.fallback == "teacher":  # a good model is not thrown away for want of a smaller one
+            return "teacher", (f"no variant fits the compression budget ({detail}); the teacher "
+                               "is the candidate (compress.select.fallback: teacher)")
         return None, f"no variant fits the compression budget ({detail})"
     best = min(fitting, key=OBJECTIVES[cfg.objective])
     return best["name"], (f"{best['name']}: best {cfg.objective} of {len(fitting)} variants "

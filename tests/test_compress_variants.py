@@ -145,11 +145,45 @@ def test_selection_needs_the_minimum_speedup_over_the_teacher():
     assert select_variant(rows, cfg.model_copy(update={"min_speedup": 0.0}))[0] == "pruned"
 
 
-def test_selection_explains_when_nothing_fits():
+def test_selection_explains_when_nothing_fits_and_falls_back_to_the_teacher():
     rows = [row("teacher", 1.0, 2.0, 1000), row("small", 0.9, 0.5, 50)]
-    name, reason = select_variant(rows, SelectConfig(max_accuracy_drop=0.01, max_size_kb=100))
+    cfg = SelectConfig(max_accuracy_drop=0.01, max_size_kb=100, fallback="none")
+    name, reason = select_variant(rows, cfg)
     assert name is None
-    assert "no variant fits" in reason and "teacher: size" in reason and "small: val accuracy" in reason
+    assert "no variant fits" in reason and "small: val accuracy" in reason
+    name, reason = select_variant(rows, cfg.model_copy(update={"fallback": "teacher"}))
+    assert name == "teacher" and "the teacher is the candidate" in reason
+
+
+def test_size_budget_is_relative_to_the_teacher_by_default():
+    rows = [row("teacher", 1.0, 3.0, 4000), row("quarter", 0.995, 0.5, 1000),
+            row("third", 0.999, 0.5, 1400)]
+    cfg = SelectConfig()  # max_size_ratio 0.25, min_speedup 3, no absolute KB or ms limit
+    assert cfg.max_size_kb is None and cfg.max_latency_ms is None
+    assert select_variant(rows, cfg)[0] == "quarter"
+    assert "0.35 of the teacher's > max_size_ratio 0.25" in " ".join(rows[2]["outside_budget"])
+    tiny = [row("teacher", 1.0, 3.0, 40), row("quarter", 0.995, 0.5, 10)]
+    assert select_variant(tiny, cfg)[0] == "quarter"  # 10 KB fits: no absolute size stands in
+
+
+@pytest.mark.parametrize("in_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 48)])
+def test_the_auto_student_is_never_larger_than_its_teacher(in_shape):
+    import nets
+    from evergreen.config import TrainConfig
+    from tasks.compress import student_arch
+    from tasks.train import model_options
+
+    options = model_options(TrainConfig(), in_shape)
+    card = {"arch": "cnn", "options": options, "in_shape": list(in_shape)}
+    teacher = nets.build_model("cnn", in_shape, 43, **options)
+    arch, student_options = student_arch("auto", card)
+    student = nets.build_model(arch, in_shape, 43, **student_options)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(student) <= count(teacher) / 3 if max(in_shape[1:]) > 16 else arch == "seed_cnn"
+    assert student(torch.zeros(2, *in_shape)).shape == (2, 43)
+    seed = nets.build_model("seed_cnn", in_shape, 43)
+    if max(in_shape[1:]) >= 28:  # why auto leaves the seed's network on large inputs
+        assert count(seed) > count(teacher)
 
 
 QUIET_INT8 = """
