@@ -248,7 +248,7 @@ class CompressConfig(Section):
 
     student: Literal["auto", "seed_cnn", "cnn", "vit"] = Field(
         "auto", description="auto: the seed's network (seed_cnn) on inputs up to 16 px, above them "
-        "the teacher's architecture at half its width (seed_cnn's Flatten->Dense grows with the "
+        "the teacher's architecture at 3/8 of its width (seed_cnn's Flatten->Dense grows with the "
         "image: on 28x28 it is larger than the teacher)")
     temperature: float = Field(2.0, gt=0.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft-target loss")

@@ -108,17 +108,18 @@ SEED_CNN_MAX_SIDE = 16  # above it, the seed network's Flatten->Dense outgrows t
 
 def student_arch(choice: str, teacher_card: dict) -> tuple[str, dict]:
     """(architecture, options) of the student: `choice`, or for auto the seed's network on
-    inputs up to 16 px and, above them, the teacher's architecture at half its width (about a
-    quarter of its weights and compute), so a student is never larger than its teacher."""
+    inputs up to 16 px and, above them, the teacher's architecture at 3/8 of its width (about
+    a seventh of its weights and compute: half width measured 0.26 of the size and 2.5x the
+    speed on 28x28, just outside the default budget), so it is never larger than its teacher."""
     if choice != "auto":
         return choice, {}
     if max(teacher_card["in_shape"][1:]) <= SEED_CNN_MAX_SIDE or teacher_card["arch"] == "seed_cnn":
         return "seed_cnn", {}
     options = dict(teacher_card.get("options", {}))
     if teacher_card["arch"] == "cnn":
-        options["channels"] = [max(4, c // 2) for c in options.get("channels", [32, 64, 128])]
+        options["channels"] = [max(4, round(c * 3 / 8)) for c in options.get("channels", [32, 64, 128])]
     elif teacher_card["arch"] == "vit":
-        options["dim"] = max(8, options.get("dim", 64) // 2)
+        options["dim"] = max(8, round(options.get("dim", 64) * 3 / 8 / 4) * 4)
         options["heads"] = max(1, min(options.get("heads", 4), options["dim"] // 8))
     options.pop("dropout", None)
     return teacher_card["arch"], options
