@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,7 +19,9 @@ STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "
 
 class Section(BaseModel):
     # strict: `epochs: true` or `lr: "fast"` is an error, not a silent coercion
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # allow_inf_nan: `lr: .inf` or `nan` is an error, not a run that trains on nonsense
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True,
+                              allow_inf_nan=False)
 
 
 class IngestConfig(Section):
@@ -36,7 +38,8 @@ class IngestConfig(Section):
     resize: Literal["stretch", "pad", "crop"] = Field(
         "stretch", description="how an image of another shape fits image_size: stretch, pad "
         "(letterbox with alpha_background) or crop (centre)")
-    max_auto_side: int = Field(128, ge=4, description="image_size auto never picks a side above this")
+    max_auto_side: int = Field(128, ge=4, le=4096,
+                               description="image_size auto never picks a side above this")
     alpha_background: list[int] = Field(
         default_factory=lambda: [255, 255, 255], min_length=3, max_length=3,
         description="RGB colour transparent pixels are composited over (and pad's fill)")
@@ -47,14 +50,15 @@ class IngestConfig(Section):
                            "inclusive, as GTSRB's Roi.X1 ...)")
     on_bad_sample: Literal["reject", "drop"] = Field(
         "reject", description="a bad sample rejects the whole batch, or is dropped and reported")
-    csv_label_column: str = Field("label", description="CSV column holding the label")
+    csv_label_column: str = Field("label", min_length=1, description="CSV column holding the label")
     max_image_pixels: int = Field(16_777_216, ge=1, description="larger headers are refused")
     max_batch_pixels: int = Field(
         500_000_000, ge=1, description="pixel values (N x C x H x W, bytes as uint8) a batch may "
         "hold, checked from the headers before decoding, for every format; split larger sources "
         "into batches")
     max_csv_line_bytes: int = Field(4_194_304, ge=64, description="a longer CSV line is refused")
-    read_timeout_s: float = Field(300.0, ge=0.0, description="longest read of one file; 0 = none")
+    read_timeout_s: float = Field(300.0, ge=0.0, le=86_400.0,
+                                  description="longest read of one file; 0 = none")
     max_archive_bytes: int = Field(2_000_000_000, ge=1, description="uncompressed archive cap")
     max_archive_members: int = Field(1_000_000, ge=1)
 
@@ -138,7 +142,8 @@ class EarlyStoppingConfig(Section):
 
 
 class CnnConfig(Section):
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [32, 64, 128], min_length=1)
     stem_stride: Literal[1, 2] | None = Field(
         None, description="stride of the first convolution; null = 2 for inputs of 16 px or more "
         "(a quarter of the first block's cost), 1 below")
@@ -180,9 +185,9 @@ class TrainConfig(Section):
     """The teacher's training run."""
 
     model: Literal["seed_cnn", "cnn", "vit"] = "cnn"
-    epochs: int = Field(40, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.003, gt=0.0)
+    epochs: int = Field(40, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    lr: float = Field(0.003, gt=0.0, le=10.0)
     lr_schedule: Literal["none", "cosine", "step"] = "cosine"
     l1: float = Field(0.0, ge=0.0)
     l2: float = Field(0.0005, ge=0.0, description="weight decay (AdamW)")
@@ -445,9 +450,17 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+class _TooDeep(yaml.YAMLError):
+    """Nested deeper than Python's recursion allows."""
+
+
 def read_yaml(text: str):
-    """Parse YAML safely (no object construction), with YAML 1.2 floats."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML safely (no object construction), with YAML 1.2 floats; nesting too deep
+    for the parser is a YAMLError like any other."""
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise _TooDeep("nested too deeply") from None
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
@@ -491,15 +504,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
+            raise ConfigError(f"--set {_short(item)}: expected section.key=value")
         if parts[0] not in SECTIONS:
-            raise ConfigError(f"--set {item!r}: unknown section {parts[0]!r}, "
+            raise ConfigError(f"--set {_short(item)}: unknown section {_short(parts[0])}, "
                               f"expected one of {', '.join(SECTIONS)}")
         node = data
         for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is "
+                raise ConfigError(f"--set {_short(item)}: {'.'.join(parts[:depth + 1])} is "
                                   f"{_short(node)} in params.yaml, not a section")
         node[parts[-1]] = _override_value(item, ".".join(parts), raw)
     return data
@@ -509,7 +522,7 @@ def _override_value(item: str, key: str, raw: str) -> Any:
     try:
         return read_yaml(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: {key}: expected a YAML value, got {raw!r} "
+        raise ConfigError(f"--set {_short(item)}: {key}: expected a YAML value, got {_short(raw)} "
                           f"({yaml_problem(exc)}); quote a string: {key}='\"...\"'") from None
 
 

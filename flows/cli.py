@@ -295,13 +295,12 @@ def cmd_rollback(args, ws) -> int:
 def cmd_predict(args, ws) -> int:
     from flows.report import predict_paths, predictions_csv
 
+    out = checked_output(args.csv) if args.csv else None
     rows, errors = predict_paths(ws, args.paths)
-    if args.csv:
-        from pathlib import Path
-
+    if out is not None:
         from evergreen.workspace import atomic_write_bytes
 
-        atomic_write_bytes(Path(args.csv), predictions_csv(rows))
+        atomic_write_bytes(out, predictions_csv(rows))
         print(f"{len(rows)} prediction(s) written to {args.csv}")
     elif args.json:
         print(json.dumps(rows, indent=2))
@@ -311,6 +310,25 @@ def cmd_predict(args, ws) -> int:
     for line in errors:
         print(f"evergreen predict: error: {line}", file=sys.stderr)
     return 2 if errors else 0
+
+
+def checked_output(text: str):
+    """A path to (re)write a file at: a regular file or a new name in an existing folder; never
+    a link, FIFO, device or folder (the file is replaced whole, not written through)."""
+    import stat
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise BadInputError(f"{text}: --csv must name a regular file or a new one; this is a "
+                            "link, folder, FIFO or device")
+    if not path.parent.is_dir():
+        raise BadInputError(f"{text}: --csv: no such folder {path.parent}")
+    return path
 
 
 WRITERS = {"run", "ingest", "stage"}  # one of these at a time per workspace

@@ -82,8 +82,9 @@ def probe(fh: IO[bytes], max_pixels: int) -> Header:
                                   f"(> ingest.max_image_pixels {max_pixels})")
             if w == 0 or h == 0:
                 raise DecodeError(f"image header claims {w}x{h}: no pixels")
-            orientation = _orientation(img)
-            if orientation in SWAPS_SIDES:
+            orientation = _orientation(img) if img.format != "PNG" or "exif" in img.info \
+                else _late_png_orientation(fh)
+            if orientation in SWAPS_SIDES and img.format != "TIFF":  # TIFF: Pillow turns it itself
                 w, h = h, w
             return Header(img.format or "?", w, h, img.mode, _has_colour(img), orientation)
         except DecodeError:
@@ -104,6 +105,31 @@ def _orientation(img, loaded: bool = False) -> int:
     except Exception:  # noqa: BLE001 - a corrupt EXIF block is not a corrupt image
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _late_png_orientation(fh: IO[bytes], max_chunks: int = 10_000) -> int:
+    """The orientation in a PNG's eXIf chunk when it follows the pixels (IDAT), found by
+    walking the chunk headers (their data is skipped, nothing is decompressed)."""
+    from PIL import Image
+
+    fh.seek(8)
+    for _ in range(max_chunks):
+        head = fh.read(8)
+        if len(head) < 8:
+            return 1
+        length, kind = int.from_bytes(head[:4], "big"), head[4:]
+        if kind == b"IEND":
+            return 1
+        if kind == b"eXIf" and length <= 65536:
+            exif = Image.Exif()
+            try:
+                exif.load(fh.read(length))
+            except Exception:  # noqa: BLE001 - a corrupt EXIF block is not a corrupt image
+                return 1
+            value = exif.get(0x0112, 1)
+            return value if isinstance(value, int) and 1 <= value <= 8 else 1
+        fh.seek(length + 4, 1)  # the data and its CRC
+    return 1
 
 
 def _has_colour(img) -> bool:
@@ -158,14 +184,9 @@ def _to_8bit(img, target: Target):
     mode, notes = img.mode, []
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(img, dtype=np.float64)
-        if mode == "F":
-            top = 1.0 if np.nanmax(arr, initial=0) <= 1.0 else 255.0
-            notes.append(f"float scaled from 0..{top:g}")
-        else:
-            top = 65535.0  # I;16*, and 16-bit PGM/PPM (Pillow scales maxval to 65535)
-            notes.append("16-bit scaled")
-        arr = np.clip(np.nan_to_num(arr) * (255.0 / top), 0, 255)
-        img = Image.fromarray(np.round(arr).astype(np.uint8), "L")
+        top, note = _deep_range(arr, mode)
+        notes.append(note)
+        img = Image.fromarray(np.round(np.clip(arr * (255.0 / top), 0, 255)).astype(np.uint8), "L")
     elif mode == "1":
         img = img.convert("L")
     elif mode in ("P", "PA"):
@@ -185,6 +206,24 @@ def _to_8bit(img, target: Target):
         notes.append(f"{img.mode}->{want}")
         img = img.convert(want)
     return img, notes
+
+
+def _deep_range(arr: np.ndarray, mode: str) -> tuple[float, str]:
+    """The top of the range a 16-bit, 32-bit or float image is scaled from, and the note;
+    values outside every range the mode can mean are refused, as in NPZ, never clipped."""
+    if not np.isfinite(arr).all():
+        raise DecodeError("cannot decode image: NaN or inf pixel values")
+    lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if mode == "F":
+        if lo < 0 or hi > 255:
+            raise DecodeError(f"cannot decode image: float pixel values outside 0..255 "
+                              f"(min {lo:g}, max {hi:g})")
+        top = 1.0 if hi <= 1.0 else 255.0
+        return top, f"float scaled from 0..{top:g}"
+    if lo < 0 or hi > 65535:  # I;16*, 16-bit PGM/PPM (Pillow scales maxval to 65535), int32 TIFF
+        raise DecodeError(f"cannot decode image: integer pixel values outside 0..65535 "
+                          f"(min {lo:g}, max {hi:g})")
+    return 65535.0, "16-bit scaled"
 
 
 def _composite(img, background: tuple[int, int, int]):

@@ -272,7 +272,7 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
     # each image is decoded alone, straight into its row (at most max_image_pixels at a time)
     reading.budget(len(headers) * target.channels * target.size[0] * target.size[1],
                    f"{len(headers)} images at {target.channels}x{target.size[0]}x{target.size[1]}",
-                   reading.names(reading.files.root))
+                   reading.names(reading.names.base))
     x = np.empty((len(headers), target.channels, *target.size), np.uint8)
     kept, decoded = [], []
     for path, header in headers:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -245,23 +246,48 @@ def quarantine_source(source: str | tuple[str, str], reason: str, quarantine_dir
 
 
 def _quarantine_file(opened: Opened, index: int, folder: Path | None) -> dict:
-    """Hash (and copy into folder) one file ingest opened, through the same safe opener."""
+    """Hash (and copy into folder, streamed) one file ingest opened, through the same safe
+    opener; at most the size it had when read."""
     files = SourceFiles(opened.path.parent)
-    digest, data = hashlib.sha256(), bytearray()
-    try:
-        with files.open(opened.path, opened.shown) as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                if folder is not None:
-                    data += chunk
-    except BadInputError as exc:  # gone or changed since: say so, copy nothing
-        return {"file": opened.shown, "size": opened.size, "sha256": None, "copied": None,
-                "note": str(exc)}
     name = None
     if folder is not None:
         parts = PurePosixPath(opened.shown).parts
-        safe = opened.shown if parts and not opened.shown.startswith("/") and ".." not in parts \
+        name = opened.shown if parts and not opened.shown.startswith("/") and ".." not in parts \
             and ":" not in opened.shown else f"{index:05d}-{display_name(opened.path.name)}"
-        atomic_write_bytes(folder / safe, bytes(data), private=True)  # inside a 0700 folder
-        name = safe
-    return {"file": opened.shown, "size": opened.size, "sha256": digest.hexdigest(), "copied": name}
+    try:
+        with files.open(opened.path, opened.shown) as fh:
+            digest = _copy_private(fh, opened.size, folder / name if name else None)
+    except BadInputError as exc:  # gone or changed since: say so, copy nothing
+        return {"file": opened.shown, "size": opened.size, "sha256": None, "copied": None,
+                "note": str(exc)}
+    return {"file": opened.shown, "size": opened.size, "sha256": digest, "copied": name}
+
+
+def _copy_private(src, size: int, dest: Path | None) -> str:
+    """sha256 of the first `size` bytes of src, written to dest (0600, folders 0700) if given."""
+    digest = hashlib.sha256()
+    out, tmp = None, None
+    if dest is not None:
+        for parent in reversed(dest.parents):  # the folders it needs, private like the file
+            if not parent.exists():
+                parent.mkdir(mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:50]}.", suffix=".tmp")
+        out = os.fdopen(fd, "wb")
+    try:
+        left = size
+        while left > 0 and (chunk := src.read(min(1 << 20, left))):
+            digest.update(chunk)
+            left -= len(chunk)
+            if out is not None:
+                out.write(chunk)
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+            os.replace(tmp, dest)
+    except BaseException:
+        if out is not None:
+            out.close()
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest.hexdigest()

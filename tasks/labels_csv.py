@@ -128,8 +128,8 @@ def _entries(reader, cols: Columns, shown: str) -> tuple[dict[str, Entry], list[
             x1, y1, x2, y2 = (int(cells[i]) for i in cols.roi)
             roi = (x1, y1, x2 + 1, y2 + 1)  # X2/Y2 are inclusive (GTSRB)
             listed = [cells[i].strip() for i in cols.size] if cols.size else []
-            size = (int(listed[0]), int(listed[1])) if all(v.isdigit() and int(v) > 0
-                                                            for v in listed) and listed else None
+            size = (int(listed[0]), int(listed[1])) if listed and all(
+                v.isascii() and v.isdigit() and int(v) > 0 for v in listed) else None
         entries[name] = Entry(display_name(cells[cols.label].strip()), roi, line, size)
     return entries, rejects
 
@@ -146,7 +146,7 @@ def _row_problem(cells: list[str], cols: Columns, width: int) -> str | None:
         return f"label longer than {MAX_LABEL} characters"
     if cols.roi:
         values = [cells[i].strip() for i in cols.roi]
-        if not all(v.isdigit() for v in values):
+        if not all(v.isascii() and v.isdigit() for v in values):
             return "ROI columns X1, Y1, X2, Y2 are not whole numbers"
         x1, y1, x2, y2 = map(int, values)
         if x2 < x1 or y2 < y1:

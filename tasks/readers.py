@@ -98,6 +98,8 @@ def load_digits_batch() -> Batch:
 def _checked_path(path: Path, source: str, workspace: Path | None) -> Path:
     shown = display_name(source)
     if not path.exists():
+        if os.path.lexists(path):
+            raise BadInputError(f"{shown}: a broken or looping symlink")
         raise BadInputError(f"{shown}: no such file or directory (expected {SOURCE_KINDS})")
     if not (path.is_dir() or path.is_file()):
         raise BadInputError(f"{shown}: not a regular file or folder (a FIFO, socket or device); "
@@ -343,10 +345,14 @@ NPZ_CHUNK_BYTES = 64 << 20  # rows of a large array are converted this many byte
 
 def _npy_header(fh: IO[bytes], key: str, cfg: IngestConfig, shown: str) -> tuple[tuple, bool, np.dtype]:
     """(shape, fortran order, dtype) from the .npy header; object and oversized arrays refused."""
-    version = np.lib.format.read_magic(fh)
-    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-            else np.lib.format.read_array_header_2_0)
-    shape, fortran, dtype = read(fh)
+    try:
+        version = np.lib.format.read_magic(fh)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(fh)
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises almost anything
+        raise BadInputError(f"{shown}: array {key!r} has a malformed .npy header "
+                            f"({type(exc).__name__})") from None
     if dtype.hasobject:
         raise BadInputError(f"{shown}: array {key!r} holds Python objects (dtype {dtype}); refused "
                             "because loading it would unpickle (run) code; save numeric arrays")
@@ -755,7 +761,8 @@ def _extract_tar(fh: IO[bytes], root: Path, cfg: IngestConfig, shown: str) -> No
                 if m.issym():
                     sink.link(rel, target)
     except (tarfile.TarError, OSError, EOFError, zlib.error, KeyError, RuntimeError) as exc:
-        raise BadInputError(f"{shown}: cannot extract tar archive: {exc}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise BadInputError(f"{shown}: cannot extract tar archive: {why}") from None  # no temp paths
 
 
 # --- shape and channel policy -----------------------------------------------------------

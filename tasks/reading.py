@@ -69,9 +69,18 @@ class Names:
 
 
 def relative(path: Path, base: Path) -> str:
-    """path relative to base, '/'-separated, '' for base itself (string slicing: pathlib is slow)."""
+    """path relative to base, '/'-separated, '' for base itself (string slicing: pathlib is slow);
+    the whole path when it lies elsewhere (a name is shown, never an error raised)."""
     text, start = str(path), str(base).rstrip(os.sep) + os.sep
-    rel = text[len(start):] if text.startswith(start) else path.relative_to(base).as_posix()
+    if text.startswith(start):
+        rel = text[len(start):]
+    elif text == str(base):
+        rel = ""
+    else:
+        try:
+            rel = path.relative_to(base).as_posix()
+        except ValueError:
+            rel = text
     return "" if rel == "." else rel.replace(os.sep, "/")
 
 

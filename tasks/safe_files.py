@@ -22,6 +22,7 @@ from typing import IO
 from evergreen.errors import BadInputError
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")  # spreadsheets run cells starting so
+MAX_DEADLINE_S = 86_400.0  # setitimer's range is bounded; ingest.read_timeout_s is capped here
 
 
 class UnreadableFile(BadInputError):
@@ -145,7 +146,7 @@ class SourceFiles:
         os.set_blocking(fd, True)
         if record:
             self.opened.append(Opened(Path(path), shown, st.st_size))
-        with deadline(self.timeout_s, shown), os.fdopen(fd, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh, deadline(self.timeout_s, shown):  # fd owned, then timed
             yield fh
 
     def read_bytes(self, path: Path, shown: str, limit: int) -> bytes:
@@ -172,24 +173,33 @@ class _Deadline(BaseException):  # not an Exception: a reader's broad `except` c
 
 @contextlib.contextmanager
 def deadline(seconds: float, shown: str) -> Iterator[None]:
-    """Stop the block with UnreadableFile after `seconds` (SIGALRM; main thread only)."""
-    usable = seconds > 0 and threading.current_thread() is threading.main_thread()
+    """Stop the block with UnreadableFile after `seconds` (SIGALRM; main thread only).
+
+    The alarm is disarmed before the handler is restored, and one that fires while disarming
+    still ends as UnreadableFile, never as a stray exception.
+    """
+    usable = 0 < seconds <= MAX_DEADLINE_S and threading.current_thread() is threading.main_thread()
     if not usable or signal.getitimer(signal.ITIMER_REAL)[0] > 0:  # nested: the outer one holds
         yield
         return
+    armed = [True]
 
     def expire(signum, frame):
-        raise _Deadline
+        if armed[0]:
+            raise _Deadline
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        try:
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            yield
+        finally:
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except _Deadline:
         raise UnreadableFile(f"{shown}: reading took longer than ingest.read_timeout_s "
                              f"({seconds:g} s); refused") from None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 

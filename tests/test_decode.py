@@ -304,3 +304,23 @@ def test_class_folder_csvs_give_rois_scaled_to_a_resized_copy(tmp_path):
     assert cropped.x.shape[2:] == (12, 8) and (cropped.x == 200).all()
     assert any("ROIs from 1 class-folder CSV(s) (1 rows): 00003/GT-00003.csv" in n for n in log.notes)
     assert log.skipped == []  # the CSV was read, not skipped
+
+
+def test_tiff_orientation_is_applied_once(tmp_path):
+    x, _ = read_one(tmp_path, "o.tif", with_orientation(Image.fromarray(GRAY), "TIFF", 6))
+    np.testing.assert_array_equal(x[0], np.rot90(GRAY, -1))  # Pillow turns TIFFs itself
+
+
+def test_png_exif_after_the_pixels_is_found_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    data = encoded(Image.fromarray(GRAY), "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    body = exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    at = data.rfind(b"IEND") - 4  # the eXIf chunk after IDAT, before IEND
+    x, how = read_one(tmp_path, "late.png", data[:at] + chunk + data[at:])
+    np.testing.assert_array_equal(x[0], np.rot90(GRAY, -1))
+    assert "stretch" not in how
