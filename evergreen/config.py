@@ -264,7 +264,9 @@ class CompressConfig(Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     augment: bool = True
     seed: int = 0
-    control: bool = Field(True, description="also train the student without distillation")
+    control: bool = Field(False, description="also train the student without distillation, to "
+                          "measure distillation's gain (a full student training; `evergreen bench "
+                          "--only distillation` measures it over 3 seeds)")
     prune: PruneConfig = Field(default_factory=PruneConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)

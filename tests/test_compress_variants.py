@@ -70,7 +70,7 @@ def variants(tmp_path_factory, digits):
     torch.set_num_threads(1)
     teacher, card, _ = train_model(train, val, p.classes, (p.mean, p.std),
                                    TrainConfig.model_validate({**TINY_PARAMS["train"], "epochs": 1}))
-    cfg = CompressConfig.model_validate({**TINY_PARAMS["compress"], "epochs": 1})
+    cfg = CompressConfig.model_validate({**TINY_PARAMS["compress"], "epochs": 1, "control": True})
     built, skipped = build_variants(Inputs(teacher, card, train, val), cfg)
     out = tmp_path_factory.mktemp("variants")
     check = calibration_batch(val, card, len(val[0]), 0)
