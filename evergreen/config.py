@@ -99,7 +99,9 @@ class ValidateConfig(Section):
     """Expectations over the metadata table."""
 
     min_samples_per_class: int = Field(10, ge=1)
-    max_class_imbalance: float = Field(3.0, ge=1.0, description="largest / smallest class")
+    # 3.0 refused GTSRB as published (its classes run from 210 to 2,250 photos: 10.7x); the
+    # gate is for a dataset broken by a near-empty class, not for a naturally skewed one
+    max_class_imbalance: float = Field(50.0, ge=1.0, description="largest / smallest class")
     min_pixel: int = Field(0, ge=0, le=255)
     max_pixel: int = Field(255, ge=0, le=255)
     new_classes: Literal["reject", "allow"] = Field(
