@@ -149,16 +149,9 @@ class SourceFiles:
         with os.fdopen(fd, "rb") as fh, deadline(self.timeout_s, shown):  # fd owned, then timed
             yield fh
 
-    def read_bytes(self, path: Path, shown: str, limit: int) -> bytes:
-        """The whole file, refused when it holds more than `limit` bytes."""
-        with self.open(path, shown) as fh:
-            data = fh.read(limit + 1)
-        if len(data) > limit:
-            raise BadInputError(f"{shown}: larger than {limit} bytes; refused")
-        return data
-
 
 def kind_of(mode: int) -> str:
+    """What a non-regular file is, for a message."""
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISDIR, "a folder")):
