@@ -203,9 +203,9 @@ PURE_STAGES = {
 
 
 def shown(source: str | tuple[str, str]) -> str:
-    from tasks.safe_files import display_name
+    from tasks.ingest import shown_source
 
-    return " + ".join(map(display_name, source)) if isinstance(source, tuple) else display_name(source)
+    return shown_source(source)
 
 
 def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None) -> dict:

@@ -226,14 +226,18 @@ def _deep_range(arr: np.ndarray, mode: str) -> tuple[float, str]:
     return 65535.0, "16-bit scaled"
 
 
+def luma(rgb: tuple[int, int, int]) -> int:
+    """The gray level of a colour (ITU-R 601, as Pillow's L)."""
+    return round(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
+
+
 def _composite(img, background: tuple[int, int, int]):
     """Alpha composited over the background colour; the result has no alpha channel."""
     from PIL import Image
 
     rgba = img.convert("RGBA" if img.mode.startswith("RGB") else "LA")
     gray = rgba.mode == "LA"
-    fill = round(0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2])
-    under = Image.new(rgba.mode, rgba.size, (fill, 255) if gray else (*background, 255))
+    under = Image.new(rgba.mode, rgba.size, (luma(background), 255) if gray else (*background, 255))
     return Image.alpha_composite(under.convert("RGBA"), rgba.convert("RGBA")).convert(
         "L" if gray else "RGB")
 
@@ -248,8 +252,7 @@ def _fit(img, target: Target):
     note = f"{img.size[0]}x{img.size[1]}->{w}x{h} {target.policy}"
     resample = Image.Resampling.BILINEAR
     if target.policy == "pad":
-        fill = target.background if img.mode == "RGB" else round(
-            0.299 * target.background[0] + 0.587 * target.background[1] + 0.114 * target.background[2])
+        fill = target.background if img.mode == "RGB" else luma(target.background)
         return ImageOps.pad(img, (w, h), resample, color=fill), [note]
     if target.policy == "crop":
         return ImageOps.fit(img, (w, h), resample), [note]

@@ -7,6 +7,7 @@ the batch's array.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -233,15 +234,26 @@ def _is_labels_csv(path: Path, reading: Reading) -> bool:
     return cols is not None
 
 
+def _read_file(path: Path, reading: Reading, read):
+    """read(fh) on one file, or a Rejected naming it when it cannot be opened or decoded."""
+    shown = reading.names(path)
+    try:
+        with reading.files.open(path, shown) as fh:
+            return read(fh)
+    except UnreadableFile as exc:
+        return Rejected(shown, _reason(exc))
+    except DecodeError as exc:
+        return Rejected(shown, str(exc))
+
+
 def _probe_all(paths: list[Path], reading: Reading) -> tuple[list[tuple[Path, Header]], list[Rejected]]:
     ok, rejects = [], []
     for path in paths:
-        shown = reading.names(path)
-        try:
-            with reading.files.open(path, shown) as fh:
-                ok.append((path, probe(fh, reading.cfg.max_image_pixels)))
-        except (DecodeError, UnreadableFile) as exc:
-            rejects.append(Rejected(shown, _reason(exc) if isinstance(exc, UnreadableFile) else str(exc)))
+        got = _read_file(path, reading, lambda fh: probe(fh, reading.cfg.max_image_pixels))
+        if isinstance(got, Rejected):
+            rejects.append(got)
+        else:
+            ok.append((path, got))
     return ok, rejects
 
 
@@ -258,11 +270,10 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
                 reading: Reading) -> tuple[Batch, list[Rejected]]:
     headers, rejects = _probe_all(paths, reading)
     rois = {p: _roi(entries.get(p), h) for p, h in headers}
-    for p, _ in headers:
-        if rois[p] is not None and (rois[p][2] <= rois[p][0] or rois[p][3] <= rois[p][1]):
-            rejects.append(Rejected(reading.names(p), "ROI lies outside the image"))
-    headers = [(p, h) for p, h in headers if rois[p] is None or rois[p][2] > rois[p][0]
-               and rois[p][3] > rois[p][1]]
+    empty = {p for p, r in rois.items() if r is not None and (r[2] <= r[0] or r[3] <= r[1])}
+    rejects += [Rejected(reading.names(p), "ROI lies outside the image") for p, _ in headers
+                if p in empty]
+    headers = [(p, h) for p, h in headers if p not in empty]
     if not headers:
         return Batch(np.zeros((0, 1, 1, 1), np.uint8), np.array([], dtype=str), [], []), rejects
     sizes = [(r[3] - r[1], r[2] - r[0]) if (r := rois[p]) else (h.height, h.width) for p, h in headers]
@@ -276,13 +287,12 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
     x = np.empty((len(headers), target.channels, *target.size), np.uint8)
     kept, decoded = [], []
     for path, header in headers:
-        shown = reading.names(path)
-        try:
-            with reading.files.open(path, shown) as fh:
-                arr, how = decode(fh, header, target, rois[path])
-        except (DecodeError, UnreadableFile) as exc:
-            rejects.append(Rejected(shown, _reason(exc) if isinstance(exc, UnreadableFile) else str(exc)))
+        got = _read_file(path, reading, functools.partial(decode, header=header, target=target,
+                                                          roi=rois[path]))
+        if isinstance(got, Rejected):
+            rejects.append(got)
             continue
+        arr, how = got
         x[len(kept)] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         kept.append(path)
         decoded.append(how)

@@ -197,7 +197,8 @@ def land_batch(candidate: Candidate, batches_dir: Path) -> None:
 
 
 def shown_source(source: str | tuple[str, str]) -> str:
-    return " ".join(display_name(str(s)) for s in (source if isinstance(source, tuple) else (source,)))
+    """A source as shown in messages and records: escaped, a pair joined by ' + '."""
+    return " + ".join(display_name(str(s)) for s in (source if isinstance(source, tuple) else (source,)))
 
 
 def private_folder(quarantine_dir: Path, name: str) -> Path:

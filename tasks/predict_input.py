@@ -4,6 +4,7 @@ limits (formats, pixel budgets, regular files only, a deadline per file)."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +38,13 @@ def collect_inputs(paths: list[str], cfg: IngestConfig) -> tuple[list[Input], li
         except OSError as exc:
             errors.append(f"{shown}: {exc.strerror or 'cannot read'}")
             continue
-        if os.path.isdir(path):
+        if stat.S_ISDIR(mode):
             reading = Reading(cfg, SourceFiles(path, cfg.read_timeout_s), Names(path, f"{shown}/"),
                               ReadLog())
             images, _, refused = walk(path, reading)
             inputs += [Input(p, reading.files, reading.names(p)) for p in images]
             errors += [f"{r.source}: {r.reason}" for r in refused]
-        elif os.path.isfile(path):
+        elif stat.S_ISREG(mode):
             inputs.append(Input(path, SourceFiles(Path(os.path.realpath(path)).parent,
                                                   cfg.read_timeout_s), shown))
         else:
