@@ -111,6 +111,11 @@ class ValidateConfig(Section):
     min_label_shift_pvalue: float = Field(
         0.001, ge=0.0, le=1.0, description="chi-square test of the batch's label counts")
     max_pixel_psi: float = Field(0.25, ge=0.0, description="PSI of per-sample mean intensity")
+    on_drift: Literal["warn", "refuse"] = Field(
+        "warn", description="distribution shift of correctly formed data (pixel PSI, label "
+        "shift): warn lands the batch with its figures and lets the retrain and the gates decide; "
+        "refuse quarantines it. Integrity failures (shape, corrupt files, unknown classes, "
+        "duplicates, size) refuse either way")
 
 
 class PreprocessConfig(Section):
@@ -128,11 +133,23 @@ class PreprocessConfig(Section):
 
 
 class AugmentConfig(Section):
+    """Random warps per training sample. `preset` picks the ranges by kind of image; any knob set
+    here overrides its preset value (null: the preset's)."""
+
     enabled: bool = True
-    shift: float = Field(0.1, ge=0.0, le=0.5, description="max shift, fraction of size")
-    rotation: float = Field(10.0, ge=0.0, le=180.0, description="max degrees")
-    scale: float = Field(0.1, ge=0.0, le=0.5, description="max relative zoom")
-    hflip: bool = False
+    preset: Literal["auto", "characters", "photos"] = Field(
+        "auto", description="characters (digits, letters: small affine warps, no flips) or photos "
+        "(random-resized crop, mild colour jitter, horizontal flip unless it turns one class into "
+        "another); auto decides from the data: one channel of mostly ink and paper is characters")
+    shift: float | None = Field(None, ge=0.0, le=0.5, description="max shift, fraction of size")
+    rotation: float | None = Field(None, ge=0.0, le=180.0, description="max degrees")
+    scale: float | None = Field(None, ge=0.0, le=0.5, description="max relative zoom")
+    crop: float | None = Field(None, gt=0.0, le=1.0, description="random-resized crop: smallest "
+                               "share of the image's area kept (1: no crop)")
+    jitter: float | None = Field(None, ge=0.0, le=1.0, description="brightness, contrast and "
+                                 "saturation vary by up to this share")
+    hflip: bool | None = Field(None, description="null: photos flip unless a class mirrored looks "
+                               "like another class (left/right arrows, letters)")
     vflip: bool = False
 
 
@@ -143,12 +160,29 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class BudgetConfig(Section):
+    """What epochs: auto buys: a number of training samples seen, and optionally a wall-clock cap."""
+
+    samples: int = Field(400_000, ge=1, description="samples seen in training (epochs x train "
+                         "size): 40 epochs (max_epochs) up to 10k images, 15 of 27k, 10 from 40k")
+    min_epochs: int = Field(10, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    minutes: float | None = Field(None, gt=0.0, description="wall-clock cap: after the first "
+                                  "epoch the schedule shrinks to the epochs that fit (null: none)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BudgetConfig:
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs {self.min_epochs} is above max_epochs {self.max_epochs}")
+        return self
+
+
 class CnnConfig(Section):
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [32, 64, 128], min_length=1)
     stem_stride: Literal[1, 2] | None = Field(
-        None, description="stride of the first convolution; null = 2 for inputs of 16 px or more "
-        "(a quarter of the first block's cost), 1 below")
+        None, description="stride of the first convolution; null: 2 (a quarter of the first "
+        "block's cost) for characters from 16 px and photos from 48 px, else 1")
 
 
 class VitConfig(Section):
@@ -187,7 +221,10 @@ class TrainConfig(Section):
     """The teacher's training run."""
 
     model: Literal["seed_cnn", "cnn", "vit"] = "cnn"
-    epochs: int = Field(40, ge=1, le=100_000)
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
+        "auto", description="auto: what train.budget buys on this dataset, stopped early on a "
+        "validation plateau")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
     batch_size: int = Field(64, ge=1, le=1_000_000)
     lr: float = Field(0.003, gt=0.0, le=10.0)
     lr_schedule: Literal["none", "cosine", "step"] = "cosine"
@@ -259,7 +296,8 @@ class CompressConfig(Section):
         "image: on 28x28 it is larger than the teacher)")
     temperature: float = Field(2.0, gt=0.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft-target loss")
-    epochs: int = Field(60, ge=1)
+    epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
+        "auto", description="the student's epochs; auto: as many as the teacher's budget bought")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0.0)
     l2: float = Field(0.0001, ge=0.0)
@@ -349,6 +387,25 @@ class GanConfig(Section):
                                       description="relative distance a challenger may lose")
 
 
+class TuneConfig(Section):
+    """`evergreen tune`: an Optuna study over train params, kept in the workspace."""
+
+    trials: int = Field(12, ge=1, le=10_000)
+    timeout_s: float | None = Field(900.0, gt=0.0, description="stop starting trials after this")
+    pruner: Literal["median", "halving", "none"] = Field(
+        "median", description="median: MedianPruner; halving: SuccessiveHalvingPruner")
+    seed: int = 0
+    epochs: int | None = Field(None, ge=1, description="epochs per trial (null: train's)")
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "train.lr": {"low": 0.0003, "high": 0.01, "log": True},
+            "train.l2": {"low": 0.00001, "high": 0.005, "log": True},
+            "train.dropout": {"low": 0.0, "high": 0.4},
+            "train.batch_size": {"choices": [32, 64, 128]},
+        },
+        description="param path -> {low, high[, log, step]} (float or int) or {choices: [...]}")
+
+
 class UiConfig(Section):
     """`evergreen ui`: the local Prefect server (EVERGREEN_UI_HOST / EVERGREEN_UI_PORT win)."""
 
@@ -408,6 +465,7 @@ class Config(Section):
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     gan: GanConfig = Field(default_factory=GanConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

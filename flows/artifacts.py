@@ -112,6 +112,20 @@ def publish_validation(ws: Workspace) -> None:
                              description="Great Expectations results of the dataset (HTML)")
 
 
+def publish_batch_drift(ws: Workspace, landed: dict) -> None:
+    """A batch that landed with drift warnings (key `batch-drift`): its figures and report."""
+    page = ws.reports / "ingest" / f"{landed['batch_id']}.html"
+    lines = [f"# Batch {landed['batch_id']} landed with drift warnings", "",
+             f"- source: {landed['source']}, {landed['added']} new samples",
+             "- validate.on_drift is warn: the batch is trained on; the label-noise screen of "
+             "a retrain and the gates decide what is promoted", ""]
+    lines += [f"- {line}" for line in landed["drift"]]
+    if page.exists():
+        lines += ["", f"Full report: {page.as_uri()}"]
+    create_markdown_artifact("\n".join(lines), key="batch-drift",
+                             description="distribution shift of a landed batch")
+
+
 class TrainingProgress:
     """A progress artifact that follows the training epochs (key `training-progress`).
 
@@ -155,11 +169,12 @@ def retraining_markdown(result: dict) -> str:
              f"- champion before: {result['champion']}", f"- {result['message']}"]
     screened = result["batches"].get("screened", [])
     if screened:
-        lines += ["", "| batch | champion accuracy on it | scored | verdict |", "|---|---|---|---|"]
+        lines += ["", "| batch | drift | champion accuracy on it | scored | verdict |",
+                  "|---|---|---|---|---|"]
         for r in screened:
             noise = r["noise"] or {}
-            lines.append(f"| {r['batch_id']} | {_fmt(noise.get('accuracy'))} | "
-                         f"{noise.get('scored', '—')} | "
+            lines.append(f"| {r['batch_id']} | {'; '.join(r.get('drift') or []) or 'none'} | "
+                         f"{_fmt(noise.get('accuracy'))} | {noise.get('scored', '—')} | "
                          f"{'**quarantined**: ' + '; '.join(r['reasons']) if r['reasons'] else 'used'} |")
     if result.get("training"):
         lines += ["", f"- training: **{result['training']['mode']}** ({result['training']['why']})"]

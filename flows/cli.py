@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of them")
     predict.add_argument("--json", action="store_true")
     predict.add_argument("--csv", metavar="OUT", help="write one row per image to this CSV")
+    add_evaluate_parser(sub)
     add_ui_parser(sub)
     add_trigger_parsers(sub)
     add_registry_parsers(sub)
@@ -61,6 +62,15 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--mnist", metavar="DIR", help="time to accuracy on this MNIST-format set "
                        "(train-/t10k- images-idx3-ubyte and labels-idx1-ubyte, raw or .gz) instead "
                        "of 28x28 digits generated from the bundled set")
+
+
+def add_evaluate_parser(sub) -> None:
+    evaluate = sub.add_parser("evaluate", help="the champion's metrics on a labelled source; "
+                              "nothing is landed or written")
+    evaluate.add_argument("--data", nargs="+", required=True, metavar="SRC",
+                          help="whatever `evergreen ingest` reads: image folder (or DIR LABELS.csv), "
+                          "IDX folder/file (or IMAGES LABELS), NPZ, CSV, zip/tar")
+    evaluate.add_argument("--json", action="store_true", help="print the full metrics as JSON")
 
 
 def add_ui_parser(sub) -> None:
@@ -162,6 +172,9 @@ def cmd_ingest(args, ws) -> int:
               f"{result['repeated_in_batch']} repeated in the source; no new data version")
     for row in result["dropped"]:
         print(f"  dropped {row['source']}: {row['reason']}")
+    for line in result.get("drift", []):
+        print(f"  drift warning: {line} (landed: validate.on_drift is warn; the retrain's "
+              "label-noise screen and the gates decide)")
     print_read_log(result.get("notes", []), result.get("skipped", []))
     return 0
 
@@ -312,6 +325,20 @@ def cmd_predict(args, ws) -> int:
     return 2 if errors else 0
 
 
+def cmd_evaluate(args, ws) -> int:
+    from flows.report import evaluate_source, evaluation_lines
+
+    if len(args.data) > 2:
+        raise BadInputError(f"evaluate --data: one source, or an image folder and its labels CSV, "
+                            f"or an IDX images file and its labels file; got {len(args.data)} paths")
+    source = tuple(args.data) if len(args.data) == 2 else args.data[0]
+    result, errors = evaluate_source(ws, source)
+    print(json.dumps(result, indent=2) if args.json else "\n".join(evaluation_lines(result)))
+    for line in errors:  # scored without them, as predict does
+        print(f"evergreen evaluate: error: {line}", file=sys.stderr)
+    return 2 if errors else 0
+
+
 def checked_output(text: str):
     """A path to (re)write a file at: a regular file or a new name in an existing folder; never
     a link, FIFO, device or folder (the file is replaced whole, not written through)."""
@@ -369,6 +396,7 @@ def cmd_bench(args, ws) -> int:
 
 
 COMMANDS["bench"] = cmd_bench
+COMMANDS["evaluate"] = cmd_evaluate  # reads only: no workspace lock
 
 
 def os_error_message(exc: OSError) -> str:

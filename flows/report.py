@@ -1,4 +1,4 @@
-"""What the CLI prints: run outcome, registry status, predictions."""
+"""What the CLI prints: run outcome, registry status, predictions, the champion's evaluation."""
 
 from __future__ import annotations
 
@@ -138,3 +138,73 @@ def predictions_csv(rows: list[dict]) -> bytes:
         writer.writerow([csv_cell(row["path"]), csv_cell(row["class"]), f"{row['probability']:.6f}",
                          *(f"{row['probabilities'][c]:.6f}" for c in classes)])
     return buf.getvalue().encode()
+
+
+def champion_served(ws: Workspace) -> tuple[str, object, dict]:
+    """The champion's version, model as served (its ONNX export when it has one) and card."""
+    from nets.io import load_model
+    from tasks.promote import load_registry
+
+    registry = load_registry(ws.registry)
+    if not registry["champion"]:
+        raise BadInputError(f"{ws.registry}: no champion yet; run `evergreen run` first")
+    path = ws.root / registry["versions"][registry["champion"]]["path"]
+    return registry["champion"], *load_model(path, prefer_onnx=True)
+
+
+def evaluate_source(ws: Workspace, source: str | tuple[str, str]) -> tuple[dict, list[str]]:
+    """The champion's metrics on a labelled source read as ingest reads it, in the champion's
+    shape; nothing is written. Returns the metrics and one error line per unreadable file.
+
+    Labels the champion does not know are an error naming them: scored, they would count as
+    mistakes the model could never avoid, and they usually mean a label mapping is off.
+    """
+    from evergreen.config import load_config
+    from nets.runtime import OnnxModel
+    from tasks.evaluate import label_indices, predict_proba, source_metrics
+    from tasks.ingest import read_labelled, shown_source
+    from tasks.reading import ReadLog
+
+    version, model, card = champion_served(ws)
+    # the champion's channels and size, whatever ingest.channels / image_size say for new data
+    cfg = load_config(ws.params).ingest.model_copy(update={"channels": "auto", "image_size": "auto"})
+    log, shown = ReadLog(), shown_source(source)
+    batch, rejected = read_labelled(source, cfg, ws.root, log, tuple(card["in_shape"]))
+    errors = [f"{r.source}: {r.reason}" for r in rejected]
+    if len(batch) == 0:
+        raise BadInputError(f"{shown}: no sample could be read ({len(errors)} refused"
+                            + (f", e.g. {errors[0]})" if errors else ")"))
+    y, unknown = label_indices(batch.labels, card["classes"])
+    if unknown:
+        raise BadInputError(unknown_labels_message(shown, version, unknown, card["classes"]))
+    metrics = source_metrics(y, predict_proba(model, card, batch.x), card["classes"])
+    runtime = "onnxruntime" if isinstance(model, OnnxModel) else "torch"
+    return {"source": shown, "champion": version, "runtime": runtime, "arch": card["arch"],
+            "in_shape": list(card["in_shape"]), "classes": list(card["classes"]), **metrics,
+            "unreadable": errors, "notes": log.notes}, errors
+
+
+def unknown_labels_message(shown: str, version: str, unknown: dict[str, int], classes: list[str],
+                           listed: int = 20) -> str:
+    """One line: the labels the champion does not know (with counts) and the classes it has."""
+    names = list(unknown)
+    more = f" and {len(names) - listed} more" if len(names) > listed else ""
+    known = classes[:listed] + (["..."] if len(classes) > listed else [])
+    return (f"{shown}: label: {sum(unknown.values())} samples have labels champion {version} does "
+            f"not know: {', '.join(f'{n!r} ({unknown[n]})' for n in names[:listed])}{more}; "
+            f"expected one of its {len(classes)} classes [{', '.join(known)}]")
+
+
+def evaluation_lines(result: dict, worst: int = 5) -> list[str]:
+    """A short table: accuracy, macro-F1, samples, and the classes with the lowest recall."""
+    measured = [(c, r) for c, r in result["per_class_recall"].items() if result["support"][c]]
+    lowest = sorted(measured, key=lambda item: (item[1], item[0]))[:worst]
+    lines = [f"champion {result['champion']} ({result['arch']}, {result['runtime']}) on "
+             f"{result['source']}",
+             f"  {'accuracy':<10} {result['accuracy']:.4f}",
+             f"  {'macro-F1':<10} {result['f1_macro']:.4f}",
+             f"  {'samples':<10} {result['samples']} ({len(measured)} of {len(result['classes'])} "
+             "classes present)",
+             f"  worst classes by recall: {'class':<12} {'recall':>7} {'samples':>8}"]
+    lines += [f"  {'':<25}{c:<12} {r:>7.4f} {result['support'][c]:>8}" for c, r in lowest]
+    return lines

@@ -108,23 +108,28 @@ def nothing_new(plan: dict) -> dict:
 
 # --- screening each new batch -----------------------------------------------------------
 
-def drift_failures(ws: Workspace, cfg: Config, batch_id: str, reference) -> list[str]:
-    """The ingest drift and per-sample checks of one batch against the champion's data."""
+def drift_check(ws: Workspace, cfg: Config, batch_id: str, reference) -> tuple[list[str], list[str]]:
+    """The ingest drift and per-sample checks of one batch against the champion's data:
+    (failures, drift warnings); a shift only warns under validate.on_drift: warn."""
     from tasks.retrain import read_batch
     from tasks.validate import validate_batch, write_report
 
     _, _, meta = read_batch(ws.batches, batch_id)
     report = validate_batch(meta, reference, cfg.validate_, 0)
     write_report(report, ws.reports / "retrain" / f"{batch_id}.json")
-    return [] if report.success else list(report.failures)
+    return ([] if report.success else list(report.failures)), list(report.warnings)
 
 
 def screen_batch(ws: Workspace, cfg: Config, plan: dict, batch_id: str, champion, reference) -> dict:
-    """Drift checks, then the champion's accuracy on the batch (label noise)."""
+    """Drift checks, then the champion's accuracy on the batch (label noise): a drifted batch
+    is still screened, so wrong labels are told from a new population by the champion."""
     from tasks.retrain import predicted_names, read_batch, score_label_noise
 
-    failures = drift_failures(ws, cfg, batch_id, reference)
-    row = {"batch_id": batch_id, "reasons": failures, "noise": None}
+    failures, drift = drift_check(ws, cfg, batch_id, reference)
+    row = {"batch_id": batch_id, "reasons": failures, "noise": None, "drift": drift}
+    for line in drift:
+        log.warning("batch %s drifted from champion %s's data (kept for the label-noise screen, "
+                    "validate.on_drift is warn): %s", batch_id, plan["champion"], line)
     if failures or plan["test_accuracy"] is None:
         return row
     model, card = champion
@@ -298,6 +303,9 @@ def continual_retraining(workspace: str, overrides: list[str] | None = None) -> 
     extra = {"trigger": TRIGGER, "retrain": {
         "champion": plan["champion"], "new_batches": batches["usable"],
         "quarantined": [r["batch_id"] for r in batches["quarantined"]],
+        # usable batches that drifted from the champion's data: learnt from, gated as any other
+        "drifted": {r["batch_id"]: r["drift"] for r in batches["screened"]
+                    if r["drift"] and not r["reasons"]},
         "training": training["mode"], "why": training["why"]}}
     outcome = promote_task(ws, cfg, dvcfile.data_version(ws.root), extra)
     result = {"status": "retrained", "champion": plan["champion"], "batches": batches,

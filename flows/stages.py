@@ -239,7 +239,11 @@ def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None)
     log.info("ingest %s: %d new samples (batch %s), %d repeated in the batch, %d already present, "
              "%d bad samples dropped", shown(source), len(candidate.batch), candidate.batch_id,
              candidate.repeats, candidate.present, len(candidate.rejected))
-    return {**summary, "batch_id": candidate.batch_id, "added": len(candidate.batch)}
+    for line in report.warnings:  # landed: the retrain, its label-noise screen and the gates decide
+        log.warning("ingest %s: batch %s drifted (landed, validate.on_drift is warn): %s",
+                    shown(source), candidate.batch_id, line)
+    return {**summary, "batch_id": candidate.batch_id, "added": len(candidate.batch),
+            "drift": report.warnings}
 
 
 def read_candidate(ws: Workspace, cfg: Config, source: str | tuple[str, str]):
@@ -375,10 +379,26 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
 # --- champion vs challenger (continual retraining, issue 4) -----------------------------
 
 def data_lineage(ws: Workspace, cfg: Config) -> dict:
-    """The batches that make this data version, and the split params that place its samples."""
+    """The batches that make this data version, the split params that place its samples, and
+    the batches that landed with a drift warning (each with its lines)."""
     from tasks.retrain import landed_batches
 
-    return {"batches": landed_batches(ws.batches), "preprocess": cfg.preprocess.model_dump()}
+    batches = landed_batches(ws.batches)
+    return {"batches": batches, "preprocess": cfg.preprocess.model_dump(),
+            "drift": drifted_batches(ws, batches)}
+
+
+def drifted_batches(ws: Workspace, batch_ids: list[str]) -> dict[str, list[str]]:
+    """The drift warnings each batch's ingest report recorded (batches without any left out)."""
+    drifted = {}
+    for batch_id in batch_ids:
+        try:
+            warnings = read_json(ws.reports / "ingest" / f"{batch_id}.json").get("warnings")
+        except (OSError, ValueError, AttributeError):  # no report (landed directly) or unreadable
+            continue
+        if warnings:
+            drifted[batch_id] = list(warnings)
+    return drifted
 
 
 def champion_old_test(ws: Workspace, registry: dict) -> tuple | None:

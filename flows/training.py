@@ -13,7 +13,12 @@ from evergreen.config import Config, load_config, params_hash
 from evergreen.errors import DataValidationError, EvergreenError
 from evergreen.workspace import Workspace
 from flows import dvcfile
-from flows.artifacts import TrainingProgress, publish_run_artifacts, publish_validation
+from flows.artifacts import (
+    TrainingProgress,
+    publish_batch_drift,
+    publish_run_artifacts,
+    publish_validation,
+)
 from flows.stages import PURE_STAGES, quarantine_batch, run_ingest, run_promote
 
 log = logging.getLogger("evergreen.flow")
@@ -52,6 +57,8 @@ def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
     result = run_ingest(ws, cfg, source)
     if result["batch_id"]:
         dvcfile.track(ws.root, "data/batches")
+    if result.get("drift"):
+        publish_batch_drift(ws, result)
     return result
 
 

@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evergreen.config import AugmentConfig, CompressConfig, EvaluateConfig, SelectConfig
+from evergreen.config import CompressConfig, EvaluateConfig, SelectConfig
 from nets import build_model
 from nets.io import card_options
+from tasks.adapt import settings_augment
+from tasks.augment import PRESETS, Augment
 from tasks.train import FitSettings, LossFn, cross_entropy_loss, fit, normalize
 
 log = logging.getLogger("evergreen.compress")
@@ -71,10 +73,26 @@ def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> L
     return loss
 
 
-def student_settings(cfg: CompressConfig) -> FitSettings:
-    augment = AugmentConfig() if cfg.augment else None
-    return FitSettings(cfg.epochs, cfg.batch_size, cfg.lr, "cosine", l2=cfg.l2, seed=cfg.seed,
-                       augment=augment, patience=cfg.epochs)
+def teacher_augment(cfg: CompressConfig, teacher_card: dict) -> Augment | None:
+    """Students and fine-tunes train on the warps their teacher trained on (its card's record;
+    the characters preset for a card from before auto defaults), or none with augment off."""
+    if not cfg.augment:
+        return None
+    recorded = teacher_card.get("auto", {}).get("augment")
+    return settings_augment(recorded) if recorded else PRESETS["characters"]
+
+
+def student_epochs(cfg: CompressConfig, teacher_card: dict) -> int:
+    """compress.epochs, or for auto the epochs the teacher's budget bought (40 without a record)."""
+    if cfg.epochs != "auto":
+        return int(cfg.epochs)
+    return int(teacher_card.get("auto", {}).get("epochs", 40))
+
+
+def student_settings(cfg: CompressConfig, teacher_card: dict) -> FitSettings:
+    epochs = student_epochs(cfg, teacher_card)
+    return FitSettings(epochs, cfg.batch_size, cfg.lr, "cosine", l2=cfg.l2, seed=cfg.seed,
+                       augment=teacher_augment(cfg, teacher_card), patience=epochs)
 
 
 def train_student(teacher: nn.Module, teacher_card: dict, train: Split, val: Split,
@@ -92,7 +110,8 @@ def train_student(teacher: nn.Module, teacher_card: dict, train: Split, val: Spl
     student = build_model(arch, in_shape, len(classes), **options)
     norm = (teacher_card["mean"], teacher_card["std"])
     loss = distillation_loss(teacher, cfg.temperature, cfg.alpha) if distilled else cross_entropy_loss
-    student, history = fit(student, train, val, norm, student_settings(cfg), name="compress",
+    student, history = fit(student, train, val, norm, student_settings(cfg, teacher_card),
+                           name="compress",
                            loss_fn=loss, checkpoint=checkpoint, checkpoint_key=checkpoint_key)
     method = ({"method": "distillation", "teacher_arch": teacher_card["arch"],
                "temperature": cfg.temperature, "alpha": cfg.alpha} if distilled
@@ -243,7 +262,7 @@ def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
         if cfg.prune.epochs:
             settings = FitSettings(cfg.prune.epochs, cfg.batch_size, cfg.prune.lr, "cosine",
                                    l2=cfg.l2, seed=cfg.seed, patience=cfg.prune.epochs,
-                                   augment=AugmentConfig() if cfg.augment else None)
+                                   augment=teacher_augment(cfg, inputs.card))
             loss = distillation_loss(inputs.teacher, cfg.temperature, cfg.alpha)
             model, history = fit(model, inputs.train, inputs.val, (card["mean"], card["std"]),
                                  settings, name=name, loss_fn=loss,

@@ -243,11 +243,13 @@ def launcher_command(dcfg, job_dir: Path | None) -> list[str]:
     return cmd
 
 
-def write_job(job_dir: Path, train, val, classes, norm, cfg, checkpoint, checkpoint_key) -> None:
+def write_job(job_dir: Path, train, val, classes, norm, cfg, augment, checkpoint,
+              checkpoint_key) -> None:
     np.savez(job_dir / "data.npz", train_x=train[0], train_y=train[1], val_x=val[0], val_y=val[1])
-    job = {"train": cfg.model_dump(mode="json"), "classes": list(classes), "norm": [list(norm[0]),
-           list(norm[1])], "checkpoint": str(checkpoint) if checkpoint else None,
-           "checkpoint_key": checkpoint_key}
+    job = {"train": cfg.model_dump(mode="json"),
+           "augment": augment.as_dict() if augment is not None else None,
+           "classes": list(classes), "norm": [list(norm[0]), list(norm[1])],
+           "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_key": checkpoint_key}
     (job_dir / "job.json").write_text(json.dumps(job))
 
 
@@ -265,19 +267,21 @@ def run_launcher(cmd: list[str], env: dict[str, str]) -> None:
         raise RuntimeError(f"distributed training failed (launcher exit {proc.returncode}):\n  {shown}")
 
 
-def launch(train, val, classes, norm, cfg, checkpoint: Path | None = None, checkpoint_key: str = ""):
-    """Train with train.distributed.world_size processes; returns (model, card, history) like train_model."""
+def launch(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,
+           checkpoint_key: str = ""):
+    """Train with train.distributed.world_size processes; returns (model, card, history) like
+    train_model. `cfg` is resolved (tasks.adapt.resolve_train), `augment` its augmentation."""
     from nets import build_model
     from tasks.train import model_options
 
-    result = run_job(train, val, classes, norm, cfg, checkpoint, checkpoint_key)
+    result = run_job(train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     model = build_model(cfg.model, in_shape, len(classes), **model_options(cfg, in_shape))
     model.load_state_dict(result["state"])
     return model.eval(), result["card"], result["history"]
 
 
-def run_job(train, val, classes, norm, cfg, checkpoint: Path | None = None,
+def run_job(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,
             checkpoint_key: str = "") -> dict:
     """Start the launcher on this node and wait; the leader's result (state, card, history, throughput)."""
     from safetensors.torch import load_file
@@ -285,7 +289,7 @@ def run_job(train, val, classes, norm, cfg, checkpoint: Path | None = None,
     dcfg = cfg.distributed
     with tempfile.TemporaryDirectory(prefix="evergreen-ddp-") as tmp:
         job_dir = Path(tmp)
-        write_job(job_dir, train, val, classes, norm, cfg, checkpoint, checkpoint_key)
+        write_job(job_dir, train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
         log.info("launching %d process(es) on this node (world size %d, nnodes %d, max_restarts %d)",
                  dcfg.nproc_per_node, dcfg.world_size, dcfg.nnodes, dcfg.max_restarts)
         run_launcher(launcher_command(dcfg, job_dir),
@@ -353,12 +357,14 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
     """Fit this rank's share; the leader returns the result (card, history, throughput)."""
     from evergreen.config import TrainConfig
     from nets import build_model
+    from tasks.augment import Augment
     from tasks.train import FitSettings, cross_entropy_loss, fit, model_options
 
     cfg = TrainConfig.model_validate(job["train"])
+    augment = Augment(**job["augment"]) if job.get("augment") else None
     data, classes, norm = job["data"], job["classes"], tuple(job["norm"])
     train, val = (data["train_x"], data["train_y"]), (data["val_x"], data["val_y"])
-    settings = FitSettings.from_train(cfg)
+    settings = FitSettings.from_train(cfg, augment)
     settings.threads = threads_per_rank(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     options = model_options(cfg, in_shape)

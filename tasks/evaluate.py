@@ -124,3 +124,20 @@ def null_model(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.
     proba[:, clf.classes_] = clf.predict_proba(flat(test[0]))
     metrics = classification_metrics(test[1], proba, classes)
     return {"model": "logistic_regression", **metrics}
+
+
+def label_indices(labels: np.ndarray, classes: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """Each label's index in `classes`, and the labels not among them with their counts
+    (their samples get index -1)."""
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index.get(str(label), -1) for label in labels], dtype=np.int64)
+    names, counts = np.unique(np.asarray(labels, dtype=str)[y < 0], return_counts=True)
+    return y, {str(n): int(k) for n, k in zip(names, counts, strict=True)}
+
+
+def source_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
+    """classification_metrics on a labelled source, with its sample count and per-class support
+    (a class without samples has recall 0 there; its support says it was not measured)."""
+    support = np.bincount(y, minlength=len(classes))
+    return {"samples": int(len(y)), **classification_metrics(y, proba, classes),
+            "support": {c: int(n) for c, n in zip(classes, support, strict=True)}}

@@ -166,7 +166,17 @@ def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir:
     shape; `log` collects the files opened and skipped, even when the read fails."""
     log = log if log is not None else ReadLog()
     dataset = read_metadata(batches_dir)
-    shape = dataset_shape(dataset)
+    batch, rejected = read_labelled(source, cfg, workspace, log, dataset_shape(dataset))
+    fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
+    batch_id = batch_id_of(hashes, fresh.labels)
+    meta = metadata_table(fresh, hashes, batch_id)
+    return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present, log)
+
+
+def read_labelled(source: str | tuple[str, str], cfg: IngestConfig, workspace: Path | None,
+                  log: ReadLog, shape: Shape | None) -> tuple[Batch, list[Rejected]]:
+    """Read a labelled source as ingest does: a path, (image folder, labels CSV) or (IDX images,
+    IDX labels); images conform to `shape` (C, H, W) when given; zero-padded labels as integers."""
     if isinstance(source, tuple) and Path(source[0]).expanduser().is_dir():
         cfg = cfg.model_copy(update={"labels_csv": source[1]})
         batch, rejected = read_source(source[0], cfg, workspace, log, shape)
@@ -178,10 +188,7 @@ def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir:
     if note:
         batch = Batch(batch.x, labels, batch.sources, batch.decoded)
         log.notes.append(note)
-    fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
-    batch_id = batch_id_of(hashes, fresh.labels)
-    meta = metadata_table(fresh, hashes, batch_id)
-    return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present, log)
+    return batch, rejected
 
 
 def pack_shard(batch: Batch) -> bytes:

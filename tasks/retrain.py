@@ -162,8 +162,10 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
         gone = sorted(set(card["classes"]) - set(classes))
         return False, (f"class set changed (new {added or 'none'}, gone {gone or 'none'}): "
                        "training from scratch with an output per class")
-    wanted = {k: v for k, v in model_options(train_cfg, in_shape).items() if k != "dropout"}
-    has = {k: v for k, v in card_options(card).items() if k != "dropout"}
+    # options params leave to the data (auto) match whatever the champion resolved them to
+    auto = {"dropout"} | ({"stem_stride"} if train_cfg.cnn.stem_stride is None else set())
+    wanted = {k: v for k, v in model_options(train_cfg, in_shape).items() if k not in auto}
+    has = {k: v for k, v in card_options(card).items() if k not in auto}
     if card["arch"] != train_cfg.model or wanted != has:
         return False, (f"train.model/options ({train_cfg.model} {wanted}) differ from the champion "
                        f"teacher's ({card['arch']} {has}): training from scratch")
@@ -172,12 +174,16 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
     return True, f"warm start from the champion's teacher ({card['arch']})"
 
 
-def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig):
-    """The teacher's fit settings with the retrain section's epochs and learning rate."""
+def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig, card: dict):
+    """The teacher's fit settings, with its augmentation as its card records it, and the
+    retrain section's epochs and learning rate."""
+    from tasks.adapt import settings_augment
     from tasks.train import FitSettings
 
-    base = FitSettings.from_train(train_cfg)
-    base.epochs, base.lr, base.lr_schedule = cfg.epochs, cfg.lr, "cosine"
+    recorded = card.get("auto", {}).get("augment")
+    base = FitSettings.from_train(train_cfg.model_copy(update={"epochs": cfg.epochs}),
+                                  settings_augment(recorded) if recorded else "configured")
+    base.lr, base.lr_schedule = cfg.lr, "cosine"
     return base
 
 
@@ -186,7 +192,7 @@ def warm_start_fit(model, card: dict, train: Split, val: Split, train_cfg: Train
     """Fine-tune the champion's teacher in its own normalization; returns (model, history)."""
     from tasks.train import fit
 
-    return fit(model, train, val, (card["mean"], card["std"]), warm_settings(train_cfg, cfg),
+    return fit(model, train, val, (card["mean"], card["std"]), warm_settings(train_cfg, cfg, card),
                name="retrain", checkpoint=checkpoint, checkpoint_key=checkpoint_key)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evergreen.config import AugmentConfig, TrainConfig
+from evergreen.config import TrainConfig
 from nets import build_model
 from nets.cnn import auto_stem_stride
+from tasks.adapt import configured_augment, resolve_train
+from tasks.augment import Augment, augment_batch
 from tasks.distributed import Replica
 
 log = logging.getLogger("evergreen.train")
@@ -36,16 +39,26 @@ class FitSettings:
     l1: float = 0.0
     l2: float = 0.0
     seed: int = 0
-    augment: AugmentConfig | None = None
+    augment: Augment | None = None
     patience: int = 8
     min_delta: float = 0.0
     threads: int = 0
+    max_seconds: float | None = None  # after epoch 1, the schedule shrinks to what fits
 
     @classmethod
-    def from_train(cls, cfg: TrainConfig) -> FitSettings:
-        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2, cfg.seed,
-                   cfg.augment if cfg.augment.enabled else None, cfg.early_stopping.patience,
-                   cfg.early_stopping.min_delta, cfg.threads)
+    def from_train(cls, cfg: TrainConfig, augment: Augment | None | str = "configured"
+                   ) -> FitSettings:
+        """Settings of a TrainConfig whose epochs are a number (tasks.adapt.resolve_train
+        resolves auto), with `augment`, or by default the one params give without data."""
+        if cfg.epochs == "auto":
+            raise ValueError("train.epochs is auto: resolve it from the data first "
+                             "(tasks.adapt.resolve_train)")
+        if augment == "configured":
+            augment = configured_augment(cfg.augment)
+        minutes = cfg.budget.minutes
+        return cls(int(cfg.epochs), cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2,
+                   cfg.seed, augment, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
+                   cfg.threads, minutes * 60 if minutes else None)
 
 
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -53,32 +66,6 @@ def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Ten
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x.float() / 255.0 - m) / s
-
-
-def augment_batch(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator, n: int | None = None,
-                  part: slice = slice(None)) -> torch.Tensor:
-    """Random rotation, zoom and shift (one affine warp per sample), optional flips.
-
-    A DDP rank passes its `part` of a global batch of `n`: the draws are the global batch's,
-    so every rank's generator stays in step and the warps match one process's.
-    """
-    n = len(x) if n is None else n
-    rand = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731 - uniform in [-1, 1)
-    angle = rand() * math.radians(aug.rotation)
-    scale = 1 + rand() * aug.scale
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, rand() * aug.shift * 2], 1),
-                         torch.stack([sin, cos, rand() * aug.shift * 2], 1)], 1)  # (n, 2, 3)
-    theta = theta[part].to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    if aug.hflip:
-        flip = (torch.rand(n, generator=gen) < 0.5)[part].to(x.device)
-        out[flip] = out[flip].flip(-1)
-    if aug.vflip:
-        flip = (torch.rand(n, generator=gen) < 0.5)[part].to(x.device)
-        out[flip] = out[flip].flip(-2)
-    return out
 
 
 def l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -92,6 +79,19 @@ def make_scheduler(opt: torch.optim.Optimizer, settings: FitSettings):
     if settings.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, settings.epochs // 3), gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def fit_in_time(sched, settings: FitSettings, epoch: int, seconds: float, name: str) -> int:
+    """The last epoch that fits settings.max_seconds at this epoch's pace; a cosine schedule is
+    stretched to end there, so the shortened run still anneals."""
+    fits = epoch - 1 + max(1, int(settings.max_seconds / max(seconds, 1e-9)))
+    if fits >= settings.epochs:
+        return settings.epochs
+    log.info("%s: %.0f s per epoch, so %d of %d epochs fit the time budget of %.0f s", name,
+             seconds, fits, settings.epochs, settings.max_seconds)
+    if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        sched.T_max = fits
+    return fits
 
 
 @torch.no_grad()
@@ -208,7 +208,10 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
     if stale >= settings.patience:  # the checkpointed run had already stopped early
         start = settings.epochs + 1
     progress = Progress(name, settings.epochs)
+    epochs, began = settings.epochs, time.perf_counter()
     for epoch in range(start, settings.epochs + 1):
+        if epoch > epochs:
+            break
         replica.seed_epoch(settings.seed, epoch)
         step_model.train()
         order = torch.randperm(len(x_train), generator=gen)  # the same on every rank
@@ -218,7 +221,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
             part = replica.part(len(idx))
             xb, yb = x_train[idx[part]], y_train[idx[part]]
             if settings.augment is not None:
-                xb = augment_batch(xb, settings.augment, gen, len(idx), part)
+                xb = augment_batch(xb, settings.augment, gen, len(idx), part, norm)
             xb = replica.inputs(xb)
             with replica.autocast():
                 loss = replica.batch_loss(loss_fn, step_model(xb), yb, xb, len(idx))
@@ -238,6 +241,9 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
             raise FloatingPointError(f"{name}: loss became {row['train_loss']} at epoch {epoch}; "
                                      "lower the learning rate")
         history.append(row)
+        if settings.max_seconds and epoch == start:
+            seconds = replica.sum([time.perf_counter() - began])[0] / replica.world  # ranks agree
+            epochs = fit_in_time(sched, settings, epoch, seconds, name)
         if on_epoch is not None and replica.leader:
             on_epoch(row, settings.epochs)  # e.g. the flow's progress artifact
         log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f", epoch, settings.epochs,
@@ -278,22 +284,36 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
                 classes: list[str], norm: tuple[list[float], list[float]], cfg: TrainConfig,
                 checkpoint: Path | None = None, checkpoint_key: str = "",
                 on_epoch: Callable[[dict, int], None] | None = None):
-    """Build the configured network for the data's shape and fit it; returns (model, card, history).
+    """Resolve the auto defaults from the data, build the configured network for its shape and
+    fit it; returns (model, card, history). The card records every auto decision.
 
     With train.distributed.world_size > 1 (or backend nccl: the GPU path) the elastic
     launcher runs the fit in DDP workers. `on_epoch(row, epochs)` follows an in-process fit
     (DDP workers are other processes; they log each epoch).
     """
+    cfg, augment, decided = resolve_train(cfg, train, classes)
+    log.info("train: %s (%s), %d epochs (%s), augmentation %s", decided["kind"],
+             decided["kind_why"], cfg.epochs, decided["epochs_why"],
+             describe_augment(decided["augment"]))
     if cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl":
         from tasks.distributed import launch
 
-        return launch(train, val, classes, norm, cfg, checkpoint, checkpoint_key)
+        model, card, history = launch(train, val, classes, norm, cfg, augment, checkpoint,
+                                      checkpoint_key)
+        return model, {**card, "auto": decided}, history
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     options = model_options(cfg, in_shape)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_shape, len(classes), **options)
-    model, history = fit(model, train, val, norm, FitSettings.from_train(cfg),
+    model, history = fit(model, train, val, norm, FitSettings.from_train(cfg, augment),
                          checkpoint=checkpoint, checkpoint_key=checkpoint_key, on_epoch=on_epoch)
     card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
-            "classes": classes, "mean": norm[0], "std": norm[1], "training": {"world_size": 1}}
+            "classes": classes, "mean": norm[0], "std": norm[1], "training": {"world_size": 1},
+            "auto": decided}
     return model, card, history
+
+
+def describe_augment(record: dict) -> str:
+    if not record.get("enabled", True):
+        return "off"
+    return f"{record['preset']} (hflip {record['hflip_why']})"

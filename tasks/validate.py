@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +49,13 @@ _SHAPE_COUNT = "expect_column_unique_value_count_to_be_between(shape)"
 
 @dataclass
 class ValidationReport:
-    """Outcome of the validate stage: pass/fail, one line per failure, JSON-ready results."""
+    """Outcome of the validate stage: pass/fail, one line per failure, JSON-ready results, and
+    one line per distribution shift that did not fail the batch (validate.on_drift: warn)."""
 
     success: bool
     failures: list[str]
     results: dict
+    warnings: list[str] = field(default_factory=list)
 
 
 def validate_metadata(
@@ -102,9 +104,16 @@ def validate_batch(
     drift = pd.DataFrame({k: [stats[k]] for k in _DRIFT_THRESHOLDS})
     drift_result = _run_suite(context, drift, _drift_suite(cfg, len(reference) > 0), _DRIFT_FORMAT)
     notes = _batch_notes(samples, classes, shapes)
-    failures = _sample_failure_lines(samples_result, notes) + _drift_failure_lines(drift_result, stats)
+    drift_lines = _drift_failure_lines(drift_result, stats)
+    # distribution shift of well-formed data: a reason to retrain (warn), or to refuse
+    shifted = [line for column, line in drift_lines if column in SHIFT_STATISTICS]
+    warnings = shifted if cfg.on_drift == "warn" else []
+    failures = _sample_failure_lines(samples_result, notes) + \
+        [line for column, line in drift_lines if column not in SHIFT_STATISTICS or not warnings]
     suites = {"batch_samples": samples_result, "batch_drift": drift_result}
-    return _report(suites, failures, stats)
+    report = _report(suites, failures, stats, warnings)
+    report.results["drift"] = _shift_checks(stats, cfg)
+    return report
 
 
 def render_html(report: ValidationReport, title: str) -> str:
@@ -112,13 +121,20 @@ def render_html(report: ValidationReport, title: str) -> str:
     verdict = "PASS" if report.success else "FAIL"
     failures = "".join(f"<li>{_esc(line)}</li>" for line in report.failures) or "<li>none</li>"
     suites = report.results.get("suites", {})
+    # shift statistics kept as warnings (validate.on_drift: warn) show as such, not as failures
+    warned = frozenset(r["statistic"] for r in report.results.get("drift", []) if r["result"] == "warn")
+    headline = f"{verdict}: {len(report.failures)} failure(s)"
+    if report.warnings:
+        headline += f", {len(report.warnings)} drift warning(s)"
     parts = [
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_esc(title)}</title><style>{_HTML_STYLE}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f'<p class="verdict {verdict.lower()}">{verdict}: {len(report.failures)} failure(s)</p>',
+        f'<p class="verdict {"warn" if report.success and report.warnings else verdict.lower()}">'
+        f"{headline}</p>",
         f"<h2>Failures</h2><ul>{failures}</ul>",
-        *(_suite_html(name, result) for name, result in suites.items()),
+        _warnings_html(report.warnings),
+        *(_suite_html(name, result, warned) for name, result in suites.items()),
         _statistics_html(report.results.get("statistics", {})),
         *(_extra_html(k, v) for k, v in report.results.items() if k not in _REPORT_KEYS),
         "</body></html>\n",
@@ -136,11 +152,15 @@ def write_report(report: ValidationReport, path: Path) -> None:
     write_json(Path(path), results)
 
 
-def _report(suites: dict, failures: list[str], statistics: dict) -> ValidationReport:
-    """Bundle suite results into a report; it passes only with suites run and nothing failed."""
-    success = bool(suites) and not failures and all(r["success"] for r in suites.values())
-    results = {"suites": suites, "success": success, "failures": failures}
-    return ValidationReport(success, failures, results | {"statistics": statistics})
+def _report(suites: dict, failures: list[str], statistics: dict,
+            warnings: list[str] | None = None) -> ValidationReport:
+    """Bundle suite results into a report; it passes only with suites run and nothing failed
+    (a failed shift expectation kept as a warning fails no suite of the report)."""
+    warnings = list(warnings or [])
+    success = bool(suites) and not failures and \
+        (bool(warnings) or all(r["success"] for r in suites.values()))
+    results = {"suites": suites, "success": success, "failures": failures, "warnings": warnings}
+    return ValidationReport(success, failures, results | {"statistics": statistics}, warnings)
 
 
 def _samples_frame(meta: pd.DataFrame) -> pd.DataFrame:
@@ -395,6 +415,9 @@ _DRIFT_THRESHOLDS = {
     "label_pvalue": ("min_label_shift_pvalue", ">="),
     "pixel_psi": ("max_pixel_psi", "<="),
 }
+# The statistics of distribution shift: they follow validate.on_drift. Batch size and
+# duplicates are integrity checks: they refuse a batch whatever the policy.
+SHIFT_STATISTICS = ("label_pvalue", "pixel_psi")
 
 
 def _drift_suite(cfg: ValidateConfig, has_reference: bool) -> gx.ExpectationSuite:
@@ -414,20 +437,41 @@ def _drift_suite(cfg: ValidateConfig, has_reference: bool) -> gx.ExpectationSuit
     return gx.ExpectationSuite(name="batch_drift", expectations=expectations)
 
 
-def _drift_failure_lines(result: dict, stats: dict) -> list[str]:
-    """One line per failed batch statistic, naming its value and the config threshold."""
+def _drift_failure_lines(result: dict, stats: dict) -> list[tuple[str | None, str]]:
+    """(statistic, line) per failed batch statistic, the line naming its value and the config
+    threshold; the statistic is None when GX could not compute it (that always fails)."""
     lines = []
     for r in (r for r in result["results"] if not r["success"]):
         kwargs = r["expectation_config"]["kwargs"]
         if _exception_message(r["exception_info"]):
-            lines.append(_failure_line(r))
+            lines.append((None, _failure_line(r)))
             continue
         column = kwargs["column"]
         key, op = _DRIFT_THRESHOLDS[column]
         failed = "<" if op == ">=" else ">"
         bound = kwargs.get("min_value", kwargs.get("max_value"))
-        lines.append(_drift_line(column, stats, f"{failed} validate.{key} {bound:g}"))
+        lines.append((column, _drift_line(column, stats, f"{failed} validate.{key} {bound:g}")))
     return lines
+
+
+def _shift_checks(stats: dict, cfg: ValidateConfig) -> list[dict]:
+    """The shift figures for the report: each statistic, its value, threshold and outcome
+    (pass, warn or fail by validate.on_drift); none without a reference."""
+    rows = []
+    for column in SHIFT_STATISTICS:
+        key, op = _DRIFT_THRESHOLDS[column]
+        value, bound = stats[column], getattr(cfg, key)
+        if value is None:
+            continue
+        within = value >= bound if op == ">=" else value <= bound
+        outcome = "pass" if within else "warn" if cfg.on_drift == "warn" else "fail"
+        rows.append({"statistic": column, "value": value, "threshold": f"{op} validate.{key} {bound:g}",
+                     "result": outcome, "on_drift": cfg.on_drift})
+    if stats["ks_statistic"] is not None:
+        rows.append({"statistic": "ks_statistic", "value": stats["ks_statistic"],
+                     "threshold": f"reported (p-value {stats['ks_pvalue']:.3g})", "result": "info",
+                     "on_drift": cfg.on_drift})
+    return rows
 
 
 def _drift_line(column: str, s: dict, threshold: str) -> str:
@@ -566,11 +610,11 @@ _HTML_STYLE = (
     "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
     "th{background:#f3f3f3}td{font-family:monospace;word-break:break-word;max-width:40em}"
     ".verdict{font-size:1.5em;font-weight:bold;padding:.5em 1em;color:#fff}"
-    ".pass{background:#2e7d32}.fail{background:#c62828}"
-    "td.pass,td.fail{color:#fff;font-weight:bold}"
+    ".pass{background:#2e7d32}.fail{background:#c62828}.warn{background:#e08a00}"
+    "td.pass,td.fail,td.warn{color:#fff;font-weight:bold}"
 )
 # Results keys every report has; callers may add others (e.g. the files dropped at ingest).
-_REPORT_KEYS = {"suites", "success", "failures", "statistics"}
+_REPORT_KEYS = {"suites", "success", "failures", "warnings", "statistics"}
 # Expectation kwargs that say nothing about what was expected.
 _HIDDEN_KWARGS = {"batch_id", "column", "result_format"}
 
@@ -581,13 +625,24 @@ def _esc(value: Any, limit: int = 300) -> str:
     return html.escape(text if len(text) <= limit else text[: limit - 1] + "\u2026")
 
 
-def _suite_html(name: str, result: dict) -> str:
-    """One suite as a table: expectation, column, observed, expected, pass/fail."""
+def _warnings_html(warnings: list[str]) -> str:
+    """The drift warnings section: the batch landed, these shifts are for the retrain to weigh."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(line)}</li>" for line in warnings)
+    return ("<h2>Drift warnings</h2><p>distribution shift; the batch is not refused "
+            f"(validate.on_drift: warn)</p><ul>{items}</ul>")
+
+
+def _suite_html(name: str, result: dict, warned: frozenset[str] = frozenset()) -> str:
+    """One suite as a table: expectation, column, observed, expected, pass/fail/warn (a failed
+    expectation on a statistic in `warned`)."""
     rows = []
     for r in result.get("results", []):
         config = r["expectation_config"]
         kwargs = {k: v for k, v in config["kwargs"].items() if k not in _HIDDEN_KWARGS}
-        verdict = "pass" if r["success"] else "fail"
+        warn = not r["success"] and config["kwargs"].get("column") in warned
+        verdict = "pass" if r["success"] else "warn" if warn else "fail"
         expected = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in kwargs.items())
         error = _exception_message(r["exception_info"])
         observed = f"raised {error}" if error else _observed(r["result"])

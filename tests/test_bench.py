@@ -103,15 +103,15 @@ def test_cli_bench_mnist_folder_without_the_test_files_exits_2_naming_one(tmp_pa
 
 def test_plain_loop_learns_and_reports_each_epoch(data):
     from bench.training import plain_fit
-    from evergreen.config import AugmentConfig
     from nets import build_model
+    from tasks.augment import Augment
 
     train, val, classes, norm = data
     torch.manual_seed(0)
     model = build_model("seed_cnn", tuple(train[0].shape[1:]), len(classes))
     seen = []
     seconds = plain_fit(model, train, val, norm, 3, 16, torch.optim.Adam(model.parameters(), 3e-3),
-                        AugmentConfig(), on_epoch=lambda e, acc, t: seen.append((e, acc, t)))
+                        Augment(), on_epoch=lambda e, acc, t: seen.append((e, acc, t)))
     assert [e for e, _, _ in seen] == [1, 2, 3] and seconds >= seen[-1][2] > 0
     assert seen[-1][1] > 0.5  # 10 classes: well above chance after 3 epochs
 

@@ -96,3 +96,28 @@ def test_reports_and_validation_are_published_with_stable_keys(tmp_path):
     assert (ws.reports / "run.html").as_uri() in run_link.data and "rejected, v3" in run_link.data
     assert (ws.reports / "validation.html").as_uri() in page_link.data
     assert "**FAILED**" in latest("data-validation").data
+
+
+def test_a_drifted_batch_and_its_screening_show_in_the_ui(workspace):
+    from prefect import flow
+
+    from flows.artifacts import publish_batch_drift, retraining_markdown
+
+    line = "pixel shift: PSI of per-sample pixel_mean 8.28 > validate.max_pixel_psi 0.25"
+    page = workspace.reports / "ingest" / "b1.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+
+    @flow
+    def landed() -> None:
+        publish_batch_drift(workspace, {"batch_id": "b1", "source": "light.npz", "added": 300,
+                                        "drift": [line]})
+
+    landed()
+    shown = latest("batch-drift").data
+    assert "Batch b1 landed with drift warnings" in shown and line in shown and page.as_uri() in shown
+    screened = {"batch_id": "b1", "reasons": [], "drift": [line],
+                "noise": {"accuracy": 0.83, "scored": 300}}
+    text = retraining_markdown({"status": "retrained", "champion": "v1", "message": "m",
+                                "batches": {"screened": [screened]}})
+    assert f"| b1 | {line} | 0.8300 | 300 | used |" in text

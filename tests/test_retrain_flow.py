@@ -99,7 +99,8 @@ def test_label_noise_and_label_shift_are_quarantined_champion_unchanged(ws, digi
     threes = np.flatnonzero(digits.labels == "3")
     shifted = land(ws, digits, threes[threes >= 1300][:40])  # only one class: label shift
     registry = ws.registry.read_text()
-    assert main(["--workspace", str(ws.root), "retrain"]) == 2
+    # a label shift refuses a batch only by choice (by default it warns; see the drift tests below)
+    assert main(["--workspace", str(ws.root), "retrain", "--set", "validate.on_drift=refuse"]) == 2
     err = capsys.readouterr().err
     assert "nothing usable: all 2 new batches were quarantined; champion v1 unchanged" in err
     noise_reason = (ws.quarantine / noisy / "reasons.txt").read_text()
@@ -112,6 +113,99 @@ def test_label_noise_and_label_shift_are_quarantined_champion_unchanged(ws, digi
     land(ws, digits, idx, labels=rng.permutation(digits.labels[idx]))  # landed again
     with pytest.raises(DataValidationError, match="nothing usable"):
         continual_retraining(str(ws.root))
+
+
+# --- drift: a shifted population with correct labels is learnt from, with wrong ones refused ---
+
+DRIFT_PARAMS = {**TINY_PARAMS, "retrain": {"epochs": 4},
+                "compress": {**TINY_PARAMS["compress"], "control": False, "prune": {"ratios": []},
+                             "quantize": {"variants": []}}}
+
+
+def other_light(x: np.ndarray) -> np.ndarray:
+    """Digits under other light: contrast down to 60% (per-sample pixel_mean PSI about 8)."""
+    return np.round(x * 0.6).astype(np.uint8)
+
+
+@pytest.fixture
+def drift_ws(ws, tmp_path, digits):
+    """The champion's workspace with quick retrain params, and a shifted, correctly labelled
+    batch of 300 unseen digits as an NPZ file (with other labels when given)."""
+    write_params(ws.root, DRIFT_PARAMS)
+
+    def source(name: str, labels=None):
+        idx = np.arange(1000, 1300)
+        y = digits.labels[idx] if labels is None else labels
+        np.savez(tmp_path / name, x=other_light(digits.x[idx])[:, 0], y=y.astype(int))
+        return str(tmp_path / name)
+
+    return ws, source
+
+
+def ingest(ws, *args) -> int:
+    return main(["--workspace", str(ws.root), "ingest", *args])
+
+
+def test_shifted_batch_lands_with_a_drift_warning_and_the_retrain_learns_from_it(drift_ws, digits,
+                                                                                  capsys):
+    from nets.io import load_model
+    from tasks.retrain import predicted_names
+
+    ws, source = drift_ws
+    assert ingest(ws, source("light.npz")) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "drift warning" in x)
+    assert "PSI of per-sample pixel_mean" in line and "> validate.max_pixel_psi 0.25" in line
+    batch_id = out.split("landed batch ")[1].split(":")[0]
+    report = read_json(ws.reports / "ingest" / f"{batch_id}.json")
+    assert report["success"] and report["warnings"] and not report["failures"]
+    psi = next(r for r in report["drift"] if r["statistic"] == "pixel_psi")
+    assert psi["result"] == "warn" and psi["value"] > 0.25
+    assert "drift warning(s)" in (ws.reports / "ingest" / f"{batch_id}.html").read_text()
+
+    assert main(["--workspace", str(ws.root), "retrain"]) == 0
+    registry = load_registry(ws.registry)
+    entry = registry["candidates"][-1]
+    assert entry["trigger"] == "continual-retraining" and entry["verdict"] in ("promoted", "rejected")
+    assert entry["retrain"]["new_batches"] == [batch_id] and entry["retrain"]["training"] == "warm"
+    assert "pixel shift" in entry["retrain"]["drifted"][batch_id][0]  # against the champion's data
+    assert "pixel shift" in entry["lineage"]["drift"][batch_id][0]  # as ingest saw it
+    # the fine-tuned teacher knows the new light better than the champion did
+    unseen = np.arange(1300, 1797)
+    x, labels = other_light(digits.x[unseen]), digits.labels[unseen]
+    champion = load_model(ws.root / registry["versions"]["v1"]["path"])
+    teacher = load_model(ws.model_dir("teacher"))
+    before = (predicted_names(*champion, x) == labels).mean()
+    after = (predicted_names(*teacher, x) == labels).mean()
+    assert after > before + 0.02, (before, after)
+
+
+def test_shifted_batch_with_shuffled_labels_is_quarantined_by_the_noise_screen(drift_ws, digits,
+                                                                                capsys):
+    ws, source = drift_ws
+    labels = np.random.default_rng(0).permutation(digits.labels[1000:1300])  # histogram intact
+    assert ingest(ws, source("light.npz", labels)) == 0  # the drift alone does not refuse it
+    assert "drift warning" in capsys.readouterr().out
+    registry = ws.registry.read_text()
+    assert main(["--workspace", str(ws.root), "retrain"]) == 2
+    assert "nothing usable" in capsys.readouterr().err
+    (held,) = ws.quarantine.iterdir()
+    reasons = (held / "reasons.txt").read_text()
+    assert "suspected label noise" in reasons and "pixel shift" not in reasons
+    assert ws.registry.read_text() == registry and load_registry(ws.registry)["champion"] == "v1"
+
+
+def test_shifted_batch_is_refused_at_ingest_with_on_drift_refuse(drift_ws, capsys):
+    ws, source = drift_ws
+    params = ws.params.read_text().replace("on_drift: warn", "on_drift: refuse")
+    ws.params.write_text(params)
+    version, batches = dvcfile.data_version(ws.root), sorted(ws.batches.iterdir())
+    assert ingest(ws, source("light.npz")) == 2
+    err = capsys.readouterr().err
+    assert "pixel shift: PSI of per-sample pixel_mean" in err and "quarantined" in err
+    assert dvcfile.data_version(ws.root) == version and sorted(ws.batches.iterdir()) == batches
+    (held,) = ws.quarantine.iterdir()
+    assert "pixel shift" in (held / "reasons.txt").read_text()
 
 
 # --- as a user: part of digits, then the rest (slow: three pipeline runs) ----------------

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import tasks.train as train_mod
-from evergreen.config import AugmentConfig, TrainConfig
+from evergreen.config import TrainConfig
+from tasks.augment import Augment
 from nets import build_model
 from tasks.train import FitSettings, augment_batch, fit, l1_penalty, normalize, train_model
 from tests.conftest import TINY_PARAMS
@@ -23,7 +24,7 @@ def small_cnn(seed=0):
 
 
 def settings(**overrides):
-    base = dict(epochs=2, batch_size=32, lr=3e-3, augment=AugmentConfig())
+    base = dict(epochs=2, batch_size=32, lr=3e-3, augment=Augment())
     return FitSettings(**{**base, **overrides})
 
 
@@ -62,7 +63,7 @@ def test_train_model_returns_a_card_for_the_data(data):
 
 def test_augment_keeps_shape_changes_pixels_and_is_seeded(tiny_batch):
     x = torch.from_numpy(tiny_batch.x[:16]).float() / 255
-    aug = AugmentConfig(hflip=True, vflip=True)
+    aug = Augment(hflip=True, vflip=True)
 
     a = augment_batch(x, aug, torch.Generator().manual_seed(1))
     b = augment_batch(x, aug, torch.Generator().manual_seed(1))
@@ -76,7 +77,7 @@ def test_augment_keeps_shape_changes_pixels_and_is_seeded(tiny_batch):
 
 def test_zero_strength_augment_is_identity(tiny_batch):
     x = torch.from_numpy(tiny_batch.x[:8]).float() / 255
-    aug = AugmentConfig(shift=0.0, rotation=0.0, scale=0.0)
+    aug = Augment(shift=0.0, rotation=0.0, scale=0.0)
     out = augment_batch(x, aug, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
 

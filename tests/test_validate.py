@@ -255,10 +255,13 @@ def test_batch_from_the_same_distribution_passes(split):
     assert 0.0 <= stats["ks_statistic"] <= 1.0 and 0.0 <= stats["ks_pvalue"] <= 1.0
 
 
+REFUSE = ValidateConfig(on_drift="refuse")
+
+
 def test_one_class_batch_fails_label_shift(split):
     batch, reference = split
     batch["label"] = "3"
-    line = only_line(batch_failures(batch, reference), "label shift")
+    line = only_line(batch_failures(batch, reference, REFUSE), "label shift")
     assert "< validate.min_label_shift_pvalue 0.001" in line
     assert "{'3': 100}" in line and "1000 reference samples" in line
 
@@ -266,10 +269,56 @@ def test_one_class_batch_fails_label_shift(split):
 def test_shifted_pixel_means_fail_psi(split):
     batch, reference = split
     batch["pixel_mean"] += 30.0  # three standard deviations
-    failures = batch_failures(batch, reference)
+    failures = batch_failures(batch, reference, REFUSE)
     line = only_line(failures, "pixel shift")
     assert "PSI" in line and "> validate.max_pixel_psi 0.25" in line and "KS statistic" in line
     assert len(failures) == 1
+
+
+def test_shift_warns_by_default_with_its_figures(split):
+    """validate.on_drift: warn: a shifted batch passes, each shift a warning line and a figure."""
+    batch, reference = split
+    batch["pixel_mean"] += 30.0
+    batch["label"] = "3"
+    report = validate_batch(batch, reference, ValidateConfig())
+    assert report.success and report.results["success"] and report.failures == []
+    assert report.warnings == report.results["warnings"] and len(report.warnings) == 2
+    only_line(report.warnings, "label shift", "< validate.min_label_shift_pvalue 0.001")
+    only_line(report.warnings, "pixel shift", "> validate.max_pixel_psi 0.25")
+    figures = {r["statistic"]: r for r in report.results["drift"]}
+    assert figures["pixel_psi"]["result"] == "warn" and figures["label_pvalue"]["result"] == "warn"
+    assert figures["pixel_psi"]["value"] == report.results["statistics"]["pixel_psi"] > 0.25
+    assert figures["ks_statistic"]["result"] == "info"
+    refused = validate_batch(batch, reference, REFUSE)
+    assert not refused.success and refused.warnings == [] and len(refused.failures) == 2
+    assert {r["result"] for r in refused.results["drift"] if r["statistic"] != "ks_statistic"} \
+        == {"fail"}
+
+
+def test_shift_does_not_excuse_integrity_failures(split):
+    batch, reference = split
+    batch["pixel_mean"] += 30.0
+    batch.loc[:1, "label"] = "10"  # unknown class: refused whatever validate.on_drift says
+    failures = batch_failures(batch, reference, duplicates=101)
+    only_line(failures, "expect_column_values_to_be_in_set(label)")
+    only_line(failures, "duplicate rate")
+    assert not any("pixel shift" in line for line in failures)
+    report = validate_batch(batch, reference, ValidateConfig(), 101)
+    only_line(report.warnings, "pixel shift")
+
+
+def test_warned_shift_is_marked_in_the_html_report(split, tmp_path):
+    batch, reference = split
+    batch["pixel_mean"] += 30.0
+    report = validate_batch(batch, reference, ValidateConfig())
+    page = render_html(report, "batch b1")
+    assert "PASS: 0 failure(s), 1 drift warning(s)" in page and 'class="verdict warn"' in page
+    assert "Drift warnings" in page and "pixel shift: PSI" in page
+    assert '<td class="warn">warn</td>' in page and '<td class="fail">' not in page
+    write_report(report, tmp_path / "b1.json")
+    saved = json.loads((tmp_path / "b1.json").read_text())
+    assert saved["success"] and saved["warnings"] == report.warnings
+    assert [r["statistic"] for r in saved["drift"]] == ["label_pvalue", "pixel_psi", "ks_statistic"]
 
 
 @pytest.mark.parametrize("policy", ["reject", "allow"])
