@@ -123,7 +123,7 @@ def resolve_train(cfg: TrainConfig, train: tuple[np.ndarray, np.ndarray],
                "augment": augment_record}
     update = {"epochs": epochs}
     if cfg.model == "cnn" and cfg.cnn.stem_stride is None:
-        stride, decided["stem_why"] = stem_stride(kind, x.shape)
+        stride, decided["stem_why"] = stem_stride(kind, x.shape[1:])
         update["cnn"] = cfg.cnn.model_copy(update={"stem_stride": stride})
         decided["stem_stride"] = stride
     return cfg.model_copy(update=update), augment, decided

@@ -1,0 +1,81 @@
+"""Auto defaults: the kind of image, flips, stem and epochs are decided from generated data."""
+
+import numpy as np
+import torch
+
+from evergreen.config import TrainConfig
+from tasks.adapt import image_kind, mirror_twins, resolve_train
+from tasks.augment import PRESETS, augment_batch
+
+
+def arrows(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """RGB 32x32: class 0 an arrow pointing left, 1 the same arrow pointing right, 2 a disc;
+    random lighting and textured backgrounds."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:32, :32]
+    x, y = [], []
+    for label in range(3):
+        for _ in range(n):
+            img = rng.integers(40, 120, (3, 32, 32)).astype(np.float32)
+            if label == 2:
+                mask = (yy - 16) ** 2 + (xx - 16) ** 2 < 80
+            else:
+                mask = (np.abs(yy - 16) <= (xx - 6) * 0.6) & (xx >= 6) & (xx <= 24) \
+                    | ((np.abs(yy - 16) <= 2) & (xx > 12) & (xx <= 28))
+                mask = mask if label == 1 else mask[:, ::-1]
+            colour = rng.integers(150, 255, 3)[:, None]
+            img[:, mask] = colour
+            x.append(np.clip(img * rng.uniform(0.5, 1.2), 0, 255).astype(np.uint8))
+            y.append(label)
+    return np.stack(x), np.array(y)
+
+
+def ink(n: int = 60) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    x = np.zeros((n, 1, 28, 28), np.uint8)
+    x[:, :, 8:20, 12:15] = 255
+    x[rng.random(x.shape) < 0.05] = 255
+    return x
+
+
+def test_kind_is_photos_for_colour_and_characters_for_ink_on_paper():
+    assert image_kind(arrows()[0])[0] == "photos"
+    assert image_kind(ink())[0] == "characters"
+    tones = np.random.default_rng(2).normal(128, 30, (50, 1, 32, 32)).clip(0, 255).astype(np.uint8)
+    assert image_kind(tones)[0] == "photos"
+
+
+def test_mirrored_classes_turn_flips_off_and_symmetric_ones_keep_them():
+    x, y = arrows()
+    assert mirror_twins(x, y, ["left", "right", "disc"]) == [("left", "right")]
+    cfg, augment, decided = resolve_train(TrainConfig(), (x, y), ["left", "right", "disc"])
+    assert decided["kind"] == "photos" and augment.hflip is False
+    assert "left~right" in decided["augment"]["hflip_why"]
+    keep = y != 1  # without the right-pointing class nothing mirrors into another
+    _, augment, _ = resolve_train(TrainConfig(), (x[keep], y[keep]), ["left", "right", "disc"])
+    assert augment.hflip is True and augment.crop < 1 and augment.jitter > 0
+
+
+def test_stem_epochs_and_user_settings():
+    x, y = arrows()
+    cfg, _, decided = resolve_train(TrainConfig(), (x, y), ["a", "b", "c"])
+    assert cfg.cnn.stem_stride == 1  # a 32 px photo keeps its full map
+    assert cfg.epochs == 40 and decided["epochs"] == 40  # 400k samples / 120 capped at 40
+    cfg, _, _ = resolve_train(TrainConfig(budget={"samples": 1200, "min_epochs": 2}), (x, y),
+                              ["a", "b", "c"])
+    assert cfg.epochs == 10
+    cfg, augment, decided = resolve_train(
+        TrainConfig(epochs=3, augment={"preset": "characters", "rotation": 0.0},
+                    cnn={"stem_stride": 2}), (x, y), ["a", "b", "c"])
+    assert (cfg.epochs, cfg.cnn.stem_stride, augment.rotation, augment.hflip) == (3, 2, 0.0, False)
+    assert decided["kind_why"] == "train.augment.preset"
+    x28 = np.repeat(ink(), 1, axis=0)
+    cfg, _, _ = resolve_train(TrainConfig(), (x28, np.zeros(len(x28), int)), ["a"])
+    assert cfg.cnn.stem_stride == 2  # strokes survive a halved 28 px map
+
+
+def test_photo_augmentation_crops_jitters_and_stays_finite():
+    x = torch.rand(8, 3, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    out = augment_batch(x, PRESETS["photos"], gen, norm=([0.5] * 3, [0.25] * 3))
+    assert out.shape == x.shape and torch.isfinite(out).all() and not torch.allclose(out, x)
