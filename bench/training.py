@@ -104,6 +104,7 @@ def train_throughput(quick: bool, scratch=None) -> dict:
     """Images/s of the train stage vs the plain loop on the default data, alternated A/B."""
     from bench.ddp_throughput import digits_splits
     from nets import build_model
+    from tasks.adapt import configured_augment
     from tasks.train import model_options
 
     threads = torch.get_num_threads()
@@ -117,7 +118,7 @@ def train_throughput(quick: bool, scratch=None) -> dict:
                             **model_options(settings, train[0].shape[1:]))
         opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.l2)
         return plain_fit(model, train, val, norm, settings.epochs, settings.batch_size, opt,
-                         settings.augment)
+                         configured_augment(settings.augment))
 
     # untimed warm-up of both: oneDNN builds its kernels for each shape on first use, a cost
     # the side that happened to run first would otherwise pay alone

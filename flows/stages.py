@@ -100,7 +100,8 @@ def run_train(ws: Workspace, cfg: Config, on_epoch=None) -> dict:
     images_per_s = len(train[0]) * len(history) / seconds
     return {"epochs_run": len(history), "val_acc": history[-1]["val_acc"] if history else None,
             "world_size": world, "seconds": round(seconds, 2), "images_per_s": round(images_per_s, 1),
-            "images_per_s_per_process": round(images_per_s / world, 1)}
+            "images_per_s_per_process": round(images_per_s / world, 1),
+            "auto": card.get("auto")}
 
 
 def run_compress(ws: Workspace, cfg: Config) -> dict:
@@ -350,6 +351,8 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
              # processes that trained the teacher (its card; 1 for cards from before DDP)
              "train_world_size": read_card(ws.model_dir("teacher")).get("training", {})
                                  .get("world_size", 1),
+             # what the data decided where params say auto (tasks.adapt)
+             "auto": read_card(ws.model_dir("teacher")).get("auto"),
              "git_commit": git_commit(ws.root), "time": now(), "champion_before": champion,
              "lineage": data_lineage(ws, cfg), **(extra or {})}
     if champion and registry["versions"][champion]["sha256"] == sha:
