@@ -297,7 +297,7 @@ class CompressConfig(Section):
     temperature: float = Field(2.0, gt=0.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft-target loss")
     epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
-        "auto", description="the student's epochs; auto: as many as the teacher's budget bought")
+        "auto", description="the student's epochs; auto: 1.5x the epochs the teacher's budget bought")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0.0)
     l2: float = Field(0.0001, ge=0.0)
