@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trigger_parsers(sub)
     add_registry_parsers(sub)
     add_gan_parser(sub)
+    add_tune_parser(sub)
     add_bench_parser(sub)
     return parser
 
@@ -92,6 +93,19 @@ def add_gan_parser(sub) -> None:
     run.add_argument("--data", help="ingest this source first: image folder, IDX, NPZ, CSV, archive")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
                      help="override a params.yaml key for this run (repeatable), e.g. gan.epochs=5")
+
+
+def add_tune_parser(sub) -> None:
+    tune = sub.add_parser("tune", help="search train params with Optuna (the tune flow; the space "
+                          "is tune.space in params.yaml); the best go into params.yaml")
+    tune.add_argument("--data", help="ingest this source first, as `evergreen run --data` does")
+    tune.add_argument("--trials", type=int, metavar="N", help="trials to add (default tune.trials)")
+    tune.add_argument("--timeout", type=float, metavar="S",
+                      help="start no trial after S seconds (default tune.timeout_s)")
+    tune.add_argument("--no-apply", dest="apply", action="store_false",
+                      help="leave params.yaml as it is (best params only in reports/tune/best.json)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
+                      help="override a params.yaml key for this run (repeatable)")
 
 
 def add_registry_parsers(sub) -> None:
@@ -214,6 +228,27 @@ def cmd_gan(args, ws) -> int:
         ready()
         outcome = gan_pipeline(str(ws.root), data=args.data, overrides=args.overrides)
     print_gan_outcome(outcome)
+    return 0
+
+
+def cmd_tune(args, ws) -> int:
+    from evergreen.config import load_config
+    from tasks.tune import parse_space
+
+    for flag, value in (("--trials", args.trials), ("--timeout", args.timeout)):
+        if value is not None and not value > 0:
+            raise BadInputError(f"tune {flag} {value}: expected a positive number")
+    cfg = load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
+    parse_space(cfg.tune.space, cfg, str(ws.params) + (" with --set" if args.overrides else ""))
+    from flows.ui import temporary_api
+
+    with temporary_api() as ready:
+        from flows.tune import print_tune_outcome, tune_flow
+
+        ready(preload=RUN_MODULES)
+        result = tune_flow(str(ws.root), data=args.data, overrides=args.overrides,
+                           trials=args.trials, timeout_s=args.timeout, apply=args.apply)
+    print_tune_outcome(result)
     return 0
 
 
@@ -367,6 +402,8 @@ COMMANDS |= {"retrain": cmd_retrain, "promote": cmd_promote, "rollback": cmd_rol
 COMMANDS |= {"watch": cmd_watch, "serve": cmd_serve}  # take the lock per run, not for life
 WRITERS.add("gan")
 COMMANDS["gan"] = cmd_gan
+WRITERS.add("tune")
+COMMANDS["tune"] = cmd_tune
 
 
 def cmd_bench(args, ws) -> int:

@@ -135,6 +135,12 @@ class Progress:
         if self.bar:
             self.bar.stop()
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also when an on_epoch hook raises (a pruned trial), or rich keeps drawing
+
 
 def save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,63 +213,62 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
 
     if stale >= settings.patience:  # the checkpointed run had already stopped early
         start = settings.epochs + 1
-    progress = Progress(name, settings.epochs)
     epochs, began = settings.epochs, time.perf_counter()
-    for epoch in range(start, settings.epochs + 1):
-        if epoch > epochs:
-            break
-        replica.seed_epoch(settings.seed, epoch)
-        step_model.train()
-        order = torch.randperm(len(x_train), generator=gen)  # the same on every rank
-        total, seen = 0.0, 0
-        for i in range(0, len(order), settings.batch_size):
-            idx = order[i:i + settings.batch_size]
-            part = replica.part(len(idx))
-            xb, yb = x_train[idx[part]], y_train[idx[part]]
-            if settings.augment is not None:
-                xb = augment_batch(xb, settings.augment, gen, len(idx), part, norm)
-            xb = replica.inputs(xb)
-            with replica.autocast():
-                loss = replica.batch_loss(loss_fn, step_model(xb), yb, xb, len(idx))
-            if settings.l1:
-                loss = loss + settings.l1 * l1_penalty(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            # summed over ranks, the shares add up to the global batch's loss x len(idx)
-            total, seen = total + loss.item() * len(idx) / replica.world, seen + len(idx)
-        sched.step()
-        total = replica.sum([total])[0]
-        val_loss, val_acc = validate(model, x_val, y_val, replica)
-        row = {"epoch": epoch, "train_loss": round(total / seen, 6), "val_loss": round(val_loss, 6),
-               "val_acc": round(val_acc, 6), "lr": opt.param_groups[0]["lr"]}
-        if not math.isfinite(row["train_loss"]):
-            raise FloatingPointError(f"{name}: loss became {row['train_loss']} at epoch {epoch}; "
-                                     "lower the learning rate")
-        history.append(row)
-        if settings.max_seconds and epoch == start:
-            seconds = replica.sum([time.perf_counter() - began])[0] / replica.world  # ranks agree
-            epochs = fit_in_time(sched, settings, epoch, seconds, name)
-        if on_epoch is not None and replica.leader:
-            on_epoch(row, settings.epochs)  # e.g. the flow's progress artifact
-        log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f", epoch, settings.epochs,
-                 row["train_loss"], val_loss, val_acc)
-        progress.advance(f"{name} epoch {epoch} val_acc={val_acc:.3f}")
-        if val_loss < best - settings.min_delta:
-            best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-        if checkpoint is not None and replica.leader:
-            save_checkpoint(checkpoint, {
-                "key": checkpoint_key, "epoch": epoch, "model": model.state_dict(),
-                "optim": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                "rng": torch.get_rng_state(), "history": history, "best": best,
-                "best_state": best_state, "stale": stale})
-        if stale >= settings.patience:
-            log.info("%s: early stop at epoch %d (no val_loss gain for %d epochs)",
-                     name, epoch, stale)
-            break
-    progress.close()
+    with Progress(name, settings.epochs) as progress:
+        for epoch in range(start, settings.epochs + 1):
+            if epoch > epochs:
+                break
+            replica.seed_epoch(settings.seed, epoch)
+            step_model.train()
+            order = torch.randperm(len(x_train), generator=gen)  # the same on every rank
+            total, seen = 0.0, 0
+            for i in range(0, len(order), settings.batch_size):
+                idx = order[i:i + settings.batch_size]
+                part = replica.part(len(idx))
+                xb, yb = x_train[idx[part]], y_train[idx[part]]
+                if settings.augment is not None:
+                    xb = augment_batch(xb, settings.augment, gen, len(idx), part, norm)
+                xb = replica.inputs(xb)
+                with replica.autocast():
+                    loss = replica.batch_loss(loss_fn, step_model(xb), yb, xb, len(idx))
+                if settings.l1:
+                    loss = loss + settings.l1 * l1_penalty(model)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                # summed over ranks, the shares add up to the global batch's loss x len(idx)
+                total, seen = total + loss.item() * len(idx) / replica.world, seen + len(idx)
+            sched.step()
+            total = replica.sum([total])[0]
+            val_loss, val_acc = validate(model, x_val, y_val, replica)
+            row = {"epoch": epoch, "train_loss": round(total / seen, 6), "val_loss": round(val_loss, 6),
+                   "val_acc": round(val_acc, 6), "lr": opt.param_groups[0]["lr"]}
+            if not math.isfinite(row["train_loss"]):
+                raise FloatingPointError(f"{name}: loss became {row['train_loss']} at epoch {epoch}; "
+                                         "lower the learning rate")
+            history.append(row)
+            if settings.max_seconds and epoch == start:
+                seconds = replica.sum([time.perf_counter() - began])[0] / replica.world  # ranks agree
+                epochs = fit_in_time(sched, settings, epoch, seconds, name)
+            if on_epoch is not None and replica.leader:
+                on_epoch(row, epochs)  # e.g. the flow's progress artifact (epochs after any time cap)
+            log.info("epoch %d/%d train_loss=%.4f val_loss=%.4f val_acc=%.4f", epoch, settings.epochs,
+                     row["train_loss"], val_loss, val_acc)
+            progress.advance(f"{name} epoch {epoch} val_acc={val_acc:.3f}")
+            if val_loss < best - settings.min_delta:
+                best, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+            if checkpoint is not None and replica.leader:
+                save_checkpoint(checkpoint, {
+                    "key": checkpoint_key, "epoch": epoch, "model": model.state_dict(),
+                    "optim": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                    "rng": torch.get_rng_state(), "history": history, "best": best,
+                    "best_state": best_state, "stale": stale})
+            if stale >= settings.patience:
+                log.info("%s: early stop at epoch %d (no val_loss gain for %d epochs)",
+                         name, epoch, stale)
+                break
     model.load_state_dict(best_state)
     return model.to(memory_format=torch.contiguous_format).eval(), history
 

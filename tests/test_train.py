@@ -9,8 +9,8 @@ import torch
 
 import tasks.train as train_mod
 from evergreen.config import TrainConfig
-from tasks.augment import Augment
 from nets import build_model
+from tasks.augment import Augment
 from tasks.train import FitSettings, augment_batch, fit, l1_penalty, normalize, train_model
 from tests.conftest import TINY_PARAMS
 
