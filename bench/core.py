@@ -34,6 +34,9 @@ GROUPS = {
     "warm_vs_scratch": ("bench.collected:warm_vs_scratch", ("warm_vs_scratch", "warm_old_test_drop"),
                         (900, 3600)),
     "gan": ("bench.collected:gan", ("gan_distance_ratio",), (120, 120)),
+    "gtsrb": ("bench.gtsrb:gtsrb", ("gtsrb_official_accuracy", "gtsrb_run_minutes", "gtsrb_time_to_97",
+                                   "gtsrb_compression_speedup", "gtsrb_compression_size_ratio",
+                                   "gtsrb_compression_drop"), (120, 5400)),
 }
 
 

@@ -28,7 +28,7 @@ QUICK_PARAMS = {
                  "select": {"latency_runs": 10, "throughput_batch": 32, "min_speedup": 0.0}},
     "evaluate": {"latency_runs": 10, "throughput_batch": 32, "null_model_max_iter": 200},
     "promote": {"candidate": "teacher", "min_accuracy": 0.5, "min_f1_macro": 0.5,
-                "max_latency_ms": 1000.0},
+                "max_latency_ms": 1000.0, "max_latency_ratio": None, "null_alpha": 1.0},
 }
 
 
@@ -42,13 +42,14 @@ def make_workspace(root: Path, quick: bool) -> Path:
     return root
 
 
-def timed_run(ws: Path, out: Path, env: dict | None = None, timeout: float = 1800) -> float:
-    """Wall seconds of one `evergreen run` process (bench.timed_run); raises if it fails."""
+def timed_run(ws: Path, out: Path, env: dict | None = None, timeout: float = 1800,
+              args: tuple[str, ...] = ()) -> float:
+    """Wall seconds of one `evergreen run [args]` process (bench.timed_run); raises if it fails."""
     env = dict(env or os.environ)
     # Prefect's default 20 s to start its temporary server is too short on a loaded 2-core box
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "bench.timed_run", str(ws), str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench.timed_run", str(ws), str(out), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:

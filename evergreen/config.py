@@ -124,6 +124,25 @@ class PreprocessConfig(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_salt: str = "evergreen"
+    group_split: Literal["auto", "off"] = Field(
+        "auto", description="auto: a batch whose file names number the members of groups "
+        "(<group>_<n>: frames of one track or video) is split by group, so near-copies never "
+        "sit on both sides; off: every sample by its content hash")
+    group_pattern: str | None = Field(
+        None, description="regex on the file stem with a named group `group` (null: "
+        "<prefix><sep><number>)")
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern_names_a_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compiled = re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+            if "group" not in compiled.groupindex:
+                raise ValueError("needs a named group (?P<group>...)")
+        return value
 
     @model_validator(mode="after")
     def _fractions_leave_train(self) -> PreprocessConfig:
@@ -319,14 +338,23 @@ class EvaluateConfig(Section):
 
 
 class PromoteConfig(Section):
-    """The gate: absolute thresholds, the null model and the champion."""
+    """The gate: significantly better than the null model, the champion, and any absolute
+    thresholds a user sets (off by default: what is good enough depends on the data)."""
 
     candidate: Literal["selected", "student", "teacher"] = Field(
         "selected", description="selected: the variant the compress stage chose by budget")
-    min_accuracy: float = Field(0.95, ge=0.0, le=1.0)
-    min_f1_macro: float = Field(0.95, ge=0.0, le=1.0)
-    max_latency_ms: float = Field(25.0, gt=0.0, description="batch-1 p95")
-    max_size_kb: float = Field(2048.0, gt=0.0)
+    null_alpha: float = Field(
+        0.05, gt=0.0, le=1.0, description="McNemar level at which the candidate must beat the "
+        "scikit-learn null model on paired test predictions (1.0: merely ahead of it)")
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="absolute; null: off")
+    min_f1_macro: float | None = Field(None, ge=0.0, le=1.0, description="absolute; null: off")
+    max_latency_ms: float | None = Field(
+        None, gt=0.0, description="absolute batch-1 p50 (the median of evaluate.latency_runs "
+        "calls, robust to a busy neighbour); null: off")
+    max_latency_ratio: float | None = Field(
+        2.0, gt=0.0, description="batch-1 p50 at most this multiple of the champion's, both "
+        "measured side by side in the promote stage; null: off")
+    max_size_kb: float | None = Field(None, gt=0.0, description="absolute; null: off")
     champion_tolerance: float = Field(0.005, ge=0.0, description="accuracy a challenger may lose")
     max_class_recall_drop: float = Field(
         0.1, ge=0.0, le=1.0, description="no class's recall may fall more than this vs the champion")

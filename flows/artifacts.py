@@ -189,12 +189,14 @@ def retraining_markdown(result: dict) -> str:
 
 
 def comparison_lines(comparison: dict | None) -> list[str]:
+    from tasks.retrain import SPLIT_COMPARISONS
+
     if not comparison:
         return []
     lines = ["", "| split | samples | champion | challenger | only champion right | "
              "only challenger right | McNemar p | improvement |", "|---|---|---|---|---|---|---|---|"]
-    for name, c in comparison.items():
-        if c:
+    for name in SPLIT_COMPARISONS:
+        if c := comparison.get(name):
             m = c["mcnemar"]
             lines.append(f"| {name} | {c['samples']} | {_fmt(c['champion_accuracy'])} | "
                          f"{_fmt(c['challenger_accuracy'])} | {m['champion_only']} | "

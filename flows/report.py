@@ -14,10 +14,12 @@ def print_outcome(result: dict) -> None:
     print(f"candidate {outcome['version']} ({outcome['role']}, {outcome['arch']}): "
           f"accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f}, "
           f"null model {m['null_accuracy']:.4f}, teacher {m['teacher_accuracy']:.4f}, "
-          f"latency p95 {m['latency_ms_p95']:.2f} ms, {m['size_bytes'] / 1024:.1f} KB")
+          f"latency p50 {m['latency_ms_p50']:.2f} ms, {m['size_bytes'] / 1024:.1f} KB")
     print(f"verdict: {outcome['verdict']}")
     for reason in outcome["reasons"]:
         print(f"  - {reason}")
+    if outcome.get("why_not"):  # the last line: the gate that failed and the setting behind it
+        print(outcome["why_not"])
 
 
 def status_view(ws: Workspace) -> dict:
@@ -78,15 +80,18 @@ def print_retrain(result: dict) -> None:
     if result["status"] == "nothing-new":
         print(result["message"])
         return
+    from tasks.retrain import SPLIT_COMPARISONS
+
     print(f"training: {result['training']['mode']} ({result['training']['why']})")
-    print_outcome(result)
-    for name, c in (result["promote"].get("comparison") or {}).items():
-        if c:
+    comparison = result["promote"].get("comparison") or {}
+    for name in SPLIT_COMPARISONS:
+        if c := comparison.get(name):
             m = c["mcnemar"]
             print(f"{name} ({c['samples']} samples): champion {c['champion_accuracy']:.4f}, "
                   f"challenger {c['challenger_accuracy']:.4f}; McNemar p={m['pvalue']:.3g} "
                   f"({m['champion_only']} vs {m['challenger_only']} discordant): "
                   f"{'improvement' if c['improvement'] else 'no significant difference'}")
+    print_outcome(result)  # last: the verdict, and why not
 
 
 def predict_paths(ws: Workspace, paths: list[str]) -> tuple[list[dict], list[str]]:

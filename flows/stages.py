@@ -165,6 +165,8 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
 
     meta = read_json(ws.processed / "meta.json")
     test, train = load_split(ws, "test"), load_split(ws, "train")
+    null, null_pred = null_model(train, test, meta["classes"], (meta["mean"], meta["std"]),
+                                 cfg.evaluate)
     results = {}
     for role in ("teacher", "student", "selected"):
         model_dir = ws.model_dir(role)
@@ -175,15 +177,14 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
         served = model_dir / "model.onnx" if role == "selected" else model_file(model_dir)
         results[role] = {"arch": card["arch"],
                          "method": card.get("compression", {}).get("method", "none"),
-                         **evaluate_model(model, card, served, test, cfg.evaluate)}
+                         **evaluate_model(model, card, served, test, cfg.evaluate, null_pred)}
         if role == "selected":
             selection = read_json(model_dir / "selection.json")
             results[role].update(variant=selection["variant"], selection=selection["reason"],
                                  fits_budget=selection["fits_budget"], params=selection["params"])
         if role == cfg.promote.candidate:  # its test probabilities feed ROC and sample plots
             candidate_proba = predict_proba(model, card, test[0])
-    results["null_model"] = null_model(train, test, meta["classes"], (meta["mean"], meta["std"]),
-                                       cfg.evaluate)
+    results["null_model"] = null
     candidate = cfg.promote.candidate
     metrics = {"candidate": candidate, **summary_row(results[candidate]),
                "per_class_recall": results[candidate]["per_class_recall"], **results}
@@ -331,6 +332,7 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
         save_registry,
         store_version,
         summary_row,
+        verdict_line,
     )
     from tasks.retrain import challenger_gates
 
@@ -362,8 +364,9 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
         return {**entry, "new_version": False}
     champ_acc = champion_accuracy(ws, registry, load_split(ws, "test"),
                                   read_json(ws.processed / "meta.json")["classes"]) if champion else None
-    gates = run_gates(metrics[role], metrics["null_model"]["accuracy"], champ_acc, cfg.promote)
     comparison = challenger_comparison(ws, registry, cfg) if champion else None
+    gates = run_gates(metrics[role], champ_acc, cfg.promote,
+                      comparison["latency"] if comparison else None)
     gates += challenger_gates(comparison, cfg.promote) if comparison else []
     # a selection that found no variant within the compression budget is not promoted
     over_budget = [] if metrics[role].get("fits_budget", True) else [metrics[role]["selection"]]
@@ -374,6 +377,7 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
     entry.update(version=version, verdict="promoted" if passed else "rejected",
                  gates=gate_table(gates),
                  reasons=[g.reason() for g in gates if not g.passed] + over_budget,
+                 why_not=verdict_line(gates, over_budget),
                  champion_accuracy_on_current_test=champ_acc, comparison=comparison)
     save_registry(ws.registry, record(registry, entry, passed, promotion_reason(run_id, comparison)))
     return {**entry, "new_version": version not in known}
@@ -413,8 +417,10 @@ def champion_old_test(ws: Workspace, registry: dict) -> tuple | None:
     lineage = (champion_entry(registry) or {}).get("lineage")
     if not lineage:
         return None
+    # a lineage from before group splits was split sample by sample
+    split_params = {"group_split": "off", **lineage["preprocess"]}
     return split_of_batches(ws.batches, lineage["batches"],
-                            PreprocessConfig.model_validate(lineage["preprocess"]))
+                            PreprocessConfig.model_validate(split_params))
 
 
 def challenger_comparison(ws: Workspace, registry: dict, cfg: Config) -> dict | None:
@@ -426,7 +432,8 @@ def challenger_comparison(ws: Workspace, registry: dict, cfg: Config) -> dict | 
     champion_dir = ws.root / registry["versions"][registry["champion"]]["path"]
     return compare_to_champion(champion_dir, ws.model_dir(cfg.promote.candidate),
                                cfg.promote.candidate == "selected", (test[0], classes[test[1]]),
-                               champion_old_test(ws, registry), cfg.promote.mcnemar_alpha)
+                               champion_old_test(ws, registry), cfg.promote.mcnemar_alpha,
+                               cfg.evaluate)
 
 
 def promotion_reason(run_id: str, comparison: dict | None) -> str:

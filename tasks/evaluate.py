@@ -86,6 +86,7 @@ def measure_latencies(models: dict[str, nn.Module], in_shape: tuple[int, ...],
             times[name].append((time.perf_counter() - start) * 1000)
     return {name: {"latency_ms_p50": float(np.percentile(times[name], 50)),
                    "latency_ms_p95": float(np.percentile(times[name], 95)),
+                   "latency_runs": cfg.latency_runs,
                    "throughput": throughput(batch_call(model, batch), cfg.throughput_batch)}
             for name, model in models.items()}
 
@@ -98,16 +99,31 @@ def throughput(call: Callable[[], object], batch_size: int, reps: int = 5) -> fl
     return float(reps * batch_size / (time.perf_counter() - start))
 
 
+def side_by_side_latency(champion: nn.Module, candidate: nn.Module, in_shape: tuple[int, ...],
+                         cfg: EvaluateConfig) -> dict:
+    """Batch-1 p50 of the candidate and the champion, their calls interleaved, and the ratio:
+    a busy neighbour slows both alike, so the ratio holds where absolute times do not."""
+    times = measure_latencies({"champion": champion, "candidate": candidate}, in_shape, cfg)
+    champ, cand = times["champion"]["latency_ms_p50"], times["candidate"]["latency_ms_p50"]
+    return {"champion_ms": champ, "candidate_ms": cand, "ratio": cand / max(champ, 1e-9)}
+
+
 def measure_latency(model: nn.Module, in_shape: tuple[int, ...], cfg: EvaluateConfig) -> dict:
     """Batch-1 latency p50/p95 (ms) and batch throughput (images/s) of one model."""
     return measure_latencies({"model": model}, in_shape, cfg)["model"]
 
 
 def evaluate_model(model: nn.Module, card: dict, weights: Path, test: tuple[np.ndarray, np.ndarray],
-                   cfg: EvaluateConfig) -> dict:
-    """Everything the gate and the reports need about one model."""
+                   cfg: EvaluateConfig, null_pred: np.ndarray | None = None) -> dict:
+    """Everything the gate and the reports need about one model; with the null model's test
+    predictions, McNemar's test of the two on the same samples (`vs_null`)."""
+    from tasks.promote import mcnemar
+
     x, y = test
-    metrics = classification_metrics(y, predict_proba(model, card, x), card["classes"])
+    proba = predict_proba(model, card, x)
+    metrics = classification_metrics(y, proba, card["classes"])
+    if null_pred is not None:
+        metrics["vs_null"] = mcnemar(null_pred == y, proba.argmax(1) == y)
     metrics.update(measure_latency(model, tuple(card["in_shape"]), cfg))
     metrics["params"] = int(sum(p.numel() for p in model.parameters()))
     metrics["size_bytes"] = int(weights.stat().st_size)
@@ -115,15 +131,17 @@ def evaluate_model(model: nn.Module, card: dict, weights: Path, test: tuple[np.n
 
 
 def null_model(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-               classes: list[str], norm: tuple[list[float], list[float]], cfg: EvaluateConfig) -> dict:
-    """A scikit-learn baseline: logistic regression on flattened normalized pixels."""
+               classes: list[str], norm: tuple[list[float], list[float]],
+               cfg: EvaluateConfig) -> tuple[dict, np.ndarray]:
+    """A scikit-learn baseline, logistic regression on flattened normalized pixels: its test
+    metrics and its test predictions (class indices)."""
     flat = lambda x: normalize(torch.from_numpy(x), *norm).flatten(1).numpy()  # noqa: E731
     clf = LogisticRegression(max_iter=cfg.null_model_max_iter)
     clf.fit(flat(train[0]), train[1])
     proba = np.zeros((len(test[1]), len(classes)))
     proba[:, clf.classes_] = clf.predict_proba(flat(test[0]))
     metrics = classification_metrics(test[1], proba, classes)
-    return {"model": "logistic_regression", **metrics}
+    return {"model": "logistic_regression", **metrics}, proba.argmax(1)
 
 
 def label_indices(labels: np.ndarray, classes: list[str]) -> tuple[np.ndarray, dict[str, int]]:

@@ -1,4 +1,4 @@
-"""Preprocess: deduplicate, split by content hash, normalization statistics from train."""
+"""Preprocess: deduplicate, split by content hash (or group), normalization statistics from train."""
 
 from __future__ import annotations
 
@@ -48,6 +48,15 @@ def split_of(content_hash: str, salt: str, val_fraction: float, test_fraction: f
     return "val" if u < test_fraction + val_fraction else "train"
 
 
+def assign_splits(meta: pd.DataFrame, keep: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, dict]:
+    """The split of each kept sample, drawn from its group or content hash (tasks.groups)."""
+    from tasks.groups import split_keys
+
+    keys, grouping = split_keys(meta, cfg)
+    return np.array([split_of(k, cfg.split_salt, cfg.val_fraction, cfg.test_fraction)
+                     for k in keys[keep]]), grouping
+
+
 def deduplicate(meta: pd.DataFrame) -> tuple[np.ndarray, int, int]:
     """Indices to keep (first of each content hash); counts of repeats and label conflicts."""
     groups = meta.groupby("content_hash", sort=False)["label"].nunique()
@@ -72,12 +81,11 @@ def preprocess(x: np.ndarray, labels: np.ndarray, meta: pd.DataFrame,
     if repeats or conflicts:
         log.info("dropped %d repeated samples and %d hashes with conflicting labels",
                  repeats, conflicts)
-    x, labels, hashes = x[keep], labels[keep], meta["content_hash"].to_numpy()[keep]
+    assign, grouping = assign_splits(meta, keep, cfg)
+    x, labels = x[keep], labels[keep]
     classes = sort_classes(labels)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[str(c)] for c in labels], dtype=np.int64)
-    assign = np.array([split_of(h, cfg.split_salt, cfg.val_fraction, cfg.test_fraction)
-                       for h in hashes])
     splits = {s: (x[assign == s], y[assign == s]) for s in SPLITS}
     for name, (xs, _) in splits.items():
         if len(xs) == 0:
@@ -85,5 +93,5 @@ def preprocess(x: np.ndarray, labels: np.ndarray, meta: pd.DataFrame,
                                 "add data or change preprocess.*_fraction")
     mean, std = channel_stats(splits["train"][0])
     info = {"samples": int(len(x)), "repeats_dropped": repeats, "label_conflicts_dropped": conflicts,
-            "split_sizes": {s: int(len(v[0])) for s, v in splits.items()}}
+            "split_sizes": {s: int(len(v[0])) for s, v in splits.items()}, "groups": grouping}
     return Processed(splits, classes, mean, std, info)

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from evergreen.config import PromoteConfig
 from evergreen.errors import BadInputError, EvergreenError
 from evergreen.workspace import fsync_dir, fsync_tree, read_json, write_json
@@ -20,6 +22,9 @@ def summary_row(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
 
 
+EXACT_BELOW = 25  # McNemar: exact binomial under this many discordant pairs, chi-square above
+
+
 @dataclass
 class GateResult:
     name: str
@@ -28,32 +33,81 @@ class GateResult:
     op: str  # ">=", "<=", ">" or "<"
     passed: bool
     detail: str = ""  # what the value measures, e.g. the class whose recall fell most
+    setting: str = ""  # the params key that moves this gate, e.g. promote.min_accuracy
 
     def reason(self) -> str:
         why = f" ({self.detail})" if self.detail else ""
         return f"{self.name}: {self.value:.4g} is not {self.op} {self.threshold:.4g}{why}"
 
 
-def check(name: str, value: float, op: str, threshold: float, detail: str = "") -> GateResult:
+def check(name: str, value: float, op: str, threshold: float, detail: str = "",
+          setting: str = "") -> GateResult:
     passed = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold,
               "<": value < threshold}[op]
-    return GateResult(name, float(value), float(threshold), op, bool(passed), detail)
+    return GateResult(name, float(value), float(threshold), op, bool(passed), detail, setting)
 
 
-def run_gates(candidate: dict, null_accuracy: float, champion_accuracy: float | None,
-              cfg: PromoteConfig) -> list[GateResult]:
-    """Absolute thresholds, the null model, and (when there is one) the champion."""
-    gates = [
-        check("min_accuracy", candidate["accuracy"], ">=", cfg.min_accuracy),
-        check("min_f1_macro", candidate["f1_macro"], ">=", cfg.min_f1_macro),
-        check("beats_null_model", candidate["accuracy"], ">", null_accuracy),
-        check("max_latency_ms", candidate["latency_ms_p95"], "<=", cfg.max_latency_ms),
-        check("max_size_kb", candidate["size_bytes"] / 1024, "<=", cfg.max_size_kb),
-    ]
+def mcnemar(champion_ok: np.ndarray, challenger_ok: np.ndarray) -> dict:
+    """McNemar's test on paired correctness: exact binomial for few discordant pairs,
+    else chi-square with continuity correction. Two-sided p-value."""
+    from scipy.stats import binomtest, chi2
+
+    b = int((champion_ok & ~challenger_ok).sum())  # only the champion right
+    c = int((~champion_ok & challenger_ok).sum())  # only the challenger right
+    n = b + c
+    if n < EXACT_BELOW:
+        p, method = (binomtest(min(b, c), n, 0.5).pvalue if n else 1.0), "exact binomial"
+    else:
+        p, method = float(chi2.sf((abs(b - c) - 1) ** 2 / n, 1)), "chi-square, continuity corrected"
+    return {"champion_only": b, "challenger_only": c, "pvalue": float(p), "method": method}
+
+
+def null_model_gate(vs_null: dict, alpha: float) -> GateResult:
+    """Significantly better than the null model: McNemar on the paired test predictions
+    (`vs_null` is mcnemar(null_ok, model_ok)), one-sided by requiring the model ahead."""
+    ahead = vs_null["challenger_only"] > vs_null["champion_only"]
+    return check("beats_null_model", vs_null["pvalue"] if ahead else 1.0, "<", alpha,
+                 f"McNemar {vs_null['method']}: model alone right {vs_null['challenger_only']}, "
+                 f"null model alone right {vs_null['champion_only']}"
+                 + ("" if ahead else "; the model is not ahead (p set to 1)"),
+                 "promote.null_alpha")
+
+
+def run_gates(candidate: dict, champion_accuracy: float | None, cfg: PromoteConfig,
+              latency: dict | None = None) -> list[GateResult]:
+    """The null model (significance), the absolute thresholds the user set, and with a
+    champion: accuracy and batch-1 latency measured side by side with it (`latency`)."""
+    gates = [null_model_gate(candidate["vs_null"], cfg.null_alpha)]
+    spread = (f"median of {candidate.get('latency_runs', '?')} batch-1 calls; "
+              f"p95 {candidate['latency_ms_p95']:.3g} ms")
+    absolute = (("min_accuracy", candidate["accuracy"], ">=", ""),
+                ("min_f1_macro", candidate["f1_macro"], ">=", ""),
+                ("max_latency_ms", candidate["latency_ms_p50"], "<=", spread),
+                ("max_size_kb", candidate["size_bytes"] / 1024, "<=", ""))
+    gates += [check(name, value, op, getattr(cfg, name), detail, f"promote.{name}")
+              for name, value, op, detail in absolute if getattr(cfg, name) is not None]
     if champion_accuracy is not None:
         gates.append(check("not_worse_than_champion", candidate["accuracy"], ">=",
-                           champion_accuracy - cfg.champion_tolerance))
+                           champion_accuracy - cfg.champion_tolerance,
+                           setting="promote.champion_tolerance"))
+    if latency is not None and cfg.max_latency_ratio is not None:
+        gates.append(check("max_latency_ratio", latency["ratio"], "<=", cfg.max_latency_ratio,
+                           f"batch-1 p50 {latency['candidate_ms']:.3g} ms against the champion's "
+                           f"{latency['champion_ms']:.3g} ms, measured side by side",
+                           "promote.max_latency_ratio"))
     return gates
+
+
+def verdict_line(gates: list[GateResult], over_budget: list[str]) -> str:
+    """The one line that says why nothing was promoted and what setting changes it."""
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        return "not promoted: " + "; ".join(
+            f"gate {g.name} failed" + (f", set by {g.setting}" if g.setting else "") for g in failed)
+    if over_budget:
+        return ("not promoted: no compressed variant fits the budget (compress.select); "
+                "compress.select.fallback=teacher promotes the teacher instead")
+    return ""
 
 
 def empty_registry() -> dict:

@@ -16,14 +16,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evergreen.config import PreprocessConfig, PromoteConfig, RetrainConfig, TrainConfig
-from tasks.promote import GateResult, check
+from evergreen.config import (
+    EvaluateConfig,
+    PreprocessConfig,
+    PromoteConfig,
+    RetrainConfig,
+    TrainConfig,
+)
+from tasks.promote import GateResult, check, mcnemar
 
 if TYPE_CHECKING:  # imported where a table is read: a no-op run never needs it
     import pandas as pd
 
 Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) pixels, labels (int index or str name)
-EXACT_BELOW = 25  # McNemar: exact binomial under this many discordant pairs, chi-square above
 
 
 # --- which batches are new --------------------------------------------------------------
@@ -68,13 +73,13 @@ def split_of_batches(batches_dir: Path, batch_ids: list[str], cfg: PreprocessCon
                      split: str = "test") -> Split | None:
     """One split (pixels, label names) of the dataset made of `batch_ids`, as preprocess makes it.
 
-    A sample's split is a function of its content hash and cfg, so this is the champion's
+    A sample's split is a function of its content hash (or group) and cfg, so this is the champion's
     old test split whenever its batches are still in the dataset (None when none are).
     """
     import pandas as pd
 
     from tasks.ingest import read_metadata
-    from tasks.preprocess import deduplicate, split_of
+    from tasks.preprocess import assign_splits, deduplicate
 
     present = [b for b in batch_ids if (batches_dir / f"{b}.npz").exists()]
     if not present:
@@ -85,9 +90,7 @@ def split_of_batches(batches_dir: Path, batch_ids: list[str], cfg: PreprocessCon
     labels = np.concatenate([p[1] for p in parts])
     meta = pd.concat([p[2] for p in parts], ignore_index=True)
     keep, _, _ = deduplicate(meta)
-    hashes = meta["content_hash"].to_numpy()[keep]
-    chosen = np.array([split_of(h, cfg.split_salt, cfg.val_fraction, cfg.test_fraction) == split
-                       for h in hashes], dtype=bool)
+    chosen = assign_splits(meta, keep, cfg)[0] == split
     return x[keep][chosen], labels[keep][chosen]
 
 
@@ -205,21 +208,6 @@ def predicted_names(model, card: dict, x: np.ndarray) -> np.ndarray:
     return np.asarray(card["classes"])[predict_proba(model, card, x).argmax(1)]
 
 
-def mcnemar(champion_ok: np.ndarray, challenger_ok: np.ndarray) -> dict:
-    """McNemar's test on paired correctness: exact binomial for few discordant pairs,
-    else chi-square with continuity correction. Two-sided p-value."""
-    from scipy.stats import binomtest, chi2
-
-    b = int((champion_ok & ~challenger_ok).sum())  # only the champion right
-    c = int((~champion_ok & challenger_ok).sum())  # only the challenger right
-    n = b + c
-    if n < EXACT_BELOW:
-        p, method = (binomtest(min(b, c), n, 0.5).pvalue if n else 1.0), "exact binomial"
-    else:
-        p, method = float(chi2.sf((abs(b - c) - 1) ** 2 / n, 1)), "chi-square, continuity corrected"
-    return {"champion_only": b, "challenger_only": c, "pvalue": float(p), "method": method}
-
-
 def class_recall(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {str(c): float((pred[truth == c] == c).mean()) for c in np.unique(truth)}
 
@@ -240,24 +228,30 @@ def paired_summary(truth: np.ndarray, champion: np.ndarray, challenger: np.ndarr
             "class_recall": {c: [recall_champ[c], recall_chal[c]] for c in recall_champ}}
 
 
+SPLIT_COMPARISONS = ("current_test", "old_test")  # the test splits a comparison holds
+
+
 def compare_to_champion(champion_dir: Path, challenger_dir: Path, challenger_onnx: bool,
-                        current: Split, old: Split | None, alpha: float) -> dict | None:
+                        current: Split, old: Split | None, alpha: float,
+                        timing: EvaluateConfig) -> dict | None:
     """Champion and challenger (each as served) on the current test split and the champion's
-    old one; None when their inputs differ (nothing to compare)."""
+    old one, and their batch-1 latency side by side; None when their inputs differ."""
     from nets.io import load_model
+    from tasks.evaluate import side_by_side_latency
 
     champ, champ_card = load_model(champion_dir, prefer_onnx=True)
     chal, chal_card = load_model(challenger_dir, prefer_onnx=challenger_onnx)
     if tuple(champ_card["in_shape"]) != tuple(chal_card["in_shape"]):
         return None
     out = {}
-    for name, split in (("current_test", current), ("old_test", old)):
+    for name, split in zip(SPLIT_COMPARISONS, (current, old), strict=True):
         if split is None or len(split[1]) == 0:
             out[name] = None
             continue
         truth = np.asarray(split[1]).astype(str)
         out[name] = paired_summary(truth, predicted_names(champ, champ_card, split[0]),
                                    predicted_names(chal, chal_card, split[0]), alpha)
+    out["latency"] = side_by_side_latency(champ, chal, tuple(chal_card["in_shape"]), timing)
     return out
 
 
@@ -268,20 +262,21 @@ def challenger_gates(comparison: dict, cfg: PromoteConfig) -> list[GateResult]:
     gates = [check("max_class_recall_drop", cur["max_class_recall_drop"], "<=",
                    cfg.max_class_recall_drop, f"class {cur['worst_class']}, champion "
                    f"{cur['class_recall'][cur['worst_class']][0]:.4f} -> challenger "
-                   f"{cur['class_recall'][cur['worst_class']][1]:.4f}")]
+                   f"{cur['class_recall'][cur['worst_class']][1]:.4f}", "promote.max_class_recall_drop")]
     if old is not None:
         gates.append(check("max_forgetting", old["champion_accuracy"] - old["challenger_accuracy"],
                            "<=", cfg.max_forgetting,
                            f"accuracy on the champion's old test split, {old['samples']} samples: "
                            f"champion {old['champion_accuracy']:.4f}, challenger "
-                           f"{old['challenger_accuracy']:.4f}"))
+                           f"{old['challenger_accuracy']:.4f}", "promote.max_forgetting"))
     if cfg.require_improvement:
         m = cur["mcnemar"]
         ahead = m["challenger_only"] > m["champion_only"]
         gates.append(check("significant_improvement", m["pvalue"] if ahead else 1.0, "<",
                            cfg.mcnemar_alpha, f"McNemar {m['method']}: challenger alone right "
                            f"{m['challenger_only']}, champion alone right {m['champion_only']}"
-                           + ("" if ahead else "; the challenger is not ahead (p set to 1)")))
+                           + ("" if ahead else "; the challenger is not ahead (p set to 1)"),
+                           "promote.require_improvement"))
     return gates
 
 

@@ -105,7 +105,7 @@ def test_null_model_beats_chance_on_tiny_digits(tiny_batch):
     p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
     cfg = EvaluateConfig.model_validate(TINY_PARAMS["evaluate"])
 
-    m = null_model(p.splits["train"], p.splits["test"], p.classes, (p.mean, p.std), cfg)
+    m, _ = null_model(p.splits["train"], p.splits["test"], p.classes, (p.mean, p.std), cfg)
 
     assert m["model"] == "logistic_regression"
     assert m["accuracy"] > 0.5  # chance is 0.1

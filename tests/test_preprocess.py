@@ -149,3 +149,75 @@ def test_labels_become_class_indices(tiny_batch):
 ])
 def test_sort_classes(labels, expected):
     assert sort_classes(labels) == expected
+
+
+def tracks(n_classes=4, tracks_per_class=30, frames=4, name="{track:05d}_{frame:05d}.ppm", seed=0):
+    """A batch like GTSRB's: near-identical frames of each track, named <track>_<frame>."""
+    rng = np.random.default_rng(seed)
+    x, labels, sources = [], [], []
+    for c in range(n_classes):
+        for t in range(tracks_per_class):
+            base = rng.integers(0, 256, (3, 8, 8))
+            for f in range(frames):
+                x.append(np.clip(base + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8))
+                labels.append(str(c))
+                sources.append(f"{c:05d}/" + name.format(track=c * 100 + t, frame=f))
+    return Batch(np.stack(x), np.array(labels), sources)
+
+
+def split_of_sources(processed, batch) -> dict[str, str]:
+    by_hash = split_by_hash(processed)
+    return {s: by_hash[content_hash(img)] for s, img in zip(batch.sources, batch.x, strict=True)}
+
+
+def test_frames_of_one_track_never_straddle_the_split():
+    batch = tracks()
+    processed = run(batch)
+    where = split_of_sources(processed, batch)
+    by_track = {}
+    for source, split in where.items():
+        by_track.setdefault(source.rsplit("_", 1)[0], set()).add(split)
+    assert len(by_track) == 120 and all(len(s) == 1 for s in by_track.values())
+    assert processed.info["groups"]["groups"] == 120
+    assert processed.info["groups"]["grouped_batches"] == ["b0"]
+    # sample by sample, frames of a track do land on both sides
+    off = split_of_sources(run(batch, PreprocessConfig(group_split="off")), batch)
+    assert any(len({off[s] for s in where if s.startswith(t)}) > 1 for t in by_track)
+
+
+@pytest.mark.parametrize("name", ["IMG_{frame:04d}{track:03d}.jpg",  # one camera prefix
+                                  "{track:03d}{frame:02d}.png"])  # plain numbers
+def test_names_without_groups_split_sample_by_sample(name):
+    batch = tracks(name=name)
+    processed = run(batch)
+    assert processed.info["groups"]["grouped_batches"] == []
+    assert split_of_sources(processed, batch) == split_of_sources(
+        run(batch, PreprocessConfig(group_split="off")), batch)
+
+
+def test_a_new_batch_never_moves_a_grouped_sample():
+    import pandas as pd
+
+    from tasks.ingest import metadata_table as table
+
+    first, second = tracks(seed=0), tracks(seed=1, name="{track:05d}_{frame:05d}_b.ppm")
+    meta1 = table(first, [content_hash(i) for i in first.x], "b1")
+    both = pd.concat([meta1, table(second, [content_hash(i) for i in second.x], "b2")],
+                     ignore_index=True)
+    alone = preprocess(first.x, first.labels, meta1, PreprocessConfig())
+    together = preprocess(np.concatenate([first.x, second.x]),
+                          np.concatenate([first.labels, second.labels]), both, PreprocessConfig())
+    before, after = split_by_hash(alone), split_by_hash(together)
+    assert all(after[h] == s for h, s in before.items())
+
+
+def test_a_group_pattern_must_name_its_group():
+    from pydantic import ValidationError
+
+    from evergreen.errors import ConfigError  # noqa: F401 (the CLI's wrapper of this error)
+
+    with pytest.raises(ValidationError, match="named group"):
+        PreprocessConfig(group_pattern=r"^(\d+)_")
+    batch = tracks()
+    custom = run(batch, PreprocessConfig(group_pattern=r"^(?P<group>\d{5})"))
+    assert custom.info["groups"]["groups"] == 120

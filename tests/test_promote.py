@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from evergreen.config import Config, PromoteConfig
@@ -37,11 +38,11 @@ def ws(trained, tmp_path):
     return copy_workspace(trained, tmp_path)
 
 
-def set_metrics(ws, role="student", null_accuracy=None, **values):
+def set_metrics(ws, role="student", vs_null=None, **values):
     metrics = read_json(ws.reports / "metrics.json")
     metrics[role].update(values)
-    if null_accuracy is not None:
-        metrics["null_model"]["accuracy"] = null_accuracy
+    if vs_null is not None:
+        metrics[role]["vs_null"] = vs_null
     write_json(ws.reports / "metrics.json", metrics)
 
 
@@ -51,21 +52,36 @@ def promote(ws, **promote_params):
     return run_promote(ws, Config.model_validate(params), "test-run", "data-v", "params-h")
 
 
-GOOD = dict(accuracy=0.9, f1_macro=0.9, latency_ms_p95=1.0, size_bytes=100 * 1024)
+def vs_null(null_only: int, model_only: int) -> dict:
+    from tasks.promote import mcnemar
+
+    ones = np.ones(null_only + model_only + 50, bool)
+    null_ok, model_ok = ones.copy(), ones.copy()
+    null_ok[:model_only] = False  # the model alone right on these
+    model_ok[model_only:model_only + null_only] = False  # the null model alone right on these
+    return mcnemar(null_ok, model_ok)
+
+
+SIGNIFICANT = vs_null(2, 30)
+GOOD = dict(accuracy=0.9, f1_macro=0.9, latency_ms_p50=1.0, latency_ms_p95=1.5,
+            size_bytes=100 * 1024, vs_null=SIGNIFICANT)
 
 
 @pytest.mark.parametrize("gate, metrics, params", [
     ("min_accuracy", {}, {"min_accuracy": 0.95}),
     ("min_f1_macro", {}, {"min_f1_macro": 0.95}),
-    ("beats_null_model", {"null_accuracy": 0.92}, {}),
+    ("beats_null_model", {"vs_null": vs_null(10, 14)}, {"null_alpha": 0.05}),
+    ("beats_null_model", {"vs_null": vs_null(14, 10)}, {"null_alpha": 1.0}),  # behind it
     ("max_latency_ms", {}, {"max_latency_ms": 0.5}),
     ("max_size_kb", {}, {"max_size_kb": 50.0}),
 ])
-def test_each_absolute_gate_blocks_promotion(ws, gate, metrics, params):
-    set_metrics(ws, **GOOD, null_accuracy=metrics.get("null_accuracy", 0.5))
-    outcome = promote(ws, **{"min_accuracy": 0.5, "min_f1_macro": 0.5, **params})
+def test_each_gate_blocks_promotion_and_the_last_line_names_its_setting(ws, gate, metrics, params):
+    set_metrics(ws, **{**GOOD, **metrics})
+    outcome = promote(ws, **params)
     assert outcome["verdict"] == "rejected"
     assert [r.split(":")[0] for r in outcome["reasons"]] == [gate]
+    setting = "promote.null_alpha" if gate == "beats_null_model" else f"promote.{gate}"
+    assert outcome["why_not"] == f"not promoted: gate {gate} failed, set by {setting}"
     registry = load_registry(ws.registry)
     assert registry["champion"] is None
     assert registry["candidates"][-1]["verdict"] == "rejected"
@@ -73,8 +89,19 @@ def test_each_absolute_gate_blocks_promotion(ws, gate, metrics, params):
     assert failed[0]["name"] == gate and "threshold" in failed[0] and "value" in failed[0]
 
 
+def test_absolute_thresholds_are_off_by_default_and_beating_the_null_model_suffices(ws):
+    set_metrics(ws, **{**GOOD, "accuracy": 0.62, "f1_macro": 0.6, "latency_ms_p50": 300.0,
+                       "size_bytes": 50 * 2**20})
+    outcome = promote(ws, **{k: None for k in ("min_accuracy", "min_f1_macro", "max_latency_ms",
+                                               "max_size_kb")}, null_alpha=0.05)
+    assert outcome["verdict"] == "promoted", outcome["reasons"]
+    assert [g["name"] for g in outcome["gates"]] == ["beats_null_model"]
+    cfg = PromoteConfig()
+    assert None is cfg.min_accuracy is cfg.min_f1_macro is cfg.max_latency_ms is cfg.max_size_kb
+
+
 def test_passing_candidate_becomes_champion_with_full_record(ws):
-    set_metrics(ws, **GOOD, null_accuracy=0.5)
+    set_metrics(ws, **GOOD)
     outcome = promote(ws)
     registry = load_registry(ws.registry)
     assert outcome["verdict"] == "promoted" and registry["champion"] == outcome["version"]
@@ -86,7 +113,7 @@ def test_passing_candidate_becomes_champion_with_full_record(ws):
 
 
 def test_worse_than_champion_is_rejected_and_champion_kept(ws):
-    set_metrics(ws, role="teacher", **GOOD, null_accuracy=0.0)
+    set_metrics(ws, role="teacher", **GOOD)
     champion = promote(ws, candidate="teacher")  # the real teacher, re-evaluated next
     assert champion["verdict"] == "promoted"
     set_metrics(ws, **{**GOOD, "accuracy": 0.0})
@@ -98,7 +125,7 @@ def test_worse_than_champion_is_rejected_and_champion_kept(ws):
 
 
 def test_same_model_again_is_unchanged(ws):
-    set_metrics(ws, **GOOD, null_accuracy=0.5)
+    set_metrics(ws, **GOOD)
     first = promote(ws)
     second = promote(ws)
     assert second["verdict"] == "unchanged" and second["version"] == first["version"]
@@ -107,7 +134,7 @@ def test_same_model_again_is_unchanged(ws):
 
 
 def test_failed_registry_write_leaves_previous_state(ws, monkeypatch):
-    set_metrics(ws, **GOOD, null_accuracy=0.5)
+    set_metrics(ws, **GOOD)
     promote(ws)
     before = ws.registry.read_text()
     fail_registry_writes(monkeypatch)
@@ -126,8 +153,43 @@ def test_corrupt_registry_is_an_error_not_a_reset(ws):
 
 def test_champion_gate_only_with_a_champion():
     cfg = PromoteConfig()
-    metrics = {"accuracy": 0.99, "f1_macro": 0.99, "latency_ms_p95": 1.0, "size_bytes": 1024}
-    assert "not_worse_than_champion" not in [g.name for g in run_gates(metrics, 0.5, None, cfg)]
-    gates = run_gates(metrics, 0.5, 0.999, cfg)
+    metrics = {**GOOD, "accuracy": 0.99, "f1_macro": 0.99}
+    assert "not_worse_than_champion" not in [g.name for g in run_gates(metrics, None, cfg)]
+    gates = run_gates(metrics, 0.999, cfg)
     assert json.dumps([g.name for g in gates]).count("not_worse_than_champion") == 1
     assert not gates[-1].passed  # 0.99 < 0.999 - 0.005
+
+
+def test_latency_verdict_holds_under_an_artificial_cpu_load():
+    """Side by side, a busy neighbour slows champion and candidate alike: the same model
+    passes the default ratio gate and a 30x slower one fails it, quiet or loaded."""
+    import os
+    import subprocess
+    import sys
+
+    from torch import nn
+
+    from evergreen.config import EvaluateConfig
+    from tasks.evaluate import side_by_side_latency
+
+    fast = nn.Sequential(nn.Linear(64, 10))
+    slow = nn.Sequential(nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.Linear(2048, 10))
+    timing = EvaluateConfig(latency_runs=100)
+
+    def verdicts() -> tuple[bool, bool]:
+        gate = {}
+        for name, candidate in (("same", fast), ("slower", slow)):
+            latency = side_by_side_latency(fast, candidate, (64,), timing)
+            gate[name] = {g.name: g.passed
+                          for g in run_gates(GOOD, None, PromoteConfig(), latency)}["max_latency_ratio"]
+        return gate["same"], gate["slower"]
+
+    assert verdicts() == (True, False)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        assert verdicts() == (True, False)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
