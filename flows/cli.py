@@ -59,7 +59,7 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--only", action="append", default=[], metavar="GROUP",
                        help="run only this group (repeatable): pipeline, noop_rerun, compression, "
                        "inference, train_throughput, time_to_accuracy, ddp, ingest, decode, "
-                       "warm_vs_scratch, gan")
+                       "warm_vs_scratch, gan, gtsrb (needs EVERGREEN_GTSRB)")
     bench.add_argument("--mnist", metavar="DIR", help="time to accuracy on this MNIST-format set "
                        "(train-/t10k- images-idx3-ubyte and labels-idx1-ubyte, raw or .gz) instead "
                        "of 28x28 digits generated from the bundled set")
