@@ -147,3 +147,17 @@ def test_new_user_run_twice_then_dvc_is_clean(tmp_path):
     assert (root / "models" / "teacher" / "model.safetensors").exists()
     status = json.loads(run_cli("status", "--json", cwd=root).stdout)
     assert status["champion"]["version"] == "v1" and len(status["candidates"]) == 2
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_makes_openmp_wait_without_spinning_unless_told(preset, expected):
+    """Spinning OpenMP waits make training 15x slower beside one busy process."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import os, sys\nfrom flows import cli\nsys.argv = ['evergreen', '--help']\n"
+            "try:\n    cli.console()\nexcept SystemExit:\n    pass\n"
+            "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120).stdout
+    assert f"policy {expected}" in out.splitlines()
