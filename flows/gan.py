@@ -50,7 +50,9 @@ def run_gan_train(ws: Workspace, cfg: Config) -> dict:
     dvcfile.ensure_lines(ws.root / ".gitignore", [f"/{GAN_DIR}/"])  # versions are DVC-tracked
     write_csv(ws.reports / "plots" / "gan.csv", history)
     ckpt.unlink(missing_ok=True)
-    return {"ran": True, "epochs": len(history), "seconds": round(time.perf_counter() - start, 2),
+    return {"ran": True, **{k: card["training"][k] for k in ("steps", "planned_steps",
+                                                            "stopped_by", "width")},
+            "seconds": round(time.perf_counter() - start, 2),
             **{k: history[-1][k] for k in ("d_loss", "g_loss")}}
 
 
@@ -101,15 +103,16 @@ def champion_generator_distance(ws: Workspace, registry: dict, cfg: Config,
                                 extractor: Path) -> float | None:
     """The champion generator re-measured with today's extractor (None if not comparable)."""
     from nets.gan import load_generator
-    from nets.io import load_model
+    from nets.io import load_model, read_card
     from tasks.gan import champion_distance
 
-    g, card = load_generator(ws.root / registry["versions"][registry["champion"]]["path"])
-    current = read_json(ws.root / GAN_DIR / "model.json")
-    if card["classes"] != current["classes"] or card["in_shape"] != current["in_shape"]:
-        log.warning("generator champion %s makes other classes or shapes; no champion comparison",
-                    registry["champion"])
+    folder = ws.root / registry["versions"][registry["champion"]]["path"]
+    card, current = read_card(folder), read_json(ws.root / GAN_DIR / "model.json")
+    if any(card[k] != current[k] for k in ("arch", "classes", "in_shape")):
+        log.warning("generator champion %s is another network or makes other classes or shapes; "
+                    "no champion comparison", registry["champion"])
         return None
+    g, _ = load_generator(folder)
     classifier, clf_card = load_model(extractor)
     return champion_distance(g, classifier, clf_card, load_split(ws, "train")[0], cfg.gan)
 

@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,68 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
-def gan_options(cfg: GanConfig) -> dict:
-    return {"latent_dim": cfg.latent_dim, "width": cfg.width, "conditional": cfg.conditional}
+def gan_plan(cfg: GanConfig, in_shape: tuple[int, ...], n_train: int) -> dict:
+    """The auto values resolved for this data: steps, width and batch size.
+
+    steps: `passes` over the train split in batches, within [min_steps, max_steps], so a
+    few hundred images still get thousands of generator steps. width: 32 channels at the
+    finest map up to 32 px, then halved per doubling of the side (16 at 64 px, 8 at 128 px),
+    so a step costs about the same at any size (a conv's cost grows as width^2 x side^2).
+    """
+    batch = min(cfg.batch_size, n_train)
+    steps = cfg.steps
+    if steps == "auto":
+        steps = min(max(math.ceil(cfg.passes * n_train / batch), cfg.min_steps), cfg.max_steps)
+    width = cfg.width if cfg.width != "auto" else max(8, min(32, 32 * 32 // in_shape[-1]))
+    return {"steps": int(steps), "width": int(width), "batch_size": int(batch)}
+
+
+def gan_options(cfg: GanConfig, width: int) -> dict:
+    return {"latent_dim": cfg.latent_dim, "width": width, "conditional": cfg.conditional}
 
 
 def adam(model: nn.Module, cfg: GanConfig) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+
+
+def diff_augment(x: torch.Tensor, policy: list[str], gen: torch.Generator) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020): differentiable colour, translation and cutout, per image."""
+    n = len(x)
+    if "color" in policy:
+        x = x + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)  # brightness
+        mean = x.mean(1, keepdim=True)
+        x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=gen) * 2) + mean  # saturation
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * (torch.rand(n, 1, 1, 1, generator=gen) + 0.5) + mean  # contrast
+    if "translation" in policy:
+        x = translate(x, ratio=0.125, gen=gen)
+    if "cutout" in policy:
+        x = cutout(x, ratio=0.5, gen=gen)
+    return x
+
+
+def translate(x: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ratio x its side, filling with 0 (mid-grey in [-1, 1])."""
+    n, _, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    dy = torch.randint(-sh, sh + 1, (n, 1, 1), generator=gen)
+    dx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=gen)
+    b, i, j = torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+    i, j = (i + dy + 1).clamp(0, h + 1), (j + dx + 1).clamp(0, w + 1)
+    padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1)  # (N, H+2, W+2, C)
+    return padded[b, i, j].permute(0, 3, 1, 2)
+
+
+def cutout(x: torch.Tensor, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Zero one square of ratio x the side at a random place in each image."""
+    n, _, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    top = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=gen)
+    left = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=gen)
+    b, i, j = torch.meshgrid(torch.arange(n), torch.arange(ch), torch.arange(cw), indexing="ij")
+    mask = torch.ones(n, h, w)
+    mask[b, (i + top - ch // 2).clamp(0, h - 1), (j + left - cw // 2).clamp(0, w - 1)] = 0
+    return x * mask.unsqueeze(1)
 
 
 def class_loss(class_logits: torch.Tensor | None, y: torch.Tensor | None, weight: float):
@@ -56,26 +113,25 @@ def class_loss(class_logits: torch.Tensor | None, y: torch.Tensor | None, weight
 
 
 def discriminator_loss(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None,
-                       fake_y: torch.Tensor | None,
-                       cfg: GanConfig) -> tuple[torch.Tensor, float, float]:
-    """BCE with one-sided label smoothing (real target, fake target 0) + the class loss on reals.
+                       fake_y: torch.Tensor | None, cfg: GanConfig,
+                       gen: torch.Generator) -> tuple[torch.Tensor, float, float]:
+    """Hinge loss on augmented reals and fakes + the class loss on reals.
 
-    The class head learns from real images only, so fakes cannot teach it their mistakes.
+    Returns (loss, mean D score on reals, on fakes). The class head learns from real images
+    only, so fakes cannot teach it their mistakes.
     """
-    (real_logits, real_classes), (fake_logits, _) = d.score(real, y), d.score(fake.detach(), fake_y)
-    target = torch.full_like(real_logits, cfg.label_smoothing)
-    loss = (F.binary_cross_entropy_with_logits(real_logits, target)
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    (real_logits, real_classes) = d.score(diff_augment(real, cfg.augment, gen), y)
+    fake_logits, _ = d.score(diff_augment(fake.detach(), cfg.augment, gen), fake_y)
+    loss = (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
             + class_loss(real_classes, y, cfg.class_loss_weight))
-    return loss, torch.sigmoid(real_logits).mean().item(), torch.sigmoid(fake_logits).mean().item()
+    return loss, real_logits.mean().item(), fake_logits.mean().item()
 
 
-def generator_loss(d: nn.Module, fake: torch.Tensor, y: torch.Tensor | None,
-                   cfg: GanConfig) -> torch.Tensor:
-    """The non-saturating loss (make D call the fakes real) + the requested class's loss."""
-    logits, classes = d.score(fake, y)
-    return (F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            + class_loss(classes, y, cfg.class_loss_weight))
+def generator_loss(d: nn.Module, fake: torch.Tensor, y: torch.Tensor | None, cfg: GanConfig,
+                   gen: torch.Generator) -> torch.Tensor:
+    """The hinge generator loss (raise D's score of the fakes) + the requested class's loss."""
+    logits, classes = d.score(diff_augment(fake, cfg.augment, gen), y)
+    return -logits.mean() + class_loss(classes, y, cfg.class_loss_weight)
 
 
 def paired(labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -102,7 +158,8 @@ def mode_seeking_loss(z: torch.Tensor, fake: torch.Tensor, cfg: GanConfig):
 def ema_update(ema: nn.Module, g: nn.Module, decay: float, step: int) -> None:
     """Move the averaged generator towards g (decay warmed up over the first steps).
 
-    BatchNorm running statistics are copied: they describe the live generator's activations.
+    BatchNorm running statistics are copied here and re-estimated for the average at the
+    end (`recalibrate_batchnorm`).
     """
     rate = 1.0 - min(decay, (1 + step) / (10 + step))
     for avg, live in zip(ema.parameters(), g.parameters(), strict=True):
@@ -111,94 +168,138 @@ def ema_update(ema: nn.Module, g: nn.Module, decay: float, step: int) -> None:
         avg.copy_(live)
 
 
-def train_epoch(g, d, opt_g, opt_d, x: torch.Tensor, y: torch.Tensor, cfg: GanConfig,
-                gen: torch.Generator, ema: nn.Module, step: int) -> dict:
-    """One pass over the data: a discriminator step, a generator step, the EMA, per batch."""
+@torch.no_grad()
+def recalibrate_batchnorm(g: nn.Module, y: torch.Tensor | None, gen: torch.Generator,
+                          batches: int = 20, batch: int = 64) -> nn.Module:
+    """Re-estimate the BatchNorm statistics of g's own weights (the EMA's differ from the live G's).
+
+    Labels are drawn from the train split's y, so classes weigh as they do in training.
+    """
+    norms = [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
     g.train()
-    d.train()
-    sums, steps = np.zeros(4), 0
-    order = torch.randperm(len(x), generator=gen)
-    for i in range(0, len(order) - 1, cfg.batch_size):
-        idx = order[i:i + cfg.batch_size]
-        if len(idx) < 2:  # BatchNorm needs two samples
-            continue
-        real, labels = x[idx], (y[idx] if cfg.conditional else None)
-        z, fake_labels = torch.randn(len(idx), cfg.latent_dim, generator=gen), paired(labels)
-        fake = g(z, fake_labels)
-        d_loss, d_real, d_fake = discriminator_loss(d, real, fake, labels, fake_labels, cfg)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        g_loss = generator_loss(d, fake, fake_labels, cfg) + mode_seeking_loss(z, fake, cfg)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        ema_update(ema, g, cfg.ema_decay, step + steps)
-        sums, steps = sums + [d_loss.item(), g_loss.item(), d_real, d_fake], steps + 1
-    d_loss, g_loss, d_real, d_fake = (sums / max(steps, 1)).round(6).tolist()
-    return {"d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake, "steps": steps}
+    for _ in range(batches):
+        labels = None if y is None else y[torch.randint(0, len(y), (batch,), generator=gen)]
+        g(torch.randn(batch, g.latent_dim, generator=gen), labels)
+    for m in norms:
+        m.momentum = 0.1
+    return g.eval()
+
+
+def train_step(parts: dict, real: torch.Tensor, labels: torch.Tensor | None, cfg: GanConfig,
+               gen: torch.Generator, step: int) -> np.ndarray:
+    """One discriminator step, one generator step, the EMA: [d_loss, g_loss, D(real), D(fake)]."""
+    g, d = parts["g"], parts["d"]
+    z, fake_labels = torch.randn(len(real), cfg.latent_dim, generator=gen), paired(labels)
+    fake = g(z, fake_labels)
+    d_loss, d_real, d_fake = discriminator_loss(d, real, fake, labels, fake_labels, cfg, gen)
+    parts["opt_d"].zero_grad(set_to_none=True)
+    d_loss.backward()
+    parts["opt_d"].step()
+    g_loss = generator_loss(d, fake, fake_labels, cfg, gen) + mode_seeking_loss(z, fake, cfg)
+    parts["opt_g"].zero_grad(set_to_none=True)
+    g_loss.backward()
+    parts["opt_g"].step()
+    ema_update(parts["ema"], g, cfg.ema_decay, step)
+    return np.array([d_loss.item(), g_loss.item(), d_real, d_fake])
+
+
+def real_batch(x: torch.Tensor, y: torch.Tensor, size: int, cfg: GanConfig,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random batch without repeats (a function of the RNG alone, so a resume continues it)."""
+    idx = torch.randperm(len(x), generator=gen)[:size]
+    return x[idx], (y[idx] if cfg.conditional else None)
 
 
 CHECKPOINTED = ("g", "d", "ema", "opt_g", "opt_d")
+STATE = {"history": [], "step": 0, "seconds": 0.0, "stopped_by": None}
 
 
 def train_gan(train: tuple[np.ndarray, np.ndarray], classes: list[str], cfg: GanConfig,
-              checkpoint: Path | None = None, checkpoint_key: str = ""):
-    """Fit a DCGAN on the train split; returns (EMA generator, card, history).
+              checkpoint: Path | None = None, checkpoint_key: str = "", every: int = 100,
+              clock=time.perf_counter):
+    """Fit the GAN on the train split for its step budget; returns (EMA generator, card, history).
 
-    Fixed seed; a checkpoint after every epoch, resumed when its key matches this run.
+    Fixed seed; a history row and a checkpoint every `every` steps, resumed when its key
+    matches this run. gan.minutes stops at the first row past the wall-clock cap.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
-    g = build_generator(in_shape, len(classes), **gan_options(cfg))
-    d = build_discriminator(in_shape, len(classes), **gan_options(cfg))
-    parts = {"g": g, "d": d, "ema": copy.deepcopy(g), "opt_g": adam(g, cfg), "opt_d": adam(d, cfg)}
+    plan = gan_plan(cfg, in_shape, len(train[0]))
+    parts = build_parts(in_shape, len(classes), cfg, plan["width"])
     x, y = to_unit(train[0]), torch.from_numpy(train[1]).long()
-    state = {"history": [], "epoch": 0, "step": 0}
-    resumed = load_checkpoint(checkpoint, checkpoint_key)
-    if resumed:
-        for key in CHECKPOINTED:
-            parts[key].load_state_dict(resumed[key])
-        gen.set_state(resumed["gen"])
-        torch.set_rng_state(resumed["rng"])
-        state = {k: resumed[k] for k in state}
-        log.info("gan: resumed from epoch %d", resumed["epoch"])
-    progress = Progress("gan", cfg.epochs)
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        row = train_epoch(*(parts[k] for k in ("g", "d", "opt_g", "opt_d")), x, y, cfg, gen,
-                          parts["ema"], state["step"])
-        state["step"] += row.pop("steps")
-        log_epoch(epoch, cfg, state["history"], row, progress)
-        state["epoch"] = epoch
+    state = resume(parts, gen, checkpoint, checkpoint_key)
+    began = clock() - state["seconds"]
+    progress = Progress("gan", math.ceil(plan["steps"] / every))
+    while state["step"] < plan["steps"] and state["stopped_by"] is None:
+        chunk = min(every, plan["steps"] - state["step"])
+        sums = sum(train_step(parts, *real_batch(x, y, plan["batch_size"], cfg, gen), cfg, gen,
+                              state["step"] + k) for k in range(chunk))
+        state["step"] += chunk
+        state["seconds"] = clock() - began
+        if cfg.minutes is not None and state["seconds"] >= cfg.minutes * 60:
+            state["stopped_by"] = "minutes"
+        log_row(state, plan, (sums / chunk).round(6).tolist(), progress)
         if checkpoint is not None:
             save_checkpoint(checkpoint, {"key": checkpoint_key, **state, "gen": gen.get_state(),
                                          "rng": torch.get_rng_state(),
                                          **{k: parts[k].state_dict() for k in CHECKPOINTED}})
     progress.close()
-    return parts["ema"].eval(), generator_card(in_shape, classes, cfg), state["history"]
+    g = recalibrate_batchnorm(parts["ema"], y if cfg.conditional else None,
+                              torch.Generator().manual_seed(cfg.seed))
+    return g, generator_card(in_shape, classes, cfg, {**plan, **state}), state["history"]
 
 
-def log_epoch(epoch: int, cfg: GanConfig, history: list[dict], row: dict, progress) -> None:
-    """Refuse a diverged epoch, else append it to the history, the log and the progress bar."""
-    row = {"epoch": epoch, **row}
+def build_parts(in_shape: tuple[int, ...], n_classes: int, cfg: GanConfig, width: int) -> dict:
+    """Generator, discriminator, the generator's EMA and both optimisers."""
+    g = build_generator(in_shape, n_classes, **gan_options(cfg, width))
+    d = build_discriminator(in_shape, n_classes, **gan_options(cfg, width))
+    return {"g": g, "d": d, "ema": copy.deepcopy(g), "opt_g": adam(g, cfg), "opt_d": adam(d, cfg)}
+
+
+def resume(parts: dict, gen: torch.Generator, checkpoint: Path | None, key: str) -> dict:
+    """The training state: the checkpoint's when its key matches (parts and RNGs restored)."""
+    resumed = load_checkpoint(checkpoint, key)
+    if not resumed:
+        return copy.deepcopy(STATE)
+    for name in CHECKPOINTED:
+        parts[name].load_state_dict(resumed[name])
+    gen.set_state(resumed["gen"])
+    torch.set_rng_state(resumed["rng"])
+    log.info("gan: resumed from step %d", resumed["step"])
+    return {k: resumed[k] for k in STATE}
+
+
+def log_row(state: dict, plan: dict, means: list[float], progress) -> None:
+    """Refuse a diverged stretch, else append its means to the history, the log and the bar."""
+    step = state["step"]
+    row = {"step": step, **dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), means, strict=True))}
     if not all(math.isfinite(v) for v in row.values()):
-        raise FloatingPointError(f"gan: loss became {row} at epoch {epoch}; lower gan.lr")
-    history.append(row)
-    log.info("gan epoch %d/%d d_loss=%.4f g_loss=%.4f D(real)=%.3f D(fake)=%.3f", epoch,
-             cfg.epochs, row["d_loss"], row["g_loss"], row["d_real"], row["d_fake"])
-    progress.advance(f"gan epoch {epoch} d_loss={row['d_loss']:.3f} g_loss={row['g_loss']:.3f}")
+        raise FloatingPointError(f"gan: loss became {row} at step {step}; lower gan.lr")
+    state["history"].append(row)
+    log.info("gan step %d/%d d_loss=%.4f g_loss=%.4f D(real)=%.3f D(fake)=%.3f (%.0f s)", step,
+             plan["steps"], row["d_loss"], row["g_loss"], row["d_real"], row["d_fake"],
+             state["seconds"])
+    progress.advance(f"gan step {step} d_loss={row['d_loss']:.3f} g_loss={row['g_loss']:.3f}")
 
 
-def generator_card(in_shape: tuple[int, ...], classes: list[str], cfg: GanConfig) -> dict:
-    return {"arch": GENERATOR, "options": gan_options(cfg), "in_shape": list(in_shape),
-            "classes": classes,
+def generator_card(in_shape: tuple[int, ...], classes: list[str], cfg: GanConfig,
+                   run: dict) -> dict:
+    """The generator's card: options, pixel scaling, and the auto values this data resolved."""
+    return {"arch": GENERATOR, "options": gan_options(cfg, run["width"]),
+            "in_shape": list(in_shape), "classes": classes,
             # the pixel scaling the generator's tanh output maps to (x / 127.5 - 1)
             "mean": [0.5] * in_shape[0], "std": [0.5] * in_shape[0],
             "discriminator": DISCRIMINATOR,
-            "training": {"epochs": cfg.epochs, "seed": cfg.seed, "ema_decay": cfg.ema_decay,
+            "training": {"steps": run["step"], "planned_steps": run["steps"],
+                         "batch_size": run["batch_size"], "width": run["width"],
+                         "seconds": round(run["seconds"], 1), "stopped_by": run["stopped_by"],
+                         "seed": cfg.seed, "ema_decay": cfg.ema_decay, "augment": cfg.augment,
                          "class_loss_weight": cfg.class_loss_weight}}
 
 

@@ -9,15 +9,21 @@ from nets.gan import build_discriminator, build_generator, load_generator, plan
 from tasks.gan import (
     class_loss,
     coverage,
+    cutout,
+    diff_augment,
+    discriminator_loss,
     ema_update,
     evaluate_generator,
     frechet_distance,
     gan_gates,
+    gan_plan,
     mode_seeking_loss,
     paired,
+    recalibrate_batchnorm,
     sample_grid_png,
     sample_images,
     train_gan,
+    translate,
 )
 
 SIZES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
@@ -80,11 +86,26 @@ def test_class_loss_is_weighted_cross_entropy_and_off_when_unconditional():
     assert class_loss(logits, y, 0.0) == 0.0
 
 
-def test_generator_has_the_dcgan_stabilizers():
-    g, d = build_generator((1, 28, 28), 10), build_discriminator((1, 28, 28), 10)
+def test_generator_and_discriminator_have_the_sngan_stabilizers():
+    from torch.nn.utils import parametrize
+
+    g, d = build_generator((1, 28, 28), 10), build_discriminator((1, 28, 28), 10, conditional=True)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in g.modules())
     assert any(isinstance(m, torch.nn.LeakyReLU) for m in d.modules())
-    assert not any(isinstance(m, torch.nn.LeakyReLU) for m in g.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    weighted = [m for m in d.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert weighted and all(parametrize.is_parametrized(m, "weight") for m in weighted)
+    assert parametrize.is_parametrized(d.head, "weight")  # spectral norm on every D layer
+
+
+def test_conditional_batchnorm_gives_each_class_its_own_scale():
+    g = build_generator((1, 8, 8), 3, latent_dim=4, width=4, conditional=True).eval()
+    with torch.no_grad():
+        g.norms[-1].gain.weight[1].mul_(3.0)
+    z = torch.randn(2, 4)
+    same = g(z, torch.tensor([0, 0]))
+    assert torch.equal(same, g(z, torch.tensor([0, 0])))
+    assert not torch.allclose(g(z, torch.tensor([1, 1])), same)
 
 
 @pytest.mark.parametrize("in_shape, message", [
@@ -148,17 +169,56 @@ def test_gate_rejects_worse_than_the_champion():
     assert failed(gan_gates(report(distance=10.0), 9.0, GanConfig(champion_tolerance=0.2))) == set()
 
 
-TINY_GAN = {"epochs": 3, "batch_size": 32, "latent_dim": 16, "width": 8, "samples": 100}
+def test_steps_auto_are_passes_over_the_data_within_the_floor_and_the_cap():
+    cfg = GanConfig(passes=100.0, min_steps=4000, max_steps=12_000, batch_size=64)
+    assert gan_plan(cfg, (1, 64, 64), 280)["steps"] == 4000  # 914 passes' worth: the floor
+    assert gan_plan(cfg, (1, 64, 64), 4000)["steps"] == 6250  # 100 x 4000 / 64
+    assert gan_plan(cfg, (3, 32, 32), 27_000)["steps"] == 12_000  # the cap
+    assert gan_plan(GanConfig(steps=7), (1, 64, 64), 280)["steps"] == 7  # a set value wins
+    assert gan_plan(cfg, (1, 8, 8), 20)["batch_size"] == 20  # never more than the data
+
+
+def test_width_auto_shrinks_with_the_side_and_a_set_width_wins():
+    cfg = GanConfig()
+    assert [gan_plan(cfg, (3, s, s), 1000)["width"] for s in (8, 32, 64, 128)] == [32, 32, 16, 8]
+    assert gan_plan(GanConfig(width=48), (3, 128, 128), 1000)["width"] == 48
+
+
+def test_the_minutes_cap_stops_training_and_is_recorded(data):
+    train, _, classes, _ = data
+    ticks = iter(range(0, 10_000, 30))  # a fake clock: 30 s per reading
+
+    def clock():
+        return float(next(ticks))
+
+    cfg = GanConfig(**{**TINY_GAN, "steps": 50, "minutes": 1.0})
+    _, card, history = train_gan(train, classes, cfg, every=5, clock=clock)
+    # readings: start 0, then one per row: 30 s, 60 s -> the second row reaches the cap
+    assert [r["step"] for r in history] == [5, 10]
+    assert card["training"]["stopped_by"] == "minutes"
+    assert card["training"]["steps"] == 10 and card["training"]["planned_steps"] == 50
+
+
+def test_training_records_the_resolved_plan(data):
+    train, _, classes, _ = data
+    _, card, history = train_gan(train, classes, GanConfig(**{**TINY_GAN, "steps": 7}), every=5)
+    assert [r["step"] for r in history] == [5, 7]
+    assert card["training"]["steps"] == 7 and card["training"]["stopped_by"] is None
+    assert card["options"]["width"] == card["training"]["width"] == 8
+
+
+TINY_GAN = {"steps": 30, "batch_size": 32, "latent_dim": 16, "width": 8, "samples": 100}
 
 
 def test_training_resumes_from_its_checkpoint(data, tmp_path):
     train, _, classes, _ = data
     ckpt = tmp_path / "gan.pt"
-    straight, _, history = train_gan(train, classes, GanConfig(**TINY_GAN))
-    train_gan(train, classes, GanConfig(**{**TINY_GAN, "epochs": 2}), ckpt, "k")
-    # the 3-epoch run's key differs from the 2-epoch run's in the flow; here it is shared on purpose
-    resumed, _, resumed_history = train_gan(train, classes, GanConfig(**TINY_GAN), ckpt, "k")
-    assert [r["epoch"] for r in resumed_history] == [1, 2, 3]
+    straight, _, history = train_gan(train, classes, GanConfig(**TINY_GAN), every=10)
+    train_gan(train, classes, GanConfig(**{**TINY_GAN, "steps": 20}), ckpt, "k", every=10)
+    # the 30-step run's key differs from the 20-step run's in the flow; here it is shared on purpose
+    resumed, _, resumed_history = train_gan(train, classes, GanConfig(**TINY_GAN), ckpt, "k",
+                                            every=10)
+    assert [r["step"] for r in resumed_history] == [10, 20, 30]
     assert resumed_history == history
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -168,16 +228,67 @@ def test_training_resumes_from_its_checkpoint(data, tmp_path):
 def test_other_key_starts_over(data, tmp_path):
     train, _, classes, _ = data
     ckpt = tmp_path / "gan.pt"
-    train_gan(train, classes, GanConfig(**{**TINY_GAN, "epochs": 1}), ckpt, "old")
-    _, _, history = train_gan(train, classes, GanConfig(**{**TINY_GAN, "epochs": 1}), ckpt, "new")
-    assert [r["epoch"] for r in history] == [1]
+    cfg = GanConfig(**{**TINY_GAN, "steps": 10})
+    train_gan(train, classes, cfg, ckpt, "old", every=10)
+    _, _, history = train_gan(train, classes, cfg, ckpt, "new", every=10)
+    assert [r["step"] for r in history] == [10]
+
+
+def test_diff_augment_keeps_shapes_and_an_empty_policy_is_the_identity():
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+    assert diff_augment(x, ["color", "translation", "cutout"], gen).shape == x.shape
+    assert torch.equal(diff_augment(x, [], gen), x)
+    x.requires_grad_(True)  # differentiable: the generator learns through it
+    diff_augment(x, ["color", "translation", "cutout"], gen).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_translation_moves_content_and_fills_with_zero():
+    x = torch.zeros(20, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1.0
+    out = translate(x, ratio=0.25, gen=torch.Generator().manual_seed(1))
+    assert torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shifted within the frame, not lost
+    assert not torch.equal(out, x)
+    edge = translate(torch.ones(20, 1, 8, 8), 0.25, torch.Generator().manual_seed(1))
+    assert (edge == 0).any() and set(edge.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_cutout_zeroes_a_square_of_half_the_side():
+    out = cutout(torch.ones(10, 2, 8, 8), ratio=0.5, gen=torch.Generator().manual_seed(0))
+    zeros = (out[:, 0] == 0).sum((1, 2))
+    assert ((zeros >= 4) & (zeros <= 16)).all()  # a 4 x 4 square, clipped at the border
+    assert torch.equal(out[:, 0] == 0, out[:, 1] == 0)  # the same square in every channel
+
+
+def test_hinge_loss_is_zero_for_a_confident_discriminator():
+    class Fixed(torch.nn.Module):
+        def score(self, x, y=None):
+            return x.flatten(1).mean(1) * 10, None  # bright: real, dark: fake
+
+    real, fake = torch.ones(4, 1, 2, 2), -torch.ones(4, 1, 2, 2)
+    cfg = GanConfig(augment=[])
+    loss, d_real, d_fake = discriminator_loss(Fixed(), real, fake, None, None, cfg,
+                                              torch.Generator())
+    assert loss.item() == 0.0 and d_real == 10.0 and d_fake == -10.0
+    swapped, _, _ = discriminator_loss(Fixed(), fake, real, None, None, cfg, torch.Generator())
+    assert swapped.item() == pytest.approx(22.0)  # relu(1 + 10) twice
+
+
+def test_recalibrated_batchnorm_describes_the_generators_own_activations():
+    g = build_generator((1, 8, 8), 3, latent_dim=4, width=4)
+    norm = g.norms[-1].norm
+    norm.running_mean.fill_(5.0)  # statistics of some other network's activations
+    recalibrate_batchnorm(g, None, torch.Generator().manual_seed(0))
+    assert not g.training
+    assert norm.running_mean.abs().max() < 1.0 and norm.momentum == 0.1
 
 
 def test_generator_saves_and_loads_without_pickle(data, tmp_path):
     from nets.io import save_model
 
     train, _, classes, _ = data
-    g, card, _ = train_gan(train, classes, GanConfig(**{**TINY_GAN, "epochs": 1}))
+    g, card, _ = train_gan(train, classes, GanConfig(**{**TINY_GAN, "steps": 5}))
     save_model(g, card, tmp_path / "gan")
     loaded, loaded_card = load_generator(tmp_path / "gan")
     assert loaded_card == card
@@ -212,7 +323,7 @@ def digit_splits():
 
 
 def test_conditional_generator_makes_the_requested_classes(digit_splits):
-    """A tiny run: a small classifier and a few GAN epochs on digits; the classifier agrees."""
+    """A tiny run: a small classifier and a few hundred GAN steps on digits; the classifier agrees."""
     from tasks.train import train_model
 
     torch.set_num_threads(1)
@@ -220,7 +331,8 @@ def test_conditional_generator_makes_the_requested_classes(digit_splits):
     train, val = p.splits["train"], p.splits["val"]
     clf_cfg = TrainConfig(model="seed_cnn", epochs=6, batch_size=32, augment={"enabled": False})
     classifier, clf_card, _ = train_model(train, val, p.classes, (p.mean, p.std), clf_cfg)
-    cfg = GanConfig(epochs=CONDITIONAL_EPOCHS, samples=200)
+    # DiffAugment is for small sets and slows the first steps (its own tests are above)
+    cfg = GanConfig(steps=CONDITIONAL_STEPS, samples=200, augment=[])
     g, _, _ = train_gan(train, p.classes, cfg)
     heldout = np.concatenate([val[0], p.splits["test"][0]])
     result, fakes, requested = evaluate_generator(g, classifier, clf_card, train[0], heldout, cfg)
@@ -229,4 +341,4 @@ def test_conditional_generator_makes_the_requested_classes(digit_splits):
     assert len(result["coverage"]) == 10
 
 
-CONDITIONAL_EPOCHS = 12
+CONDITIONAL_STEPS = 600

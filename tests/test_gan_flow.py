@@ -9,7 +9,7 @@ from evergreen.workspace import Workspace, read_json, write_json
 from flows.cli import main
 from tests.conftest import TINY_PARAMS, write_params, write_png_folder
 
-TINY_GAN = {"epochs": 2, "batch_size": 16, "latent_dim": 16, "width": 8, "samples": 60}
+TINY_GAN = {"steps": 8, "batch_size": 16, "latent_dim": 16, "width": 8, "samples": 60}
 
 
 def rgb_shapes(per_class: int = 24, side: int = 32, seed: int = 0):
@@ -57,9 +57,9 @@ def test_gan_run_on_an_rgb_image_folder_then_again(tmp_path, capsys):
 
 
 def test_bad_gan_override_exits_2_naming_the_key(workspace, capsys):
-    code = main(["--workspace", str(workspace.root), "gan", "run", "--set", "gan.epochs=0"])
+    code = main(["--workspace", str(workspace.root), "gan", "run", "--set", "gan.steps=0"])
     assert code == 2
-    assert "gan.epochs" in capsys.readouterr().err
+    assert "gan.steps" in capsys.readouterr().err
 
 
 def fake_champion(ws: Workspace, card: dict, files: dict[str, bytes]) -> None:
@@ -114,7 +114,7 @@ def test_gan_pipeline_on_digits_uses_the_champion_classifier(tmp_path):
 
     root = tmp_path / "ws"
     root.mkdir()
-    write_params(root, {**TINY_PARAMS, "gan": {**TINY_GAN, "epochs": 3, "samples": 200}})
+    write_params(root, {**TINY_PARAMS, "gan": {**TINY_GAN, "steps": 30, "samples": 200}})
     first = training_pipeline(str(root))
     assert first["promote"]["verdict"] == "promoted"
     result = gan_pipeline(str(root))
