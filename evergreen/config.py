@@ -401,7 +401,7 @@ class GanConfig(Section):
     width: Literal["auto"] | Annotated[int, Field(ge=4, le=1024)] = Field(
         "auto", description="channels of the finest feature map; doubled per halving, capped at "
         "8x; auto: 32 up to 32 px, halved per doubling of the side (16 at 64 px, 8 at 128 px), so "
-        "a step costs about the same at any size")
+        "the convolutions' cost stays level")
     conditional: bool = Field(True, description="class-conditional generator and discriminator")
     class_loss_weight: float = Field(1.0, ge=0.0, description="conditional: weight of the "
                                      "discriminator's auxiliary class loss (AC-GAN); 0 = off")
