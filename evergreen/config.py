@@ -335,6 +335,8 @@ class EvaluateConfig(Section):
     latency_runs: int = Field(200, ge=10)
     throughput_batch: int = Field(256, ge=1)
     null_model_max_iter: int = Field(2000, ge=10)
+    null_model_max_samples: int = Field(
+        5000, ge=10, description="train images the null model fits on (a seeded sample)")
 
 
 class PromoteConfig(Section):

@@ -110,3 +110,19 @@ def test_null_model_beats_chance_on_tiny_digits(tiny_batch):
     assert m["model"] == "logistic_regression"
     assert m["accuracy"] > 0.5  # chance is 0.1
     assert set(m["per_class_recall"]) == set(p.classes)
+
+
+def test_the_null_model_fits_on_a_bounded_sample_of_train(tiny_batch, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    meta = metadata_table(tiny_batch, [content_hash(img) for img in tiny_batch.x], "b0")
+    p = preprocess(tiny_batch.x, tiny_batch.labels, meta, PreprocessConfig())
+    seen = []
+    fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, x, y: seen.append(len(y)) or fit(self, x, y))
+    cfg = EvaluateConfig.model_validate({**TINY_PARAMS["evaluate"], "null_model_max_samples": 60})
+
+    m, pred = null_model(p.splits["train"], p.splits["test"], p.classes, (p.mean, p.std), cfg)
+
+    assert seen == [60] < [len(p.splits["train"][1])]
+    assert len(pred) == len(p.splits["test"][1]) and m["accuracy"] > 0.3  # chance is 0.1
