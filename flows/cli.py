@@ -92,7 +92,7 @@ def add_gan_parser(sub) -> None:
                              "train, evaluate and promote the generator")
     run.add_argument("--data", help="ingest this source first: image folder, IDX, NPZ, CSV, archive")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                     help="override a params.yaml key for this run (repeatable), e.g. gan.epochs=5")
+                     help="override a params.yaml key for this run (repeatable), e.g. gan.steps=500")
 
 
 def add_tune_parser(sub) -> None:
