@@ -62,15 +62,20 @@ def mcnemar(champion_ok: np.ndarray, challenger_ok: np.ndarray) -> dict:
     return {"champion_only": b, "challenger_only": c, "pvalue": float(p), "method": method}
 
 
+def ahead_gate(name: str, m: dict, alpha: float, setting: str, ours: str, theirs: str) -> GateResult:
+    """McNemar result `m` (mcnemar(theirs_ok, ours_ok)) as a one-sided gate: ours must be
+    ahead with p < alpha (behind or level, p counts as 1)."""
+    ahead = m["challenger_only"] > m["champion_only"]
+    return check(name, m["pvalue"] if ahead else 1.0, "<", alpha,
+                 f"McNemar {m['method']}: {ours} alone right {m['challenger_only']}, "
+                 f"{theirs} alone right {m['champion_only']}"
+                 + ("" if ahead else f"; the {ours} is not ahead (p set to 1)"), setting)
+
+
 def null_model_gate(vs_null: dict, alpha: float) -> GateResult:
-    """Significantly better than the null model: McNemar on the paired test predictions
-    (`vs_null` is mcnemar(null_ok, model_ok)), one-sided by requiring the model ahead."""
-    ahead = vs_null["challenger_only"] > vs_null["champion_only"]
-    return check("beats_null_model", vs_null["pvalue"] if ahead else 1.0, "<", alpha,
-                 f"McNemar {vs_null['method']}: model alone right {vs_null['challenger_only']}, "
-                 f"null model alone right {vs_null['champion_only']}"
-                 + ("" if ahead else "; the model is not ahead (p set to 1)"),
-                 "promote.null_alpha")
+    """Significantly better than the null model on the paired test predictions."""
+    return ahead_gate("beats_null_model", vs_null, alpha, "promote.null_alpha", "model",
+                      "null model")
 
 
 def run_gates(candidate: dict, champion_accuracy: float | None, cfg: PromoteConfig,

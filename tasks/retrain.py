@@ -23,7 +23,7 @@ from evergreen.config import (
     RetrainConfig,
     TrainConfig,
 )
-from tasks.promote import GateResult, check, mcnemar
+from tasks.promote import GateResult, ahead_gate, check, mcnemar
 
 if TYPE_CHECKING:  # imported where a table is read: a no-op run never needs it
     import pandas as pd
@@ -270,13 +270,8 @@ def challenger_gates(comparison: dict, cfg: PromoteConfig) -> list[GateResult]:
                            f"champion {old['champion_accuracy']:.4f}, challenger "
                            f"{old['challenger_accuracy']:.4f}", "promote.max_forgetting"))
     if cfg.require_improvement:
-        m = cur["mcnemar"]
-        ahead = m["challenger_only"] > m["champion_only"]
-        gates.append(check("significant_improvement", m["pvalue"] if ahead else 1.0, "<",
-                           cfg.mcnemar_alpha, f"McNemar {m['method']}: challenger alone right "
-                           f"{m['challenger_only']}, champion alone right {m['champion_only']}"
-                           + ("" if ahead else "; the challenger is not ahead (p set to 1)"),
-                           "promote.require_improvement"))
+        gates.append(ahead_gate("significant_improvement", cur["mcnemar"], cfg.mcnemar_alpha,
+                                "promote.require_improvement", "challenger", "champion"))
     return gates
 
 
