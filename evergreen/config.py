@@ -253,6 +253,10 @@ class TrainConfig(Section):
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads per process; 0 = torch default "
                          "(distributed: cores / processes on the machine)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: mixed precision (autocast; the weights, optimizer and loss stay "
+        "fp32). auto: bf16 on a GPU, and on a CPU that computes bf16 natively (AMX) for a network "
+        "of at least 40 MFLOPs per image; fp32 otherwise")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     cnn: CnnConfig = Field(default_factory=CnnConfig)
@@ -316,7 +320,8 @@ class CompressConfig(Section):
     temperature: float = Field(2.0, gt=0.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the soft-target loss")
     epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
-        "auto", description="the student's epochs; auto: 1.5x the epochs the teacher's budget bought")
+        "auto", description="the student's epochs; auto: those the teacher's sample "
+        "budget asked for, between 1x and 1.5x the teacher's epochs")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0.0)
     l2: float = Field(0.0001, ge=0.0)
@@ -337,6 +342,8 @@ class EvaluateConfig(Section):
     null_model_max_iter: int = Field(2000, ge=10)
     null_model_max_samples: int = Field(
         5000, ge=10, description="train images the null model fits on (a seeded sample)")
+    null_model_max_side: int = Field(
+        16, ge=1, description="larger images are averaged down to this side for the null model")
 
 
 class PromoteConfig(Section):

@@ -84,18 +84,28 @@ def teacher_augment(cfg: CompressConfig, teacher_card: dict) -> Augment | None:
 
 
 def student_epochs(cfg: CompressConfig, teacher_card: dict) -> int:
-    """compress.epochs, or for auto 1.5x the epochs the teacher's budget bought (60 without a
-    record): a student learns from soft targets more slowly (on the digits, 40 epochs left the
-    distilled seed_cnn one validation image outside max_accuracy_drop; 60 kept it inside)."""
+    """compress.epochs, or for auto the epochs the teacher's sample budget asked for, at least
+    the teacher's and at most 1.5x them. A student on a large set sees the teacher's samples
+    (GTSRB: 15 epochs of 27k images); where max_epochs cut the teacher short, it gets 1.5x (the
+    digits: 40 of 318 asked; 40 left the distilled seed_cnn one validation image outside
+    max_accuracy_drop, 60 kept it inside). A card without the record (epochs set): 1.5x."""
     if cfg.epochs != "auto":
         return int(cfg.epochs)
-    return math.ceil(1.5 * int(teacher_card.get("auto", {}).get("epochs", 40)))
+    auto = teacher_card.get("auto", {})
+    teacher = int(auto.get("epochs", 40))
+    return min(math.ceil(1.5 * teacher), max(teacher, int(auto.get("budget_epochs", 2 * teacher))))
+
+
+def teacher_precision(teacher_card: dict) -> str:
+    """Students and fine-tunes run the teacher's forward pass every step: its precision."""
+    return teacher_card.get("auto", {}).get("precision", "fp32")
 
 
 def student_settings(cfg: CompressConfig, teacher_card: dict) -> FitSettings:
     epochs = student_epochs(cfg, teacher_card)
     return FitSettings(epochs, cfg.batch_size, cfg.lr, "cosine", l2=cfg.l2, seed=cfg.seed,
-                       augment=teacher_augment(cfg, teacher_card), patience=epochs)
+                       augment=teacher_augment(cfg, teacher_card), patience=epochs,
+                       precision=teacher_precision(teacher_card))
 
 
 def train_student(teacher: nn.Module, teacher_card: dict, train: Split, val: Split,
@@ -265,7 +275,8 @@ def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
         if cfg.prune.epochs:
             settings = FitSettings(cfg.prune.epochs, cfg.batch_size, cfg.prune.lr, "cosine",
                                    l2=cfg.l2, seed=cfg.seed, patience=cfg.prune.epochs,
-                                   augment=teacher_augment(cfg, inputs.card))
+                                   augment=teacher_augment(cfg, inputs.card),
+                                   precision=teacher_precision(inputs.card))
             loss = distillation_loss(inputs.teacher, cfg.temperature, cfg.alpha)
             model, history = fit(model, inputs.train, inputs.val, (card["mean"], card["std"]),
                                  settings, name=name, loss_fn=loss,

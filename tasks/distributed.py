@@ -59,7 +59,7 @@ class Replica:
     leader_rank: int = 0  # the one rank that reads the job and writes checkpoints and results
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     sync_batchnorm: bool = False
-    amp: bool = False  # bf16 autocast (GPU)
+    amp: bool = False  # bf16 autocast (GPU unless train.precision is fp32)
     channels_last: bool = False
 
     def part(self, n: int) -> slice:
@@ -117,8 +117,9 @@ class Replica:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
 
-    def autocast(self):
-        if self.amp:
+    def autocast(self, bf16: bool = False):
+        """bf16 autocast on a GPU replica, or where asked (a CPU with native bf16)."""
+        if self.amp or bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -365,6 +366,7 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
     data, classes, norm = job["data"], job["classes"], tuple(job["norm"])
     train, val = (data["train_x"], data["train_y"]), (data["val_x"], data["val_y"])
     settings = FitSettings.from_train(cfg, augment)
+    replica.amp = replica.amp and cfg.precision != "fp32"
     settings.threads = threads_per_rank(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     options = model_options(cfg, in_shape)

@@ -178,8 +178,8 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
 
 
 def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig, card: dict):
-    """The teacher's fit settings, with its augmentation as its card records it, and the
-    retrain section's epochs and learning rate."""
+    """The teacher's fit settings, with its augmentation and precision as its card records
+    them, and the retrain section's epochs and learning rate."""
     from tasks.adapt import settings_augment
     from tasks.train import FitSettings
 
@@ -187,6 +187,8 @@ def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig, card: dict):
     base = FitSettings.from_train(train_cfg.model_copy(update={"epochs": cfg.epochs}),
                                   settings_augment(recorded) if recorded else "configured")
     base.lr, base.lr_schedule = cfg.lr, "cosine"
+    if train_cfg.precision == "auto":
+        base.precision = card.get("auto", {}).get("precision", "fp32")
     return base
 
 

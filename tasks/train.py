@@ -20,9 +20,9 @@ from torch import nn
 from evergreen.config import TrainConfig
 from nets import build_model
 from nets.cnn import auto_stem_stride
-from tasks.adapt import configured_augment, resolve_train
+from tasks.adapt import configured_augment, resolve_precision, resolve_train
 from tasks.augment import Augment, augment_batch
-from tasks.distributed import Replica
+from tasks.distributed import Replica, resolve_backend
 
 log = logging.getLogger("evergreen.train")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,12 +44,14 @@ class FitSettings:
     min_delta: float = 0.0
     threads: int = 0
     max_seconds: float | None = None  # after epoch 1, the schedule shrinks to what fits
+    precision: str = "fp32"  # or bf16: autocast (tasks.adapt.resolve_precision)
 
     @classmethod
     def from_train(cls, cfg: TrainConfig, augment: Augment | None | str = "configured"
                    ) -> FitSettings:
         """Settings of a TrainConfig whose epochs are a number (tasks.adapt.resolve_train
-        resolves auto), with `augment`, or by default the one params give without data."""
+        resolves auto), with `augment`, or by default the one params give without data. A
+        precision left auto (tasks.adapt.resolve_precision decides it) trains in fp32."""
         if cfg.epochs == "auto":
             raise ValueError("train.epochs is auto: resolve it from the data first "
                              "(tasks.adapt.resolve_train)")
@@ -58,7 +60,8 @@ class FitSettings:
         minutes = cfg.budget.minutes
         return cls(int(cfg.epochs), cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2,
                    cfg.seed, augment, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
-                   cfg.threads, minutes * 60 if minutes else None)
+                   cfg.threads, minutes * 60 if minutes else None,
+                   "fp32" if cfg.precision == "auto" else cfg.precision)
 
 
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -229,7 +232,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
                 if settings.augment is not None:
                     xb = augment_batch(xb, settings.augment, gen, len(idx), part, norm)
                 xb = replica.inputs(xb)
-                with replica.autocast():
+                with replica.autocast(settings.precision == "bf16"):
                     loss = replica.batch_loss(loss_fn, step_model(xb), yb, xb, len(idx))
                 if settings.l1:
                     loss = loss + settings.l1 * l1_penalty(model)
@@ -297,19 +300,23 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
     (DDP workers are other processes; they log each epoch).
     """
     cfg, augment, decided = resolve_train(cfg, train, classes)
-    log.info("train: %s (%s), %d epochs (%s), augmentation %s", decided["kind"],
+    in_shape = tuple(int(d) for d in train[0].shape[1:])
+    options = model_options(cfg, in_shape)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, in_shape, len(classes), **options)
+    distributed = cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl"
+    gpu = distributed and resolve_backend(cfg.distributed.backend) == "nccl"
+    precision, decided["precision_why"] = resolve_precision(cfg.precision, model, in_shape, gpu)
+    cfg, decided["precision"] = cfg.model_copy(update={"precision": precision}), precision
+    log.info("train: %s (%s), %d epochs (%s), augmentation %s, %s (%s)", decided["kind"],
              decided["kind_why"], cfg.epochs, decided["epochs_why"],
-             describe_augment(decided["augment"]))
-    if cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl":
+             describe_augment(decided["augment"]), precision, decided["precision_why"])
+    if distributed:
         from tasks.distributed import launch
 
         model, card, history = launch(train, val, classes, norm, cfg, augment, checkpoint,
                                       checkpoint_key)
         return model, {**card, "auto": decided}, history
-    in_shape = tuple(int(d) for d in train[0].shape[1:])
-    options = model_options(cfg, in_shape)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_shape, len(classes), **options)
     model, history = fit(model, train, val, norm, FitSettings.from_train(cfg, augment),
                          checkpoint=checkpoint, checkpoint_key=checkpoint_key, on_epoch=on_epoch)
     card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
