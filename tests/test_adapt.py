@@ -79,3 +79,44 @@ def test_photo_augmentation_crops_jitters_and_stays_finite():
     gen = torch.Generator().manual_seed(0)
     out = augment_batch(x, PRESETS["photos"], gen, norm=([0.5] * 3, [0.25] * 3))
     assert out.shape == x.shape and torch.isfinite(out).all() and not torch.allclose(out, x)
+
+
+def test_precision_follows_the_setting_the_cpu_and_the_network_cost(monkeypatch):
+    import tasks.adapt as adapt
+    from nets import build_model
+
+    photos = build_model("cnn", (3, 32, 32), 43, channels=[32, 64, 128], stem_stride=1)
+    digits = build_model("cnn", (1, 8, 8), 10, channels=[32, 64, 128], stem_stride=1)
+    monkeypatch.setattr(adapt, "native_bf16", lambda: True)
+
+    assert adapt.resolve_precision("fp32", photos, (3, 32, 32)) == ("fp32", "train.precision")
+    assert adapt.resolve_precision("auto", photos, (3, 32, 32))[0] == "bf16"
+    small, why = adapt.resolve_precision("auto", digits, (1, 8, 8))
+    assert small == "fp32" and "too small" in why
+    assert adapt.resolve_precision("auto", digits, (1, 8, 8), gpu=True) == ("bf16", "GPU")
+    monkeypatch.setattr(adapt, "native_bf16", lambda: False)
+    assert adapt.resolve_precision("auto", photos, (3, 32, 32)) == (
+        "fp32", "no native bf16 (AMX) on this CPU")
+
+
+def test_counting_flops_leaves_batchnorm_statistics_and_mode_alone():
+    from tasks.adapt import forward_mflops
+    from nets import build_model
+
+    model = build_model("cnn", (3, 32, 32), 43, channels=[32, 64, 128], stem_stride=1).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    mflops = forward_mflops(model, (3, 32, 32))
+
+    assert 60 < mflops < 100  # 38M multiply-adds in the convolutions
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_card_records_what_the_budget_asked_for():
+    x, y = arrows(20)
+    cfg = TrainConfig.model_validate({"budget": {"samples": 6000, "max_epochs": 40}})
+
+    resolved, _, decided = resolve_train(cfg, (x, y), ["l", "r", "o"])
+
+    assert decided["budget_epochs"] == 100 and resolved.epochs == decided["epochs"] == 40

@@ -103,3 +103,25 @@ def test_loss_gives_the_student_gradients_but_not_the_teacher():
     distillation_loss(teacher, 4.0, 0.5)(logits, y, x).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("auto, epochs", [
+    ({"epochs": 15, "budget_epochs": 15}, 15),  # a large set: the teacher's samples
+    ({"epochs": 40, "budget_epochs": 318}, 60),  # cut short by max_epochs: 1.5x
+    ({"epochs": 40, "budget_epochs": 57}, 57),
+    ({"epochs": 10, "budget_epochs": 4}, 10),  # min_epochs raised the teacher: as many
+    ({"epochs": 12}, 18),  # epochs set by hand: 1.5x
+])
+def test_a_student_sees_the_teacher_budget_within_1x_and_1_5x_its_epochs(auto, epochs):
+    from tasks.compress import student_epochs
+
+    assert student_epochs(CompressConfig(), {"auto": auto}) == epochs
+    assert student_epochs(CompressConfig(epochs=7), {"auto": auto}) == 7
+
+
+def test_students_and_fine_tunes_train_in_the_teacher_precision():
+    from tasks.compress import student_settings
+
+    assert student_settings(CompressConfig(), {"auto": {"epochs": 4, "precision": "bf16"}}
+                            ).precision == "bf16"
+    assert student_settings(CompressConfig(), {}).precision == "fp32"

@@ -126,3 +126,22 @@ def test_the_null_model_fits_on_a_bounded_sample_of_train(tiny_batch, monkeypatc
 
     assert seen == [60] < [len(p.splits["train"][1])]
     assert len(pred) == len(p.splits["test"][1]) and m["accuracy"] > 0.3  # chance is 0.1
+
+
+def test_the_null_model_sees_thumbnails_of_large_images(monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    x = rng.integers(0, 60, (120, 3, 40, 40)).astype(np.uint8)
+    x[:, :, :, :20] += (y * 60).astype(np.uint8)[:, None, None, None]  # the class: left half's level
+    widths = []
+    fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit",
+                        lambda self, f, t: widths.append(f.shape[1]) or fit(self, f, t))
+    cfg = EvaluateConfig(null_model_max_side=8)
+
+    m, _ = null_model((x[::2], y[::2]), (x[1::2], y[1::2]), ["a", "b", "c"],
+                      ([0.3] * 3, [0.2] * 3), cfg)
+
+    assert widths == [3 * 8 * 8] and m["accuracy"] > 0.9

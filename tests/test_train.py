@@ -39,6 +39,20 @@ def test_fit_two_epochs_gives_finite_history(data):
     assert not model.training
 
 
+def test_fit_in_bf16_learns_with_fp32_weights(data, monkeypatch):
+    train, val, _, norm = data
+    casts = []
+    autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: casts.append(k["dtype"]) or autocast(*a, **k))
+
+    model, history = fit(small_cnn(), train, val, norm, settings(epochs=3, precision="bf16"))
+
+    assert casts and set(casts) == {torch.bfloat16}
+    assert all(math.isfinite(row["train_loss"]) for row in history)
+    assert history[-1]["val_acc"] > 0.3  # chance is 0.1
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_fit_is_deterministic_for_a_seed(data):
     train, val, _, norm = data
     _, first = fit(small_cnn(), train, val, norm, settings())
