@@ -143,56 +143,53 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _alive(pid: int) -> bool:
+def _holder(fd: int) -> dict:
+    """What the lock's holder wrote about itself ({} while it is still writing)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except ValueError:  # a holder between truncate and write
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
-def _holder(lock: Path) -> dict | None:
-    """Who holds the lock, or None when it is free or stale (its process is gone)."""
-    try:
-        info = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:  # a half-written lock: its writer died between create and write
-        return None
-    same_host = info.get("host") == socket.gethostname()
-    return None if same_host and not _alive(int(info.get("pid", -1))) else info
+def busy_message(holder: dict, lock: Path) -> str:
+    if not holder:
+        return f"workspace busy: another writer is starting; lock {lock}"
+    return (f"workspace busy: {holder.get('command', 'run')} (pid {holder.get('pid')}) "
+            f"since {holder.get('since')}; lock {lock}")
 
 
 @contextlib.contextmanager
 def workspace_lock(ws: Workspace, command: str, wait_s: float = 0.0):
     """One writer per workspace: wait up to `wait_s`, else WorkspaceBusyError (exit 75).
 
-    A lock left by a dead process on this host is stale and cleared.
+    An exclusive flock(2) on `.evergreen/lock`, which the kernel releases when its holder
+    exits or dies, so a dead writer's lock clears itself and nothing has to judge staleness.
+    The file is never removed (a removed file would let a second writer lock a new one); the
+    holder writes who it is into it, for the message others get.
     """
+    import fcntl
+
     lock = ws.state / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-          "since": datetime.now(UTC).isoformat(timespec="seconds")}
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            holder = _holder(lock)
-            if holder is None:
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            if time.monotonic() >= deadline:
-                raise WorkspaceBusyError(
-                    f"workspace busy: {holder.get('command', 'run')} (pid {holder.get('pid')}) "
-                    f"since {holder.get('since')}; lock {lock}") from None
-            time.sleep(0.5)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(me, fh)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        yield
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WorkspaceBusyError(busy_message(_holder(fd), lock)) from None
+                time.sleep(0.2)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+              "since": datetime.now(UTC).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: no holder to name (the kernel unlocks on close)
     finally:
-        lock.unlink(missing_ok=True)
+        os.close(fd)

@@ -155,3 +155,27 @@ def fail_registry_writes(monkeypatch) -> None:
         real_replace(src, dst)
 
     monkeypatch.setattr("evergreen.workspace.os.replace", broken_replace)
+
+
+HOLD_LOCK = """
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": "here", "command": sys.argv[2],
+                          "since": sys.argv[3]}).encode(), 0)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def hold_workspace_lock(ws: Workspace, command: str, since: str = "2026-11-29T10:00:00+00:00"):
+    """A live process holding the workspace lock as `command` (kill it to release)."""
+    import subprocess
+    import sys
+
+    ws.state.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(ws.state / "lock"), command, since],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    return child

@@ -9,12 +9,9 @@ import contextlib
 import copy
 import errno
 import io
-import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -437,17 +434,12 @@ def test_prefect_retry_of_train_resumes_from_the_epoch_checkpoint(ws, monkeypatc
 @pytest.fixture
 def lock_held_by(workspace):
     """A lock held by a live process (a sleeping child) running the named command."""
-    import socket
+    from tests.conftest import hold_workspace_lock
 
     children = []
 
     def hold(command: str):
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        children.append(child)
-        workspace.state.mkdir(parents=True, exist_ok=True)
-        (workspace.state / "lock").write_text(json.dumps({
-            "pid": child.pid, "host": socket.gethostname(), "command": command,
-            "since": "2026-11-29T10:00:00+00:00"}))
+        children.append(hold_workspace_lock(workspace, command))
 
     yield hold
     for child in children:
