@@ -75,12 +75,12 @@ class Replica:
         return t.tolist()
 
     def share(self, obj):
-        """The leader's `obj`, on every rank."""
+        """The leader's `obj`, on every rank: JSON and tensors, never a pickle (tasks.exchange)."""
         if self.world == 1:
             return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=self.leader_rank, device=self.device)
-        return box[0]
+        from tasks.exchange import broadcast_value
+
+        return broadcast_value(obj, self.leader_rank, self.device, self.leader)
 
     @property
     def leader(self) -> bool:

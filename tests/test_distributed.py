@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,6 +173,50 @@ def test_killed_rank_restarts_from_the_epoch_checkpoint(data, tmp_path, monkeypa
     clean, _, clean_history = train_model(train, val, classes, norm, config(epochs=3))
     assert relative_gap(clean, model) < 1e-5
     assert history[-1]["val_acc"] == pytest.approx(clean_history[-1]["val_acc"], abs=1e-6)
+
+
+NO_PICKLE = """
+import os, pickle
+if "LOCAL_RANK" in os.environ:  # a DDP worker (the launcher's agent is left alone)
+    def refuse(*args, **kwargs):
+        raise RuntimeError("pickle is forbidden in this worker")
+
+    class Refused(pickle.Unpickler):
+        def load(self):
+            refuse()
+
+    pickle.loads = pickle.load = refuse
+    pickle.Unpickler = Refused
+"""
+
+
+def test_ranks_exchange_no_pickles(data, tmp_path, monkeypatch, caplog):
+    """Every worker has pickle.loads, pickle.load and pickle.Unpickler refusing (a
+    sitecustomize on PYTHONPATH); the job, and the checkpoint a restart resumes from, still
+    reach rank 1, and the run finishes as an unbroken one."""
+    train, val, classes, norm = data
+    (tmp_path / "sitecustomize.py").write_text(NO_PICKLE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(FAULT_ENV, "1:2")
+    caplog.set_level(logging.INFO, logger="evergreen")
+
+    model, card, history = train_model(train, val, classes, norm,
+                                       config(nproc_per_node=2, max_restarts=1, epochs=3),
+                                       checkpoint=tmp_path / "train.pt", checkpoint_key="k")
+
+    assert card["training"]["world_size"] == 2
+    assert "resumed from epoch 1" in caplog.text and [r["epoch"] for r in history] == [1, 2, 3]
+    clean, _, _ = train_model(train, val, classes, norm, config(epochs=3))
+    assert relative_gap(clean, model) < 1e-5
+
+
+def test_a_worker_that_unpickles_fails_under_the_same_guard(tmp_path):
+    """The guard is real: the same sitecustomize makes broadcast_object_list's unpickling fail."""
+    (tmp_path / "sitecustomize.py").write_text(NO_PICKLE)
+    code = "import torch.distributed.distributed_c10d as c, io; c._unpickler(io.BytesIO(b'N.')).load()"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "pickle is forbidden" in done.stderr
 
 
 def test_failure_without_restarts_is_reported(data, monkeypatch):
