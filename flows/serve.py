@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 from prefect import flow
@@ -28,9 +29,30 @@ log = logging.getLogger("evergreen.serve")
 TAGS = ["evergreen"]
 
 
+SERVED_ENV = "EVERGREEN_SERVED_WORKSPACE"  # set by `evergreen serve` for the runs it starts
+
+
+def check_parameters(workspace: str, data: str | None) -> None:
+    """A flow run `evergreen serve` starts acts on the workspace it serves, whatever its
+    parameters say: anyone who can reach the server can set them, so `workspace` must be the
+    served one and `data`, if set, a path inside it (a drop folder, a landed batch)."""
+    served = os.environ.get(SERVED_ENV)
+    if not served:
+        return  # not started by `evergreen serve` (a test, or a flow called directly)
+    root = Path(served).resolve()
+    if Path(workspace).resolve() != root:
+        raise BadInputError(f"deployment parameter workspace={workspace!r}: this `evergreen serve` "
+                            f"serves {root} and runs nothing elsewhere; refused")
+    if data is not None and not (root / data).resolve().is_relative_to(root):
+        raise BadInputError(f"deployment parameter data={data!r}: outside the served workspace "
+                            f"{root}; refused (ingest other sources with `evergreen ingest`)")
+
+
 @contextlib.contextmanager
-def held(workspace: str, command: str):
-    """The workspace lock, waiting as long as params.yaml's serve.lock_wait_seconds."""
+def held(workspace: str, command: str, data: str | None = None):
+    """The workspace lock, waiting as long as params.yaml's serve.lock_wait_seconds, once the
+    parameters are checked against the served workspace."""
+    check_parameters(workspace, data)
     ws = Workspace(Path(workspace))
     with workspace_lock(ws, command, load_config(ws.params).serve.lock_wait_seconds):
         yield
@@ -42,7 +64,7 @@ def deployed_training(workspace: str, data: str | None = None,
     """training-pipeline as its deployment runs it: holding the workspace lock."""
     from flows.training import training_pipeline
 
-    with held(workspace, "training-pipeline deployment"):
+    with held(workspace, "training-pipeline deployment", data):
         return training_pipeline.fn(workspace, data=data, overrides=overrides)
 
 
@@ -117,5 +139,6 @@ def serve_workspace(ws: Workspace) -> None:
 
     url = check_server()
     deployments = build_deployments(ws, load_config(ws.params).serve)
+    os.environ[SERVED_ENV] = str(ws.root.resolve())  # the runs it starts check against it
     log.info("serving %s for %s on %s", ", ".join(d.name for d in deployments), ws.root, url)
     serve(*deployments, limit=1)

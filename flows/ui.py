@@ -84,6 +84,44 @@ def server_env(server: Server) -> dict[str, str]:
     return env
 
 
+AUTH_ENV, CLIENT_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it resolves to whatever the network says
+        return False
+
+
+def exposure_warning(server: Server) -> str | None:
+    """The warning for a server others can reach, None on loopback."""
+    if is_loopback(server.host):
+        return None
+    auth = ("basic auth is on (PREFECT_SERVER_API_AUTH_STRING)" if os.environ.get(AUTH_ENV) else
+            "and no authentication: set PREFECT_SERVER_API_AUTH_STRING=user:password before "
+            "`evergreen ui`, and PREFECT_API_AUTH_STRING to the same in every client")
+    return (f"WARNING: ui.host {server.host} is not a loopback address: anyone who reaches "
+            f"port {server.port} can read every run and set the parameters `evergreen serve` "
+            f"runs with, {auth}")
+
+
+def private_database(server: Server) -> Path:
+    """The server's folder (0700) and SQLite file (0600): runs, logs and parameters are
+    readable by this user only. SQLite gives its journal files the database's mode."""
+    server.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(server.home, 0o700)
+    db = server.home / "prefect.db"
+    os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(db, 0o600)
+    return db
+
+
 def healthy(server: Server, timeout: float = 2.0) -> bool:
     """True when the server's /api/health answers."""
     try:
@@ -110,7 +148,7 @@ def start_server(server: Server) -> subprocess.Popen:
     if not port_free(server.host, server.port):
         raise BadInputError(f"{server.host}:{server.port}: port already in use; choose another with "
                             "--port N (or ui.port in params.yaml, or EVERGREEN_UI_PORT)")
-    server.home.mkdir(parents=True, exist_ok=True)
+    private_database(server)
     with open(server.log, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", server.host,
@@ -193,11 +231,13 @@ def read_state(server: Server) -> dict | None:
 
 def announce(server: Server, seconds: float | None) -> None:
     took = f" (ready in {seconds:.1f} s)" if seconds is not None else ""
+    auth = (f"\n  export {CLIENT_AUTH_ENV}=<the user:password in {AUTH_ENV}>"
+            if os.environ.get(AUTH_ENV) else "")
     print(f"Prefect UI: {server.url}{took}\n"
           f"database: {server.home / 'prefect.db'}\n"
           f"log: {server.log}\n"
           f"in another terminal, then `evergreen run`:\n"
-          f"  export PREFECT_API_URL={server.api_url}", flush=True)
+          f"  export PREFECT_API_URL={server.api_url}{auth}", flush=True)
 
 
 def run_ui(server: Server, background: bool = False) -> int:
@@ -207,6 +247,9 @@ def run_ui(server: Server, background: bool = False) -> int:
         print(f"a Prefect server of this workspace already runs (pid {running['pid']})")
         announce(Server(running["host"], running["port"], server.home), None)
         return 0
+    warning = exposure_warning(server)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     proc = start_server(server)
     try:
         seconds = wait_until_healthy(server, proc)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from evergreen.config import ServeConfig
-from evergreen.errors import ConfigError, WorkspaceBusyError
+from evergreen.errors import BadInputError, ConfigError, WorkspaceBusyError
 from evergreen.workspace import Workspace, workspace_lock
 from flows.cli import main
 from flows.watch import EVENT, resource_id
@@ -125,3 +125,29 @@ def test_an_ingest_event_starts_the_retraining_deployment(prefect_harness, works
         with get_client(sync_client=True) as client:
             client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
             client.delete_deployment(deployment_id)
+
+
+def test_served_runs_refuse_parameters_outside_the_served_workspace(workspace, tmp_path, monkeypatch):
+    from flows.serve import SERVED_ENV, check_parameters
+
+    check_parameters(str(tmp_path / "elsewhere"), None)  # not under `evergreen serve`: no check
+    monkeypatch.setenv(SERVED_ENV, str(workspace.root))
+    check_parameters(str(workspace.root), None)
+    check_parameters(str(workspace.root), str(workspace.root / "drops" / "b.npz"))
+    with pytest.raises(BadInputError, match="workspace=.*serves .* and runs nothing elsewhere"):
+        check_parameters(str(tmp_path / "elsewhere"), None)
+    with pytest.raises(BadInputError, match="data=.*outside the served workspace"):
+        check_parameters(str(workspace.root), "/etc")
+    with pytest.raises(BadInputError, match="data="):
+        check_parameters(str(workspace.root), "../outside")
+
+
+def test_a_served_training_run_for_another_workspace_touches_nothing(workspace, tmp_path, monkeypatch):
+    from flows.serve import SERVED_ENV, deployed_training
+
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv(SERVED_ENV, str(workspace.root))
+    with pytest.raises(BadInputError, match="refused"):
+        deployed_training.fn(str(other))
+    assert list(other.iterdir()) == [] and not workspace.batches.exists()

@@ -148,3 +148,74 @@ def test_foreground_ui_answers_then_ctrl_c_stops_the_server(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True),
+                                            ("localhost", True), ("0.0.0.0", False),
+                                            ("192.168.1.4", False), ("myhost", False)])
+def test_only_loopback_addresses_are_private(host, loopback):
+    from flows.ui import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_a_public_host_warns_before_the_server_starts(tmp_path, monkeypatch, capsys):
+    import flows.ui as ui
+
+    monkeypatch.delenv("PREFECT_SERVER_API_AUTH_STRING", raising=False)
+    monkeypatch.setattr(ui, "start_server", lambda server: (_ for _ in ()).throw(SystemExit(9)))
+    with pytest.raises(SystemExit):
+        ui.run_ui(Server("0.0.0.0", free_port(), tmp_path / "home"))
+    err = capsys.readouterr().err
+    assert "WARNING: ui.host 0.0.0.0 is not a loopback address" in err
+    assert "no authentication: set PREFECT_SERVER_API_AUTH_STRING" in err
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "admin:secret")
+    assert "basic auth is on" in ui.exposure_warning(Server("0.0.0.0", 4200, tmp_path))
+    assert ui.exposure_warning(Server("127.0.0.1", 4200, tmp_path)) is None
+
+
+def test_the_database_is_private_to_its_user(tmp_path):
+    from flows.ui import private_database
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    (home / "prefect.db").write_bytes(b"")
+    os.chmod(home / "prefect.db", 0o644)
+    db = private_database(Server("127.0.0.1", 4200, home))
+    assert (os.stat(home).st_mode & 0o777, os.stat(db).st_mode & 0o777) == (0o700, 0o600)
+
+
+@pytest.mark.slow
+def test_with_an_auth_string_anonymous_writes_are_refused(tmp_path):
+    """A real server started by `evergreen ui` with PREFECT_SERVER_API_AUTH_STRING: an
+    anonymous POST /api/variables/ gets 401, the same with basic auth is created."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "EVERGREEN_UI_PORT": str(port),
+           "PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret"}
+    ui = [sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "ui"]
+    started = subprocess.run([*ui, "--background"], env=env, capture_output=True, text=True,
+                             timeout=240)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "export PREFECT_API_AUTH_STRING=" in started.stdout
+        url = f"http://127.0.0.1:{port}/api/variables/"
+        body = json.dumps({"name": "evergreen_probe", "value": "x"}).encode()
+
+        def post(headers: dict) -> int:
+            request = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"Content-Type": "application/json", **headers})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert post({}) == 401
+        assert post({"Authorization": "Basic " + base64.b64encode(b"nobody:guess").decode()}) == 401
+        assert post({"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}) == 201
+    finally:
+        subprocess.run([*ui, "--stop"], env=env, capture_output=True, timeout=120)
