@@ -466,9 +466,31 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, permissions: the environment, not the input (exit 1)
         print(f"evergreen {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"evergreen {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Stopped) as exc:
+        return stopped(args.command, getattr(exc, "signum", signal.SIGINT))
+    except BaseException as exc:
+        prefect_exceptions = sys.modules.get("prefect.exceptions")
+        if prefect_exceptions and isinstance(exc, prefect_exceptions.TerminationSignal):
+            return stopped(args.command, exc.signal)  # SIGTERM inside a flow run: marked crashed
+        raise
+
+
+class Stopped(BaseException):
+    """A stop signal (SIGTERM) outside a flow run: unwind, so the lock and servers are released."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stopped(command: str, signum: int) -> int:
+    """The shell's code for a command ended by a signal: 128 + its number (SIGINT 130, SIGTERM 143)."""
+    print(f"evergreen {command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def exit_now(rc: int) -> typing.NoReturn:
@@ -493,6 +515,10 @@ def console() -> None:
     # a 2-thread training step took 995 ms against 71 ms with sleeping waits (and 63 ms on one
     # thread). Set before torch loads its OpenMP runtime; stage and DDP processes inherit it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # SIGTERM (`timeout`, a service manager, `kill`) unwinds as Ctrl-C does: the lock is
+    # released, the temporary server stopped, exit 143; inside a flow run Prefect's own handler
+    # takes over and records the run as crashed first
+    signal.signal(signal.SIGTERM, raise_stopped)
     exit_now(main())
 
 

@@ -385,7 +385,10 @@ def start_temporary_server() -> tuple[Server, subprocess.Popen, typing.IO[bytes]
         env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
              "PREFECT__SERVER_FINAL": "1"},
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        # its own session: a stop signal to the command's process group (Ctrl-C, `timeout`, a
+        # service manager) leaves it up long enough to record the flow run as crashed; it
+        # stops when the command does (terminate below, or the parent-death signal)
+        start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     return Server("127.0.0.1", port, Path(tempfile.gettempdir())), proc, log
 
 

@@ -1,0 +1,116 @@
+"""A stop signal to the command's process group (Ctrl-C, `timeout`, a service manager) ends it
+within 10 s: exit 130/143, nothing left running, the lock free, and the next run resumes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_PARAMS, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def start(root: Path, log: Path, *command: str, api: str | None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if api:
+        env["PREFECT_API_URL"] = api
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", "--workspace", str(root), *command],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # its own group, as a terminal's job is
+
+
+def wait_for(log: Path, needle: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if needle in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"no {needle!r} in the output:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def group_gone(pgid: int, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def lock_free(root: Path) -> bool:
+    fd = os.open(root / ".evergreen" / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def stop(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
+    began = time.monotonic()
+    os.killpg(proc.pid, sig)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("still running 60 s after the signal")
+    return code, time.monotonic() - began
+
+
+@pytest.fixture
+def api_url(request, prefect_harness):
+    """None: the command starts its temporary server; else the session's running server."""
+    if request.param == "temporary":
+        return None
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+@pytest.mark.parametrize("api_url", ["temporary", "server"], indirect=True)
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_run_stops_within_10_s_and_the_rerun_resumes(workspace, tmp_path, api_url, sig, code):
+    write_params(workspace.root, {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 60}})
+    log = tmp_path / "run.log"
+    proc = start(workspace.root, log, "run", api=api_url)
+    wait_for(log, "epoch 3/60", proc)
+
+    rc, seconds = stop(proc, sig)
+
+    out = log.read_text(errors="replace")
+    assert rc == code and seconds < 10, out[-2000:]
+    assert f"stopped by {signal.Signals(sig).name}" in out
+    assert group_gone(proc.pid), "a process of the command's group is still running"
+    assert lock_free(workspace.root)
+    if sig == signal.SIGTERM:  # once is enough for the slowest part: a rerun to the end
+        write_params(workspace.root, {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 60}})
+        again = start(workspace.root, tmp_path / "again.log", "run", api=api_url)
+        assert again.wait(timeout=600) == 0
+        assert "train: resumed from epoch" in (tmp_path / "again.log").read_text()
+
+
+def test_gan_run_stops_within_10_s(workspace, tmp_path):
+    log = tmp_path / "gan.log"
+    write_params(workspace.root, {**TINY_PARAMS, "gan": {"steps": 5000, "threads": 1}})
+    proc = start(workspace.root, log, "gan", "run", api=None)
+    wait_for(log, "gan step 100/", proc, timeout=400)
+
+    rc, seconds = stop(proc, signal.SIGTERM)
+
+    assert rc == 143 and seconds < 10, log.read_text(errors="replace")[-2000:]
+    assert group_gone(proc.pid) and lock_free(workspace.root)
