@@ -17,6 +17,7 @@ from evergreen.errors import BadInputError
 from evergreen.workspace import Workspace
 from flows.cli import main
 from flows.ui import Server, healthy, port_free, resolve_server, server_env, start_server, stop_ui
+from tests.conftest import TINY_PARAMS, write_params
 
 
 def free_port() -> int:
@@ -216,6 +217,22 @@ def test_with_an_auth_string_anonymous_writes_are_refused(tmp_path):
 
         assert post({}) == 401
         assert post({"Authorization": "Basic " + base64.b64encode(b"nobody:guess").decode()}) == 401
-        assert post({"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}) == 201
+        good = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
+        assert post(good) == 201
+        # a run with the client's auth string works, and the server lists it
+        ws = tmp_path / "ws"
+        ws.mkdir()
+        write_params(ws, TINY_PARAMS)
+        client = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+                  "PREFECT_API_AUTH_STRING": "admin:s3cret"}
+        run = subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(ws), "run"],
+                             env=client, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        listed = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter", data=b"{}",
+                                        method="POST", headers={"Content-Type": "application/json",
+                                                                **good})
+        with urllib.request.urlopen(listed, timeout=30) as resp:
+            runs = json.loads(resp.read())
+        assert [r["state_type"] for r in runs] == ["COMPLETED"]
     finally:
         subprocess.run([*ui, "--stop"], env=env, capture_output=True, timeout=120)
