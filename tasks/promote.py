@@ -64,10 +64,11 @@ def mcnemar(champion_ok: np.ndarray, challenger_ok: np.ndarray) -> dict:
 
 def ahead_gate(name: str, m: dict, alpha: float, setting: str, ours: str, theirs: str) -> GateResult:
     """McNemar result `m` (mcnemar(theirs_ok, ours_ok)) as a one-sided gate: ours must be
-    ahead with p < alpha (behind or level, p counts as 1)."""
+    ahead with one-sided p (half the two-sided one, both tests being symmetric) < alpha;
+    behind or level, p counts as 1. On the digits, 7 discordant pairs against 1 is p 0.035."""
     ahead = m["challenger_only"] > m["champion_only"]
-    return check(name, m["pvalue"] if ahead else 1.0, "<", alpha,
-                 f"McNemar {m['method']}: {ours} alone right {m['challenger_only']}, "
+    return check(name, m["pvalue"] / 2 if ahead else 1.0, "<", alpha,
+                 f"McNemar {m['method']}, one-sided: {ours} alone right {m['challenger_only']}, "
                  f"{theirs} alone right {m['champion_only']}"
                  + ("" if ahead else f"; the {ours} is not ahead (p set to 1)"), setting)
 

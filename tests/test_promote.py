@@ -193,3 +193,15 @@ def test_latency_verdict_holds_under_an_artificial_cpu_load():
         for hog in hogs:
             hog.kill()
             hog.wait()
+
+
+@pytest.mark.parametrize("ours, theirs, passed", [(7, 1, True), (6, 1, False), (1, 7, False)])
+def test_the_null_gate_is_one_sided(ours, theirs, passed):
+    """7 discordant pairs against 1: one-sided exact p 9/256 = 0.035 passes at 0.05 (the
+    two-sided 0.070 would not); 6 against 1 is 8/128 = 0.0625; behind never passes."""
+    from tasks.promote import mcnemar, null_model_gate
+
+    null_ok = np.array([True] * theirs + [False] * ours + [True] * 50)
+    model_ok = np.array([False] * theirs + [True] * ours + [True] * 50)
+    gate = null_model_gate(mcnemar(null_ok, model_ok), 0.05)
+    assert gate.passed is passed and "one-sided" in gate.detail
