@@ -179,3 +179,28 @@ def hold_workspace_lock(ws: Workspace, command: str, since: str = "2026-11-29T10
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     return child
+
+
+def default_sigint() -> None:
+    """preexec_fn: the child takes SIGINT as a terminal's Ctrl-C, even when this test run was
+    started in the background (`nohup`, `&`), which makes the tree inherit SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def lock_is_free(root: Path) -> bool:
+    """Whether no process holds the workspace lock (the file itself stays: tests/test_lock.py)."""
+    import fcntl
+
+    path = root / ".evergreen" / "lock"
+    if not path.exists():
+        return True
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)

@@ -100,8 +100,8 @@ def test_precision_follows_the_setting_the_cpu_and_the_network_cost(monkeypatch)
 
 
 def test_counting_flops_leaves_batchnorm_statistics_and_mode_alone():
-    from tasks.adapt import forward_mflops
     from nets import build_model
+    from tasks.adapt import forward_mflops
 
     model = build_model("cnn", (3, 32, 32), 43, channels=[32, 64, 128], stem_stride=1).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -21,7 +21,7 @@ import pytest
 
 from flows import dvcfile
 from flows.cli import main
-from tests.conftest import TINY_PARAMS, copy_workspace, write_params, write_png_folder
+from tests.conftest import TINY_PARAMS, copy_workspace, lock_is_free, write_params, write_png_folder
 
 SECRET = "EVERGREEN-PRIVATE-e1f0c3"  # planted in files a reader must never quote or copy
 DEADLINE_S = 60
@@ -422,7 +422,7 @@ def test_watch_refuses_a_fifo_drop_and_releases_the_lock(ws, tmp_path, capsys):
     os.mkfifo(drops / "x.csv")
     write_params(ws.root, {**TINY_PARAMS, "watch": {"quiet_seconds": 0.2}})
     assert main(["--workspace", str(ws.root), "watch", str(drops), "--once"]) == 2
-    assert not (ws.root / ".evergreen" / "lock").exists()
+    assert lock_is_free(ws.root)
     assert (drops / ".failed" / "x.csv").exists()  # kept, not deleted
     assert "Traceback" not in capsys.readouterr().err
 

@@ -3,7 +3,6 @@ within 10 s: exit 130/143, nothing left running, the lock free, and the next run
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, default_sigint, lock_is_free, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +23,8 @@ def start(root: Path, log: Path, *command: str, api: str | None) -> subprocess.P
         env["PREFECT_API_URL"] = api
     return subprocess.Popen([sys.executable, "-m", "flows.cli", "--workspace", str(root), *command],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)  # its own group, as a terminal's job is
+                            start_new_session=True,  # its own group, as a terminal's job is
+                            preexec_fn=default_sigint)
 
 
 def wait_for(log: Path, needle: str, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -48,17 +48,6 @@ def group_gone(pgid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
-
-
-def lock_free(root: Path) -> bool:
-    fd = os.open(root / ".evergreen" / "lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def stop(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
@@ -96,7 +85,7 @@ def test_run_stops_within_10_s_and_the_rerun_resumes(workspace, tmp_path, api_ur
     assert rc == code and seconds < 10, out[-2000:]
     assert f"stopped by {signal.Signals(sig).name}" in out
     assert group_gone(proc.pid), "a process of the command's group is still running"
-    assert lock_free(workspace.root)
+    assert lock_is_free(workspace.root)
     if sig == signal.SIGTERM:  # once is enough for the slowest part: a rerun to the end
         write_params(workspace.root, {**TINY_PARAMS, "train": {**TINY_PARAMS["train"], "epochs": 60}})
         again = start(workspace.root, tmp_path / "again.log", "run", api=api_url)
@@ -113,4 +102,4 @@ def test_gan_run_stops_within_10_s(workspace, tmp_path):
     rc, seconds = stop(proc, signal.SIGTERM)
 
     assert rc == 143 and seconds < 10, log.read_text(errors="replace")[-2000:]
-    assert group_gone(proc.pid) and lock_free(workspace.root)
+    assert group_gone(proc.pid) and lock_is_free(workspace.root)

@@ -17,7 +17,7 @@ from evergreen.errors import BadInputError
 from evergreen.workspace import Workspace
 from flows.cli import main
 from flows.ui import Server, healthy, port_free, resolve_server, server_env, start_server, stop_ui
-from tests.conftest import TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, default_sigint, write_params
 
 
 def free_port() -> int:
@@ -128,7 +128,8 @@ def test_foreground_ui_answers_then_ctrl_c_stops_the_server(tmp_path):
     port = free_port()
     env = {**os.environ, "EVERGREEN_UI_PORT": str(port)}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "ui"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=default_sigint)
     try:
         out = read_until(proc, "export PREFECT_API_URL=", timeout=240)
         assert f"export PREFECT_API_URL=http://127.0.0.1:{port}/api" in out
