@@ -1,10 +1,11 @@
 """Distributed training: DDP workers started by torch's elastic launcher (torchrun).
 
 The train stage calls `launch`, which starts `python -m torch.distributed.run ... -m
-tasks.distributed --job DIR` and waits. Every worker runs `main`: it joins the process
-group, the leader (the lowest rank that can read the job folder, so node 0 even without a
-shared filesystem) shares the data and config, all ranks run `tasks.train.fit` on their
-part of every global batch, and the leader alone writes checkpoints and the result.
+tasks.distributed --job DIR` (through `tasks.loopback` on one machine) and waits. Every
+worker runs `main`: it joins the process group, the leader (the lowest rank that can read
+the job folder, so node 0 even without a shared filesystem) shares the data and config,
+all ranks run `tasks.train.fit` on their part of every global batch, and the leader alone
+writes checkpoints and the result.
 
 Rules, so that N processes train the same model as one:
 - `train.batch_size` is the GLOBAL batch; each rank takes a contiguous 1/N slice of it
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from tasks.loopback import LOOPBACK_ENV, bind_stores_to_loopback
 
 log = logging.getLogger("evergreen.distributed")
 FAULT_ENV = "EVERGREEN_FAULT_INJECT"  # "RANK:EPOCH": that rank kills itself mid-epoch (tests)
@@ -218,19 +222,32 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def launcher_env(threads: int) -> dict[str, str]:
+def launcher_env(threads: int, one_machine: bool = False) -> dict[str, str]:
     """The launcher's environment: threads per worker, and a fresh store per restart.
 
     With the rendezvous TCPStore shared with the workers (torch's default since 2.4), restarted
     workers read the dead attempt's gloo addresses from it and fail to connect; opting out
     gives every rendezvous round its own store. Every node's launcher needs this setting.
+    On one machine gloo connects over the loopback interface (unless GLOO_SOCKET_IFNAME is set).
     """
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    loopback = loopback_interface()
+    if one_machine and loopback:
+        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    return env
+
+
+def loopback_interface() -> str | None:
+    """This machine's loopback interface ('lo' on Linux, 'lo0' on macOS), if it has one."""
+    names = [name for _, name in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
+    return next((name for name in names if name in ("lo", "lo0")), None)
 
 
 def launcher_command(dcfg, job_dir: Path | None) -> list[str]:
-    """`python -m torch.distributed.run ... -m tasks.distributed` for train.distributed."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(dcfg.nproc_per_node),
+    """`python -m torch.distributed.run ... -m tasks.distributed` for train.distributed; on one
+    machine `tasks.loopback` runs it with the rendezvous listening on 127.0.0.1 only."""
+    launcher = "tasks.loopback" if dcfg.nnodes == 1 else "torch.distributed.run"
+    cmd = [sys.executable, "-m", launcher, "--nproc_per_node", str(dcfg.nproc_per_node),
            "--max_restarts", str(dcfg.max_restarts)]
     if dcfg.nnodes == 1:
         cmd += ["--standalone"]  # rendezvous on a free local port
@@ -294,7 +311,7 @@ def run_job(train, val, classes, norm, cfg, augment=None, checkpoint: Path | Non
         log.info("launching %d process(es) on this node (world size %d, nnodes %d, max_restarts %d)",
                  dcfg.nproc_per_node, dcfg.world_size, dcfg.nnodes, dcfg.max_restarts)
         run_launcher(launcher_command(dcfg, job_dir),
-                     launcher_env(threads_per_rank(cfg.threads, dcfg.nproc_per_node)))
+                     launcher_env(threads_per_rank(cfg.threads, dcfg.nproc_per_node), dcfg.nnodes == 1))
         result = json.loads((job_dir / "out" / "result.json").read_text())
         result["state"] = load_file(str(job_dir / "out" / "model.safetensors"))
     return result
@@ -315,6 +332,8 @@ def join_job(backend: str, job_dir: Path | None, sync_batchnorm: bool = False) -
     if backend == "nccl":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    if os.environ.get(LOOPBACK_ENV):
+        bind_stores_to_loopback()
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     has_job = job_dir is not None and (job_dir / "job.json").exists()

@@ -4,11 +4,13 @@ Each launch starts fresh Python processes (seconds), so the runs are tiny: a 2-b
 with BatchNorm on 130 digits, 2-3 epochs.
 """
 
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_cpu_sync_batchnorm_keeps_state_and_matches_batchnorm_alone():
 
 def test_launcher_command_single_and_multi_node():
     single = launcher_command(DistributedConfig(nproc_per_node=2, max_restarts=1), None)
-    assert single[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in single
+    assert single[1:3] == ["-m", "tasks.loopback"] and "--standalone" in single
     assert single[single.index("--nproc_per_node") + 1] == "2"
     assert single[single.index("--max_restarts") + 1] == "1"
     assert single[-4:] == ["-m", "tasks.distributed", "--backend", "gloo"]
@@ -237,3 +239,39 @@ def test_gpu_path_trains_with_nccl(data):
                                        config(nproc_per_node=nproc, backend="nccl"))
     assert card["training"]["world_size"] == nproc and len(history) == 2
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+LISTENERS = """
+import json, os, sys
+from pathlib import Path
+import psutil, torch.distributed as dist
+from tasks.distributed import join_job
+
+job = Path(sys.argv[1])
+replica = join_job("gloo", job)
+if replica.rank == 0:  # the agent (our parent) and every worker under it
+    agent = psutil.Process(os.getppid())
+    addresses = {c.laddr.ip for p in [agent, *agent.children(recursive=True)]
+                 for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    (job / "listening.json").write_text(json.dumps(sorted(addresses)))
+dist.barrier()
+"""
+
+
+@pytest.mark.parametrize("launcher, loopback_only", [("tasks.loopback", True),
+                                                     ("torch.distributed.run", False)])
+def test_one_machine_job_listens_on_loopback_only(tmp_path, launcher, loopback_only):
+    """The launcher the train stage uses on one machine binds every store (the agent's and
+    rank 0's) and gloo's sockets to 127.0.0.1; plain torchrun, the control, listens on all
+    interfaces, which is what the check would catch."""
+    script, job = tmp_path / "listeners.py", tmp_path / "job"
+    script.write_text(LISTENERS)
+    job.mkdir()
+    (job / "job.json").write_text("{}")
+    env = {**launcher_env(1, one_machine=True), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", launcher, "--standalone", "--nproc_per_node", "2", str(script), str(job)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    addresses = json.loads((job / "listening.json").read_text())
+    assert len(addresses) >= 1
+    assert (set(addresses) == {"127.0.0.1"}) == loopback_only, addresses
