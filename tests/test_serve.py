@@ -151,3 +151,56 @@ def test_a_served_training_run_for_another_workspace_touches_nothing(workspace, 
     with pytest.raises(BadInputError, match="refused"):
         deployed_training.fn(str(other))
     assert list(other.iterdir()) == [] and not workspace.batches.exists()
+
+
+@pytest.mark.slow
+def test_evergreen_serve_refuses_a_flow_run_for_another_workspace(prefect_harness, workspace, tmp_path):
+    """Anyone who can reach the server can start a deployment with any parameters: the run
+    `evergreen serve` picks up for another workspace fails, naming the parameter, and
+    neither workspace is touched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import default_sigint
+
+    other = tmp_path / "other"
+    other.mkdir()
+    before = sorted(p.name for p in workspace.root.iterdir())
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "flows.cli", "--workspace", str(workspace.root), "serve"]
+    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True, preexec_fn=default_sigint)
+    deployment = None
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while deployment is None and time.monotonic() < deadline and server.poll() is None:
+                time.sleep(0.5)
+                try:
+                    deployment = client.read_deployment_by_name("training-pipeline/training-pipeline")
+                except Exception:  # ObjectNotFound until serve has registered it
+                    deployment = None
+            assert deployment is not None, log.read_text()[-2000:]
+            run = client.create_flow_run_from_deployment(deployment.id, parameters={"workspace": str(other)})
+            deadline = time.monotonic() + 120
+            while not (state := client.read_flow_run(run.id).state).is_final():
+                assert time.monotonic() < deadline, f"still {state.type.value}:\n{log.read_text()[-2000:]}"
+                time.sleep(0.5)
+        assert state.is_failed(), state
+        assert "workspace=" in state.message and "refused" in state.message, state.message
+        assert list(other.iterdir()) == []
+        assert sorted(p.name for p in workspace.root.iterdir()) == before
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        if deployment is not None:
+            with get_client(sync_client=True) as client:
+                for flow_name in ("training-pipeline", "continual-retraining"):
+                    name = f"{flow_name}/{flow_name}"
+                    client.delete_deployment(client.read_deployment_by_name(name).id)
