@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tasks.loopback import LOOPBACK_ENV, bind_stores_to_loopback
+from tasks.loopback import LOOPBACK_ENV, bind_stores_to_loopback, loopback_interface
 
 log = logging.getLogger("evergreen.distributed")
 FAULT_ENV = "EVERGREEN_FAULT_INJECT"  # "RANK:EPOCH": that rank kills itself mid-epoch (tests)
@@ -231,16 +230,9 @@ def launcher_env(threads: int, one_machine: bool = False) -> dict[str, str]:
     On one machine gloo connects over the loopback interface (unless GLOO_SOCKET_IFNAME is set).
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    loopback = loopback_interface()
-    if one_machine and loopback:
+    if one_machine and (loopback := loopback_interface()):
         env.setdefault("GLOO_SOCKET_IFNAME", loopback)
     return env
-
-
-def loopback_interface() -> str | None:
-    """This machine's loopback interface ('lo' on Linux, 'lo0' on macOS), if it has one."""
-    names = [name for _, name in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
-    return next((name for name in names if name in ("lo", "lo0")), None)
 
 
 def launcher_command(dcfg, job_dir: Path | None) -> list[str]:

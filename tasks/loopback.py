@@ -41,6 +41,12 @@ def bind_stores_to_loopback() -> None:
             module.TCPStore = LoopbackTCPStore
 
 
+def loopback_interface() -> str | None:
+    """This machine's loopback interface ('lo' on Linux, 'lo0' on macOS), if it has one."""
+    names = [name for _, name in socket.if_nameindex()] if hasattr(socket, "if_nameindex") else []
+    return next((name for name in names if name in ("lo", "lo0")), None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m tasks.loopback ARGS`: torch.distributed.run ARGS, stores on loopback."""
     import torch.distributed.elastic.rendezvous.c10d_rendezvous_backend  # noqa: F401  names TCPStore
