@@ -104,57 +104,115 @@ def run_train(ws: Workspace, cfg: Config, on_epoch=None) -> dict:
             "auto": card.get("auto")}
 
 
-def run_compress(ws: Workspace, cfg: Config) -> dict:
-    """Build, export and measure the variants; copy the selected one to models/selected."""
-    import shutil
+class VariantShelf:
+    """The variants built so far, exported once to models/variants and measured side by side."""
 
-    from nets.io import file_sha256, load_model, save_model
+    def __init__(self, out: Path, val, test, cfg: Config):
+        import shutil
+
+        self.out, self.val, self.test, self.select = out, val, test, cfg.compress.select
+        self.variants, self.exports = {}, {}
+        shutil.rmtree(out, ignore_errors=True)
+
+    def add(self, variants: dict, check) -> None:
+        from tasks.compress import save_variant
+
+        for name, variant in variants.items():
+            self.exports[name] = save_variant(variant, self.out / name, check)
+        self.variants.update(variants)
+
+    def rows(self) -> list[dict]:
+        """Every variant's row, all timed again together (latency is only fair side by side)."""
+        from tasks.compress import measure_variants
+
+        measured = measure_variants(self.variants, self.out, self.val, self.test, self.select)
+        return [{**measured[name], **self.exports[name]} for name in self.variants]
+
+
+def run_compress(ws: Workspace, cfg: Config) -> dict:
+    """Build, export and measure the variants (the student only when it is needed); copy the
+    selected one to models/selected."""
+    from nets.io import file_sha256, load_model
     from tasks.compress import (
+        FIRST_KINDS,
+        STUDENT_KINDS,
         Inputs,
         build_variants,
         calibration_batch,
         distillation_gain,
-        measure_variants,
-        save_variant,
+        distillation_skipped,
         select_variant,
     )
     from tasks.pareto import plot_pareto
-    from tasks.report import plot_history
 
     teacher, card = load_model(ws.model_dir("teacher"))
     teacher_sha = file_sha256(ws.model_dir("teacher") / "model.safetensors")
     ckpt, key = checkpoint_for(ws, "compress", params_hash(cfg.compress), teacher_sha)
     train, val, test = (load_split(ws, name) for name in ("train", "val", "test"))
-    variants, skipped = build_variants(Inputs(teacher, card, train, val, ckpt.parent, key),
-                                       cfg.compress)
-    out = ws.models / "variants"
-    shutil.rmtree(out, ignore_errors=True)
+    inputs = Inputs(teacher, card, train, val, ckpt.parent, key)
+    shelf = VariantShelf(ws.models / "variants", val, test, cfg)
     check = calibration_batch(val, card, len(val[0]), 0)
-    exports = {name: save_variant(variant, out / name, check) for name, variant in variants.items()}
-    measured = measure_variants(variants, out, val, test, cfg.compress.select)
-    rows = [{**measured[name], **exports[name]} for name in variants]
+    variants, skipped = build_variants(inputs, cfg.compress, FIRST_KINDS)
+    shelf.add(variants, check)
+    rows = shelf.rows()
     selected, reason = select_variant(rows, cfg.compress.select)
+    not_trained = distillation_skipped(cfg.compress, rows, cfg.promote.candidate)
+    if not_trained is None:
+        variants, more_skipped = build_variants(inputs, cfg.compress, STUDENT_KINDS)
+        shelf.add(variants, check)
+        skipped.update(more_skipped)
+        rows = shelf.rows()
+        selected, reason = select_variant(rows, cfg.compress.select)
+    else:
+        skipped["distilled"] = not_trained
+        log.info("compress: %s", not_trained)
     log.info("compress: %s", reason)
+    save_selection(ws, shelf.out, rows, selected, reason)
+    write_json(ws.reports / "compression.json",
+               {"variants": rows, "selected": selected, "reason": reason,
+                "budget": cfg.compress.select.model_dump(), "skipped": skipped,
+                "distillation_gain": distillation_gain(rows)})
+    plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
+    save_student(ws, shelf.variants, not_trained)
+    for path in ckpt.parent.glob("compress-*.pt"):
+        path.unlink()
+    return {"variants": len(rows), "selected": selected, "reason": reason,
+            "student": "trained" if not_trained is None else "skipped"}
+
+
+def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | None,
+                   reason: str) -> None:
+    """models/selected: the chosen variant (or the teacher) with why, so promote can judge it."""
+    import shutil
+
     shutil.rmtree(ws.model_dir("selected"), ignore_errors=True)
     shutil.copytree(out / (selected or "teacher"), ws.model_dir("selected"))
-    # the selection travels with the model, so promote can judge (and reject) it
     chosen = next(r for r in rows if r["name"] == (selected or "teacher"))
     write_json(ws.model_dir("selected") / "selection.json",
                {"variant": selected, "fits_budget": selected is not None, "reason": reason,
                 "params": chosen["params"]})
-    report = {"variants": rows, "selected": selected, "reason": reason,
-              "budget": cfg.compress.select.model_dump(), "skipped": skipped,
-              "distillation_gain": distillation_gain(rows)}
-    write_json(ws.reports / "compression.json", report)
-    plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
-    student = variants["distilled"]
-    save_model(student.model, student.card, ws.model_dir("student"))
-    write_csv(ws.reports / "plots" / "compress.csv", student.history)
-    plot_history(student.history, ws.reports / "figures" / "compress_curves.png",
-                 f"student ({student.card['arch']}, distilled)")
-    for path in ckpt.parent.glob("compress-*.pt"):
-        path.unlink()
-    return {"variants": len(rows), "selected": selected, "reason": reason}
+
+
+def save_student(ws: Workspace, variants: dict, not_trained: str | None) -> None:
+    """models/student: the distilled student, or a note of why none was trained; and the
+    training curves of the student (or, without one, of the pruned fine-tunes)."""
+    import shutil
+
+    from nets.io import save_model
+    from tasks.report import plot_history
+
+    shutil.rmtree(ws.model_dir("student"), ignore_errors=True)
+    if not_trained is None:
+        student = variants["distilled"]
+        save_model(student.model, student.card, ws.model_dir("student"))
+        history, title = student.history, f"student ({student.card['arch']}, distilled)"
+    else:
+        write_json(ws.model_dir("student") / "skipped.json", {"reason": not_trained})
+        tuned = next((v for v in variants.values() if v.history), None)  # the mildest pruning
+        history = tuned.history if tuned else []
+        title = f"{tuned.name} fine-tune (no student trained)" if tuned else "no training in compress"
+    write_csv(ws.reports / "plots" / "compress.csv", history)
+    plot_history(history, ws.reports / "figures" / "compress_curves.png", title)
 
 
 def run_evaluate(ws: Workspace, cfg: Config) -> dict:
@@ -170,8 +228,8 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
     results = {}
     for role in ("teacher", "student", "selected"):
         model_dir = ws.model_dir(role)
-        if role == "selected" and not (model_dir / "model.json").exists():
-            continue  # a workspace from before the selection existed
+        if role != "teacher" and not (model_dir / "model.json").exists():
+            continue  # no student trained (compress.distill: auto), or no selection yet
         # the selected model is judged as it is served: from its ONNX export
         model, card = load_model(model_dir, prefer_onnx=role == "selected")
         served = model_dir / "model.onnx" if role == "selected" else model_file(model_dir)

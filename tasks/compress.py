@@ -315,10 +315,18 @@ def int8_variant(source: Variant, calibration: torch.Tensor) -> Variant:
     return Variant(f"{source.name}_int8", quantize_int8(source.model, calibration), card, int8=True)
 
 
-def build_variants(inputs: Inputs, cfg: CompressConfig) -> tuple[dict[str, Variant], dict[str, str]]:
-    """Every variant the config asks for, by name; and why any could not be built."""
+# built first: cheap next to a student (a pruned fine-tune is a few epochs); the students follow
+# only when none of these fits the budget (compress.distill: auto), see `distillation_skipped`
+FIRST_KINDS, STUDENT_KINDS = ("teacher", "pruned"), ("distilled", "control")
+
+
+def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] = tuple(VARIANTS)
+                   ) -> tuple[dict[str, Variant], dict[str, str]]:
+    """The variants of these kinds the config asks for (with the int8 copies of those named in
+    compress.quantize.variants), by name; and why any could not be built."""
     variants, skipped = {}, {}
-    for kind, builder in VARIANTS.items():
+    for kind in kinds:
+        builder = VARIANTS[kind]
         try:
             variants.update((v.name, v) for v in builder(inputs, cfg))
         except ValueError as exc:  # e.g. pruning an architecture it does not support
@@ -328,7 +336,8 @@ def build_variants(inputs: Inputs, cfg: CompressConfig) -> tuple[dict[str, Varia
                                     cfg.seed)
     for name in cfg.quantize.variants:
         if name not in variants:
-            skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
+            if name.split("_")[0] in kinds:  # asked of a kind built here, yet not built
+                skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
             continue
         try:
             v = int8_variant(variants[name], calibration)
@@ -432,6 +441,20 @@ def select_variant(rows: list[dict], cfg: SelectConfig) -> tuple[str | None, str
     best = min(fitting, key=OBJECTIVES[cfg.objective])
     return best["name"], (f"{best['name']}: best {cfg.objective} of {len(fitting)} variants "
                           f"within budget ({', '.join(r['name'] for r in fitting)})")
+
+
+def distillation_skipped(cfg: CompressConfig, rows: list[dict], candidate: str) -> str | None:
+    """Why the distilled student is not trained (None: train it). With compress.distill auto it
+    is skipped once a variant built first fits the budget: training it costs about half the
+    teacher's training (GTSRB: 15 epochs, each with the teacher's forward pass), and the budget
+    is already met. The student is trained anyway when it is the candidate or has a control."""
+    if cfg.distill == "always" or cfg.control or candidate == "student":
+        return None
+    fitting = [r["name"] for r in rows if r.get("fits") and r["name"] != "teacher"]
+    if not fitting:
+        return None
+    return (f"{', '.join(fitting)} already fit the budget, so the student was not trained "
+            "(compress.distill: auto; set it to always to train it on every run)")
 
 
 def distillation_gain(rows: list[dict]) -> dict | None:

@@ -207,3 +207,37 @@ def test_int8_shows_no_torchao_import_noise_but_real_warnings():
     for noise in ("_C_mxfp8", "_C_cutlass_90a", "no triton", "is an Enum subclass"):
         assert noise not in done.stderr
     assert "torchao: a real warning" in done.stderr
+
+
+def fit_rows(*fitting):
+    return [{"name": name, "fits": name in fitting} for name in ("teacher", "pruned_50", "pruned_50_int8")]
+
+
+def test_the_student_is_trained_only_when_no_compressed_variant_fits():
+    from tasks.compress import distillation_skipped
+
+    auto = CompressConfig()
+    why = distillation_skipped(auto, fit_rows("pruned_50_int8"), "selected")
+    assert "pruned_50_int8 already fit the budget" in why and "compress.distill" in why
+    assert distillation_skipped(auto, fit_rows(), "selected") is None
+    assert distillation_skipped(auto, fit_rows("teacher"), "selected") is None  # not compressed
+    # trained anyway: asked for, the candidate, or measured against its control
+    assert distillation_skipped(CompressConfig(distill="always"), fit_rows("pruned_50"), "selected") is None
+    assert distillation_skipped(auto, fit_rows("pruned_50"), "student") is None
+    assert distillation_skipped(CompressConfig(control=True), fit_rows("pruned_50"), "selected") is None
+
+
+def test_variants_are_built_by_kind_with_their_own_int8_copies(data):
+    from tasks.compress import FIRST_KINDS, STUDENT_KINDS
+
+    train, val, classes, norm = data
+    torch.set_num_threads(1)
+    teacher, card, _ = train_model(train, val, classes, norm,
+                                   TrainConfig.model_validate({**TINY_PARAMS["train"], "epochs": 1}))
+    cfg = CompressConfig.model_validate({**TINY_PARAMS["compress"], "epochs": 1,
+                                         "quantize": {"variants": ["pruned_50", "distilled"],
+                                                      "calibration_samples": 16}})
+    first, skipped = build_variants(Inputs(teacher, card, train, val), cfg, FIRST_KINDS)
+    assert set(first) == {"teacher", "pruned_50", "pruned_50_int8"} and skipped == {}
+    students, skipped = build_variants(Inputs(teacher, card, train, val), cfg, STUDENT_KINDS)
+    assert set(students) == {"distilled", "distilled_int8"} and skipped == {}

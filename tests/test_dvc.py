@@ -24,7 +24,12 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_dvc_repro_runs_the_pipeline_then_nothing(tmp_path, tiny_batch):
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
-    write_params(ws.root, {**TINY_PARAMS, "preprocess": {"test_fraction": 0.25}})
+    # a budget any pruned variant fits: compress.distill auto then trains no student, and its
+    # DVC output holds the note saying why
+    select = {**TINY_PARAMS["compress"]["select"], "max_accuracy_drop": 1.0, "max_size_ratio": None}
+    write_params(ws.root, {**TINY_PARAMS, "preprocess": {"test_fraction": 0.25},
+                           "compress": {**TINY_PARAMS["compress"], "distill": "auto",
+                                        "select": select}})
     dvcfile.init_workspace(ws)
     batch, hashes, _, _ = dedupe(tiny_batch, set())
     write_batch(batch, hashes, ws.batches)
@@ -36,7 +41,12 @@ def test_dvc_repro_runs_the_pipeline_then_nothing(tmp_path, tiny_batch):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = yaml.safe_load((ws.reports / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["null_model"]["accuracy"] > 0
-    assert (ws.model_dir("student") / "model.safetensors").exists()
+    assert not (ws.model_dir("student") / "model.safetensors").exists()
+    assert "already fit the budget" in (ws.model_dir("student") / "skipped.json").read_text()
+    compression = yaml.safe_load((ws.reports / "compression.json").read_text())
+    assert "distilled" in compression["skipped"]
+    assert {r["name"] for r in compression["variants"]} == {"teacher", "pruned_50", "pruned_50_int8"}
+    assert "student" not in metrics and "teacher" in metrics
 
     again = dvc(ws.root, "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout
