@@ -416,6 +416,10 @@ class GanConfig(Section):
         "8x; auto: 32 up to 32 px, halved per doubling of the side (16 at 64 px, 8 at 128 px), so "
         "the convolutions' cost stays level")
     conditional: bool = Field(True, description="class-conditional generator and discriminator")
+    balance_classes: bool = Field(True, description="conditional: draw each batch's classes "
+                                  "uniformly, then an image of each, so rare classes are learnt "
+                                  "as well as common ones (the coverage gate asks each class for "
+                                  "the same share); false: batches follow the data's proportions")
     class_loss_weight: float = Field(1.0, ge=0.0, description="conditional: weight of the "
                                      "discriminator's auxiliary class loss (AC-GAN); 0 = off")
     mode_seeking_weight: float = Field(1.0, ge=0.0, description="weight of the mode-seeking "

@@ -174,7 +174,7 @@ def recalibrate_batchnorm(g: nn.Module, y: torch.Tensor | None, gen: torch.Gener
                           batches: int = 20, batch: int = 64) -> nn.Module:
     """Re-estimate the BatchNorm statistics of g's own weights (the EMA's differ from the live G's).
 
-    Labels are drawn from the train split's y, so classes weigh as they do in training.
+    Labels are drawn from y (see `batchnorm_labels`), so classes weigh as they did in training.
     """
     norms = [m for m in g.modules() if isinstance(m, nn.BatchNorm2d)]
     for m in norms:
@@ -209,9 +209,34 @@ def train_step(parts: dict, real: torch.Tensor, labels: torch.Tensor | None, cfg
 
 def real_batch(x: torch.Tensor, y: torch.Tensor, size: int, cfg: GanConfig,
                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A random batch without repeats (a function of the RNG alone, so a resume continues it)."""
+    """A random batch (a function of the RNG alone, so a resume continues it): without repeats,
+    or, conditional with gan.balance_classes, classes drawn uniformly and then an image of each."""
+    if cfg.conditional and cfg.balance_classes:
+        idx = balanced_indices(y, size, gen)
+        return x[idx], y[idx]
     idx = torch.randperm(len(x), generator=gen)[:size]
     return x[idx], (y[idx] if cfg.conditional else None)
+
+
+def balanced_indices(y: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """`size` indices into y whose classes are uniform over those present: the fakes take the
+    reals' labels, so a class with a tenth of the images (GTSRB: 210 against 2,250) still gets
+    its share of generator steps, as the gates ask every class for the same share."""
+    order = torch.argsort(y, stable=True)  # indices grouped by class
+    counts = torch.bincount(y)
+    starts = torch.cumsum(counts, 0) - counts
+    present = torch.nonzero(counts).flatten()
+    cls = present[torch.randint(0, len(present), (size,), generator=gen)]
+    within = (torch.rand(size, generator=gen) * counts[cls]).long().clamp_max(counts[cls] - 1)
+    return order[starts[cls] + within]
+
+
+def batchnorm_labels(y: torch.Tensor, cfg: GanConfig) -> torch.Tensor | None:
+    """The labels the EMA generator's BatchNorm statistics are re-estimated on: as training drew
+    them (uniform over the classes present when balanced, else the train split's own)."""
+    if not cfg.conditional:
+        return None
+    return torch.unique(y) if cfg.balance_classes else y
 
 
 CHECKPOINTED = ("g", "d", "ema", "opt_g", "opt_d")
@@ -251,7 +276,7 @@ def train_gan(train: tuple[np.ndarray, np.ndarray], classes: list[str], cfg: Gan
                                          "rng": torch.get_rng_state(),
                                          **{k: parts[k].state_dict() for k in CHECKPOINTED}})
     progress.close()
-    g = recalibrate_batchnorm(parts["ema"], y if cfg.conditional else None,
+    g = recalibrate_batchnorm(parts["ema"], batchnorm_labels(y, cfg),
                               torch.Generator().manual_seed(cfg.seed))
     return g, generator_card(in_shape, classes, cfg, {**plan, **state}), state["history"]
 
@@ -301,7 +326,8 @@ def generator_card(in_shape: tuple[int, ...], classes: list[str], cfg: GanConfig
                          "batch_size": run["batch_size"], "width": run["width"],
                          "seconds": round(run["seconds"], 1), "stopped_by": run["stopped_by"],
                          "seed": cfg.seed, "ema_decay": cfg.ema_decay, "augment": cfg.augment,
-                         "class_loss_weight": cfg.class_loss_weight}}
+                         "class_loss_weight": cfg.class_loss_weight,
+                         "balance_classes": cfg.balance_classes}}
 
 
 @torch.no_grad()
