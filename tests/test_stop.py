@@ -140,9 +140,9 @@ def test_retrain_stops_within_10_s_and_the_rerun_resumes(workspace, tmp_path, di
 
 
 @pytest.mark.parametrize("api_url", ["temporary", "server"], indirect=True)
-def test_gan_run_stops_within_10_s(workspace, tmp_path, api_url):
+def test_gan_run_stops_within_10_s_and_the_rerun_resumes(workspace, tmp_path, api_url):
     log = tmp_path / "gan.log"
-    write_params(workspace.root, {**TINY_PARAMS, "gan": {"steps": 5000, "threads": 1}})
+    write_params(workspace.root, {**TINY_PARAMS, "gan": {"steps": 1500, "threads": 1}})
     proc = start(workspace.root, log, "gan", "run", api=api_url)
     wait_for(log, "gan step 100/", proc, timeout=400)
 
@@ -150,3 +150,7 @@ def test_gan_run_stops_within_10_s(workspace, tmp_path, api_url):
 
     assert rc == 143 and seconds < 10, log.read_text(errors="replace")[-2000:]
     assert group_gone(proc.pid) and lock_is_free(workspace.root)
+    rerun_log = tmp_path / "gan-rerun.log"
+    rerun = start(workspace.root, rerun_log, "gan", "run", api=api_url)
+    assert rerun.wait(timeout=600) == 0, rerun_log.read_text(errors="replace")[-2000:]
+    assert re.search(r"gan: resumed from step [1-9]", rerun_log.read_text(errors="replace"))
