@@ -335,10 +335,11 @@ class CompressConfig(Section):
     control: bool = Field(False, description="also train the student without distillation, to "
                           "measure distillation's gain (a full student training; `evergreen bench "
                           "--only distillation` measures it over 3 seeds)")
-    distill: Literal["auto", "always"] = Field(
-        "auto", description="auto: train the distilled student only when no pruned variant fits "
-        "the budget (a student training costs about half the teacher's; promote.candidate: "
-        "student and compress.control train it anyway); always: train it on every run")
+    build: Literal["lazy", "all"] = Field(
+        "lazy", description="lazy: build the variants mildest first (each pruning ratio from the "
+        "smallest, then the students) and stop at the first that fits the budget, as a milder "
+        "variant is the more accurate (objective accuracy; a student that is the candidate or "
+        "has a control is always trained); all: build every variant")
     prune: PruneConfig = Field(default_factory=PruneConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)

@@ -130,17 +130,17 @@ class VariantShelf:
 
 
 def run_compress(ws: Workspace, cfg: Config) -> dict:
-    """Build, export and measure the variants (the student only when it is needed); copy the
-    selected one to models/selected."""
+    """Build, export and measure the variants round by round, mildest first, until one fits the
+    budget (compress.build lazy); copy the selected one to models/selected."""
     from nets.io import file_sha256, load_model
     from tasks.compress import (
-        FIRST_KINDS,
-        STUDENT_KINDS,
         Inputs,
+        build_rounds,
         build_variants,
+        building_stops,
         calibration_batch,
         distillation_gain,
-        distillation_skipped,
+        planned_names,
         select_variant,
     )
     from tasks.pareto import plot_pareto
@@ -152,20 +152,19 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
     inputs = Inputs(teacher, card, train, val, ckpt.parent, key)
     shelf = VariantShelf(ws.models / "variants", val, test, cfg)
     check = calibration_batch(val, card, len(val[0]), 0)
-    variants, skipped = build_variants(inputs, cfg.compress, FIRST_KINDS)
-    shelf.add(variants, check)
-    rows = shelf.rows()
-    selected, reason = select_variant(rows, cfg.compress.select)
-    not_trained = distillation_skipped(cfg.compress, rows, cfg.promote.candidate)
-    if not_trained is None:
-        variants, more_skipped = build_variants(inputs, cfg.compress, STUDENT_KINDS)
+    skipped, stopped = {}, None
+    for kinds, round_cfg in build_rounds(cfg.compress):
+        if stopped is not None:
+            skipped.update((name, stopped) for name in sorted(planned_names(kinds, round_cfg)))
+            continue
+        variants, failed = build_variants(inputs, round_cfg, kinds)
         shelf.add(variants, check)
-        skipped.update(more_skipped)
+        skipped.update(failed)
         rows = shelf.rows()
         selected, reason = select_variant(rows, cfg.compress.select)
-    else:
-        skipped["distilled"] = not_trained
-        log.info("compress: %s", not_trained)
+        stopped = building_stops(cfg.compress, rows, cfg.promote.candidate)
+    if stopped is not None:
+        log.info("compress: %s", stopped)
     log.info("compress: %s", reason)
     save_selection(ws, shelf.out, rows, selected, reason)
     write_json(ws.reports / "compression.json",
@@ -173,11 +172,12 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
                 "budget": cfg.compress.select.model_dump(), "skipped": skipped,
                 "distillation_gain": distillation_gain(rows)})
     plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
-    save_student(ws, shelf.variants, not_trained)
+    trained = "distilled" in shelf.variants
+    save_student(ws, shelf.variants, None if trained else skipped.get("distilled", "not built"))
     for path in ckpt.parent.glob("compress-*.pt"):
         path.unlink()
     return {"variants": len(rows), "selected": selected, "reason": reason,
-            "student": "trained" if not_trained is None else "skipped"}
+            "student": "trained" if trained else "skipped"}
 
 
 def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | None,

@@ -322,9 +322,33 @@ def int8_variant(source: Variant, calibration: torch.Tensor) -> Variant:
     return Variant(f"{source.name}_int8", quantize_int8(source.model, calibration), card, int8=True)
 
 
-# built first: cheap next to a student (a pruned fine-tune is a few epochs); the students follow
-# only when none of these fits the budget (compress.distill: auto), see `distillation_skipped`
-FIRST_KINDS, STUDENT_KINDS = ("teacher", "pruned"), ("distilled", "control")
+STUDENT_KINDS = ("distilled", "control")
+
+
+def pruned_name(ratio: float) -> str:
+    return f"pruned_{round(ratio * 100)}"
+
+
+def planned_names(kinds: tuple[str, ...], cfg: CompressConfig) -> set[str]:
+    """The variants these kinds would build with this config (int8 copies aside)."""
+    names = {"teacher": ["teacher"], "pruned": [pruned_name(r) for r in cfg.prune.ratios],
+             "distilled": ["distilled"], "control": ["control"] if cfg.control else []}
+    return {name for kind in kinds for name in names[kind]}
+
+
+def build_rounds(cfg: CompressConfig) -> list[tuple[tuple[str, ...], CompressConfig]]:
+    """(kinds, the config that builds just them), mildest first: the teacher with the smallest
+    pruning ratio, each larger ratio, then the students. A pruned fine-tune costs a few epochs,
+    a student about half the teacher's training (each of its epochs runs the teacher's forward
+    pass), so with compress.build lazy the rounds stop at the first that fits the budget."""
+    def only(ratio: float) -> CompressConfig:
+        return cfg.model_copy(update={"prune": cfg.prune.model_copy(update={"ratios": [ratio]})})
+
+    ratios = sorted(cfg.prune.ratios)
+    if not ratios:
+        return [(("teacher",), cfg), (STUDENT_KINDS, cfg)]
+    return ([(("teacher", "pruned"), only(ratios[0]))]
+            + [(("pruned",), only(r)) for r in ratios[1:]] + [(STUDENT_KINDS, cfg)])
 
 
 def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] = tuple(VARIANTS)
@@ -343,7 +367,7 @@ def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] =
                                     cfg.seed)
     for name in cfg.quantize.variants:
         if name not in variants:
-            if name.split("_")[0] in kinds:  # asked of a kind built here, yet not built
+            if name in planned_names(kinds, cfg):  # built in this round, yet failed
                 skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
             continue
         try:
@@ -450,18 +474,20 @@ def select_variant(rows: list[dict], cfg: SelectConfig) -> tuple[str | None, str
                           f"within budget ({', '.join(r['name'] for r in fitting)})")
 
 
-def distillation_skipped(cfg: CompressConfig, rows: list[dict], candidate: str) -> str | None:
-    """Why the distilled student is not trained (None: train it). With compress.distill auto it
-    is skipped once a variant built first fits the budget: training it costs about half the
-    teacher's training (GTSRB: 15 epochs, each with the teacher's forward pass), and the budget
-    is already met. The student is trained anyway when it is the candidate or has a control."""
-    if cfg.distill == "always" or cfg.control or candidate == "student":
+def building_stops(cfg: CompressConfig, rows: list[dict], candidate: str) -> str | None:
+    """Why the later build rounds are skipped (None: go on). With compress.build lazy and the
+    accuracy objective, building stops once a compressed variant fits the budget: a later
+    round is harsher (more pruning, or a student a seventh of the teacher) and costs more
+    training. Everything is built for the latency or size objective, for a student that is
+    the candidate, and when distillation is measured against its control."""
+    if cfg.build == "all" or cfg.select.objective != "accuracy" or cfg.control \
+            or candidate == "student":
         return None
     fitting = [r["name"] for r in rows if r.get("fits") and r["name"] != "teacher"]
     if not fitting:
         return None
-    return (f"{', '.join(fitting)} already fit the budget, so the student was not trained "
-            "(compress.distill: auto; set it to always to train it on every run)")
+    return (f"{', '.join(fitting)} already fit the budget, so the harsher variants were not built "
+            "(compress.build: lazy; set it to all to build every variant)")
 
 
 def distillation_gain(rows: list[dict]) -> dict | None:

@@ -213,31 +213,47 @@ def fit_rows(*fitting):
     return [{"name": name, "fits": name in fitting} for name in ("teacher", "pruned_50", "pruned_50_int8")]
 
 
-def test_the_student_is_trained_only_when_no_compressed_variant_fits():
-    from tasks.compress import distillation_skipped
+def test_building_stops_at_the_first_round_with_a_compressed_variant_in_budget():
+    from tasks.compress import building_stops
 
-    auto = CompressConfig()
-    why = distillation_skipped(auto, fit_rows("pruned_50_int8"), "selected")
-    assert "pruned_50_int8 already fit the budget" in why and "compress.distill" in why
-    assert distillation_skipped(auto, fit_rows(), "selected") is None
-    assert distillation_skipped(auto, fit_rows("teacher"), "selected") is None  # not compressed
-    # trained anyway: asked for, the candidate, or measured against its control
-    assert distillation_skipped(CompressConfig(distill="always"), fit_rows("pruned_50"), "selected") is None
-    assert distillation_skipped(auto, fit_rows("pruned_50"), "student") is None
-    assert distillation_skipped(CompressConfig(control=True), fit_rows("pruned_50"), "selected") is None
+    lazy = CompressConfig()
+    why = building_stops(lazy, fit_rows("pruned_50_int8"), "selected")
+    assert "pruned_50_int8 already fit the budget" in why and "compress.build" in why
+    assert building_stops(lazy, fit_rows(), "selected") is None
+    assert building_stops(lazy, fit_rows("teacher"), "selected") is None  # not compressed
+    # everything is built: asked for, another objective, the student is the candidate, a control
+    assert building_stops(CompressConfig(build="all"), fit_rows("pruned_50"), "selected") is None
+    latency = CompressConfig(select={"objective": "latency"})
+    assert building_stops(latency, fit_rows("pruned_50"), "selected") is None
+    assert building_stops(lazy, fit_rows("pruned_50"), "student") is None
+    assert building_stops(CompressConfig(control=True), fit_rows("pruned_50"), "selected") is None
 
 
-def test_variants_are_built_by_kind_with_their_own_int8_copies(data):
-    from tasks.compress import FIRST_KINDS, STUDENT_KINDS
+def test_rounds_go_from_the_mildest_pruning_to_the_students():
+    from tasks.compress import build_rounds, planned_names
+
+    cfg = CompressConfig(prune={"ratios": [0.75, 0.5]}, control=True)
+    rounds = [(kinds, sorted(planned_names(kinds, c))) for kinds, c in build_rounds(cfg)]
+    assert rounds == [(("teacher", "pruned"), ["pruned_50", "teacher"]),
+                      (("pruned",), ["pruned_75"]),
+                      (("distilled", "control"), ["control", "distilled"])]
+    unpruned = CompressConfig(prune={"ratios": []})
+    assert [kinds for kinds, _ in build_rounds(unpruned)] == [("teacher",), ("distilled", "control")]
+
+
+def test_variants_are_built_by_round_with_their_own_int8_copies(data):
+    from tasks.compress import build_rounds
 
     train, val, classes, norm = data
     torch.set_num_threads(1)
     teacher, card, _ = train_model(train, val, classes, norm,
                                    TrainConfig.model_validate({**TINY_PARAMS["train"], "epochs": 1}))
     cfg = CompressConfig.model_validate({**TINY_PARAMS["compress"], "epochs": 1,
-                                         "quantize": {"variants": ["pruned_50", "distilled"],
+                                         "prune": {"ratios": [0.5, 0.75], "epochs": 1},
+                                         "quantize": {"variants": ["pruned_50", "pruned_75", "distilled"],
                                                       "calibration_samples": 16}})
-    first, skipped = build_variants(Inputs(teacher, card, train, val), cfg, FIRST_KINDS)
-    assert set(first) == {"teacher", "pruned_50", "pruned_50_int8"} and skipped == {}
-    students, skipped = build_variants(Inputs(teacher, card, train, val), cfg, STUDENT_KINDS)
-    assert set(students) == {"distilled", "distilled_int8"} and skipped == {}
+    built = [build_variants(Inputs(teacher, card, train, val), c, kinds)
+             for kinds, c in build_rounds(cfg)]
+    assert [(set(variants), skipped) for variants, skipped in built] == [
+        ({"teacher", "pruned_50", "pruned_50_int8"}, {}), ({"pruned_75", "pruned_75_int8"}, {}),
+        ({"distilled", "distilled_int8"}, {})]

@@ -24,11 +24,11 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_dvc_repro_runs_the_pipeline_then_nothing(tmp_path, tiny_batch):
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
-    # a budget any pruned variant fits: compress.distill auto then trains no student, and its
+    # a budget any pruned variant fits: compress.build lazy then trains no student, and its
     # DVC output holds the note saying why
     select = {**TINY_PARAMS["compress"]["select"], "max_accuracy_drop": 1.0, "max_size_ratio": None}
     write_params(ws.root, {**TINY_PARAMS, "preprocess": {"test_fraction": 0.25},
-                           "compress": {**TINY_PARAMS["compress"], "distill": "auto",
+                           "compress": {**TINY_PARAMS["compress"], "build": "lazy",
                                         "select": select}})
     dvcfile.init_workspace(ws)
     batch, hashes, _, _ = dedupe(tiny_batch, set())
