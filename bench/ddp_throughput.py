@@ -57,8 +57,7 @@ def measure(epochs: int, sync_too: bool = True) -> dict:
     """2x1 vs 1x2 images/s; with sync_too, also 2x1 with synced BatchNorm."""
     data = digits_splits()
     base = TrainConfig().model_dump()
-    base.update(epochs=epochs, batch_size=64,  # what auto gives the digits
-                early_stopping={"patience": epochs + 1, "min_delta": 0.0})
+    base.update(epochs=epochs, early_stopping={"patience": epochs + 1, "min_delta": 0.0})
     single = TrainConfig.model_validate({**base, "threads": 2})
     torch.set_num_threads(2)
     one = one_process(data, single)

@@ -87,8 +87,7 @@ def stage_fit(train, val, classes, norm, cfg, on_epoch=None):
     model = build_model(cfg.model, tuple(train[0].shape[1:]), len(classes),
                         **model_options(cfg, train[0].shape[1:]))
     start = time.perf_counter()
-    _, history = fit(model, train, val, norm, FitSettings.from_train(cfg, n_train=len(train[0])),
-                     on_epoch=on_epoch)
+    _, history = fit(model, train, val, norm, FitSettings.from_train(cfg), on_epoch=on_epoch)
     return time.perf_counter() - start, history
 
 
@@ -96,7 +95,7 @@ def default_train(epochs: int, threads: int, **changes):
     from evergreen.config import TrainConfig
 
     base = TrainConfig().model_dump()
-    base.update(epochs=epochs, threads=threads, batch_size=64, **changes)  # auto's on the digits
+    base.update(epochs=epochs, threads=threads, **changes)
     base["early_stopping"] = {"patience": epochs + 1, "min_delta": 0.0}  # time every epoch
     return TrainConfig.model_validate(base)
 

@@ -182,8 +182,8 @@ class EarlyStoppingConfig(Section):
 class BudgetConfig(Section):
     """What epochs: auto buys: a number of training samples seen, and optionally a wall-clock cap."""
 
-    samples: int = Field(250_000, ge=1, description="samples seen in training (epochs x train "
-                         "size): 40 epochs (max_epochs) up to 6k images, 10 (min_epochs) from 25k")
+    samples: int = Field(400_000, ge=1, description="samples seen in training (epochs x train "
+                         "size): 40 epochs (max_epochs) up to 10k images, 15 of 27k, 10 from 40k")
     min_epochs: int = Field(10, ge=1)
     max_epochs: int = Field(40, ge=1)
     minutes: float | None = Field(None, gt=0.0, description="wall-clock cap: after the first "
@@ -244,10 +244,7 @@ class TrainConfig(Section):
         "auto", description="auto: what train.budget buys on this dataset, stopped early on a "
         "validation plateau")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    batch_size: Literal["auto"] | Annotated[int, Field(ge=1, le=1_000_000)] = Field(
-        "auto", description="auto: 128 from 20,000 train images (a CPU's convolutions run 1.4x "
-        "faster per image than at 64 on 32 px photos, and the budget still gives ~2,000 steps), "
-        "else 64 (small sets need the steps: the 8x8 digits lost 2 points at 128)")
+    batch_size: int = Field(64, ge=1, le=1_000_000)
     lr: float = Field(0.003, gt=0.0, le=10.0)
     lr_schedule: Literal["none", "cosine", "step"] = "cosine"
     l1: float = Field(0.0, ge=0.0)
@@ -325,8 +322,7 @@ class CompressConfig(Section):
     epochs: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
         "auto", description="the student's epochs; auto: those the teacher's sample "
         "budget asked for, between 1x and 1.5x the teacher's epochs")
-    batch_size: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
-        "auto", description="students and pruned fine-tunes; auto: the teacher's")
+    batch_size: int = Field(64, ge=1)
     lr: float = Field(0.003, gt=0.0)
     l2: float = Field(0.0001, ge=0.0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -470,7 +466,7 @@ class TuneConfig(Section):
             "train.lr": {"low": 0.0003, "high": 0.01, "log": True},
             "train.l2": {"low": 0.00001, "high": 0.005, "log": True},
             "train.dropout": {"low": 0.0, "high": 0.4},
-            "train.batch_size": {"choices": ["auto", 32, 64, 128]},
+            "train.batch_size": {"choices": [32, 64, 128]},
         },
         description="param path -> {low, high[, log, step]} (float or int) or {choices: [...]}")
 

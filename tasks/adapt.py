@@ -135,21 +135,6 @@ def configured_augment(cfg: AugmentConfig, kind: str = "characters") -> Augment 
                                           if k in names and v is not None})
 
 
-LARGE_SET, SMALL_BATCH, LARGE_BATCH = 20_000, 64, 128
-
-
-def resolve_batch(choice: int | str, n_train: int | None) -> int:
-    """train.batch_size, or for auto 128 from 20,000 train images and 64 below: on a CPU a
-    convolution's step runs 1.4x faster per image at 128 (GTSRB's teacher on 2 cores: 2.6 ms
-    against 3.7), and from there the budget's 10 epochs still give ~2,000 optimizer steps; the
-    8x8 digits (1,257 images) need the steps: 0.975 at 128 against 0.997 at 64."""
-    if choice != "auto":
-        return int(choice)
-    if n_train is None:
-        raise ValueError("batch_size is auto: resolve it from the train split's size first")
-    return LARGE_BATCH if n_train >= LARGE_SET else SMALL_BATCH
-
-
 def budget_epochs(cfg: TrainConfig, n_train: int) -> int:
     """The epochs train.budget.samples buys on this many samples, before min and max."""
     return math.ceil(cfg.budget.samples / max(1, n_train))
@@ -181,9 +166,7 @@ def resolve_train(cfg: TrainConfig, train: tuple[np.ndarray, np.ndarray],
                "augment": augment_record}
     if cfg.epochs == "auto":  # what the budget asked for: a student's epochs follow it
         decided["budget_epochs"] = budget_epochs(cfg, len(x))
-    batch = resolve_batch(cfg.batch_size, len(x))
-    decided["batch_size"] = batch
-    update = {"epochs": epochs, "batch_size": batch}
+    update = {"epochs": epochs}
     if cfg.model == "cnn" and cfg.cnn.stem_stride is None:
         stride, decided["stem_why"] = stem_stride(kind, x.shape[1:])
         update["cnn"] = cfg.cnn.model_copy(update={"stem_stride": stride})

@@ -101,16 +101,9 @@ def teacher_precision(teacher_card: dict) -> str:
     return teacher_card.get("auto", {}).get("precision", "fp32")
 
 
-def teacher_batch(cfg: CompressConfig, teacher_card: dict) -> int:
-    """compress.batch_size, or for auto the teacher's (64 for a card without the record)."""
-    if cfg.batch_size != "auto":
-        return int(cfg.batch_size)
-    return int(teacher_card.get("auto", {}).get("batch_size", 64))
-
-
 def student_settings(cfg: CompressConfig, teacher_card: dict) -> FitSettings:
     epochs = student_epochs(cfg, teacher_card)
-    return FitSettings(epochs, teacher_batch(cfg, teacher_card), cfg.lr, "cosine", l2=cfg.l2, seed=cfg.seed,
+    return FitSettings(epochs, cfg.batch_size, cfg.lr, "cosine", l2=cfg.l2, seed=cfg.seed,
                        augment=teacher_augment(cfg, teacher_card), patience=epochs,
                        precision=teacher_precision(teacher_card))
 
@@ -280,8 +273,8 @@ def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
         model, card = prune_channels(inputs.teacher, inputs.card, ratio)
         history = []
         if cfg.prune.epochs:
-            settings = FitSettings(cfg.prune.epochs, teacher_batch(cfg, inputs.card), cfg.prune.lr,
-                                   "cosine", l2=cfg.l2, seed=cfg.seed, patience=cfg.prune.epochs,
+            settings = FitSettings(cfg.prune.epochs, cfg.batch_size, cfg.prune.lr, "cosine",
+                                   l2=cfg.l2, seed=cfg.seed, patience=cfg.prune.epochs,
                                    augment=teacher_augment(cfg, inputs.card),
                                    precision=teacher_precision(inputs.card))
             loss = distillation_loss(inputs.teacher, cfg.temperature, cfg.alpha)

@@ -384,7 +384,7 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_shape, len(classes), **options)
     counter = [0, 0]
-    loss_fn = counting_loss(cross_entropy_loss, replica, -(-len(train[0]) // settings.batch_size), counter)
+    loss_fn = counting_loss(cross_entropy_loss, replica, -(-len(train[0]) // cfg.batch_size), counter)
     start = time.perf_counter()
     model, history = fit(model, train, val, norm, settings, loss_fn=loss_fn, replica=replica,
                          checkpoint=Path(job["checkpoint"]) if job["checkpoint"] else None,

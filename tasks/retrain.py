@@ -180,15 +180,11 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
 def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig, card: dict):
     """The teacher's fit settings, with its augmentation and precision as its card records
     them, and the retrain section's epochs and learning rate."""
-    from tasks.adapt import SMALL_BATCH, settings_augment
+    from tasks.adapt import settings_augment
     from tasks.train import FitSettings
 
-    auto = card.get("auto", {})
-    recorded = auto.get("augment")
-    batch = train_cfg.batch_size  # auto: as the teacher trained (64 before batch sizes adapted)
-    batch = auto.get("batch_size", SMALL_BATCH) if batch == "auto" else batch
-    base = FitSettings.from_train(train_cfg.model_copy(update={"epochs": cfg.epochs,
-                                                               "batch_size": batch}),
+    recorded = card.get("auto", {}).get("augment")
+    base = FitSettings.from_train(train_cfg.model_copy(update={"epochs": cfg.epochs}),
                                   settings_augment(recorded) if recorded else "configured")
     base.lr, base.lr_schedule = cfg.lr, "cosine"
     if train_cfg.precision == "auto":

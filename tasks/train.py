@@ -20,7 +20,7 @@ from torch import nn
 from evergreen.config import TrainConfig
 from nets import build_model
 from nets.cnn import auto_stem_stride
-from tasks.adapt import configured_augment, resolve_batch, resolve_precision, resolve_train
+from tasks.adapt import configured_augment, resolve_precision, resolve_train
 from tasks.augment import Augment, augment_batch
 from tasks.distributed import Replica, resolve_backend
 
@@ -47,21 +47,20 @@ class FitSettings:
     precision: str = "fp32"  # or bf16: autocast (tasks.adapt.resolve_precision)
 
     @classmethod
-    def from_train(cls, cfg: TrainConfig, augment: Augment | None | str = "configured",
-                   n_train: int | None = None) -> FitSettings:
+    def from_train(cls, cfg: TrainConfig, augment: Augment | None | str = "configured"
+                   ) -> FitSettings:
         """Settings of a TrainConfig whose epochs are a number (tasks.adapt.resolve_train
         resolves auto), with `augment`, or by default the one params give without data. A
-        precision left auto (tasks.adapt.resolve_precision decides it) trains in fp32; a batch
-        size left auto is resolved from n_train."""
+        precision left auto (tasks.adapt.resolve_precision decides it) trains in fp32."""
         if cfg.epochs == "auto":
             raise ValueError("train.epochs is auto: resolve it from the data first "
                              "(tasks.adapt.resolve_train)")
         if augment == "configured":
             augment = configured_augment(cfg.augment)
         minutes = cfg.budget.minutes
-        return cls(int(cfg.epochs), resolve_batch(cfg.batch_size, n_train), cfg.lr, cfg.lr_schedule,
-                   cfg.l1, cfg.l2, cfg.seed, augment, cfg.early_stopping.patience,
-                   cfg.early_stopping.min_delta, cfg.threads, minutes * 60 if minutes else None,
+        return cls(int(cfg.epochs), cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2,
+                   cfg.seed, augment, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
+                   cfg.threads, minutes * 60 if minutes else None,
                    "fp32" if cfg.precision == "auto" else cfg.precision)
 
 

@@ -1,7 +1,6 @@
 """Auto defaults: the kind of image, flips, stem and epochs are decided from generated data."""
 
 import numpy as np
-import pytest
 import torch
 
 from evergreen.config import TrainConfig
@@ -61,8 +60,7 @@ def test_stem_epochs_and_user_settings():
     x, y = arrows()
     cfg, _, decided = resolve_train(TrainConfig(), (x, y), ["a", "b", "c"])
     assert cfg.cnn.stem_stride == 1  # a 32 px photo keeps its full map
-    assert cfg.epochs == 40 and decided["epochs"] == 40  # 250k samples / 120 capped at 40
-    assert cfg.batch_size == decided["batch_size"] == 64  # a small set needs the steps
+    assert cfg.epochs == 40 and decided["epochs"] == 40  # 400k samples / 120 capped at 40
     cfg, _, _ = resolve_train(TrainConfig(budget={"samples": 1200, "min_epochs": 2}), (x, y),
                               ["a", "b", "c"])
     assert cfg.epochs == 10
@@ -122,28 +120,3 @@ def test_the_card_records_what_the_budget_asked_for():
     resolved, _, decided = resolve_train(cfg, (x, y), ["l", "r", "o"])
 
     assert decided["budget_epochs"] == 100 and resolved.epochs == decided["epochs"] == 40
-
-
-def test_batch_size_auto_grows_on_large_sets_and_a_set_size_wins():
-    from tasks.adapt import resolve_batch
-    from tasks.train import FitSettings
-
-    assert [resolve_batch("auto", n) for n in (1_257, 19_999, 20_000, 500_000)] == [64, 64, 128, 128]
-    assert resolve_batch(32, 500_000) == 32
-    with pytest.raises(ValueError, match="batch_size is auto"):
-        resolve_batch("auto", None)
-    assert FitSettings.from_train(TrainConfig(epochs=2), n_train=30_000).batch_size == 128
-    assert FitSettings.from_train(TrainConfig(epochs=2, batch_size=48)).batch_size == 48
-
-
-def test_students_retrains_and_fine_tunes_batch_as_their_teacher_did():
-    from evergreen.config import CompressConfig, RetrainConfig
-    from tasks.compress import teacher_batch
-    from tasks.retrain import warm_settings
-
-    card = {"auto": {"batch_size": 128}}
-    assert teacher_batch(CompressConfig(), card) == 128 and teacher_batch(CompressConfig(), {}) == 64
-    assert teacher_batch(CompressConfig(batch_size=16), card) == 16
-    assert warm_settings(TrainConfig(), RetrainConfig(), card).batch_size == 128
-    assert warm_settings(TrainConfig(), RetrainConfig(), {}).batch_size == 64
-    assert warm_settings(TrainConfig(batch_size=32), RetrainConfig(), card).batch_size == 32

@@ -19,7 +19,7 @@ SMALL_SPACE = {"train.lr": {"low": 0.001, "high": 0.01, "log": True},
 
 
 def space_of(space: dict) -> Config:
-    return Config.model_validate({"train": {"batch_size": 64}, "tune": {"space": space}})
+    return Config.model_validate({"tune": {"space": space}})
 
 
 def test_the_default_space_parses():
@@ -29,7 +29,7 @@ def test_the_default_space_parses():
         ("train.lr", "float"), ("train.l2", "float"), ("train.dropout", "float"),
         ("train.batch_size", "choice")]
     assert tune.current_values(cfg, params) == ({"train.lr": 0.003, "train.l2": 0.0005,
-                                            "train.dropout": 0.2, "train.batch_size": "auto"}, [])
+                                            "train.dropout": 0.2, "train.batch_size": 64}, [])
 
 
 @pytest.mark.parametrize("key, spec, expected", [
