@@ -229,7 +229,7 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
     for role in ("teacher", "student", "selected"):
         model_dir = ws.model_dir(role)
         if role != "teacher" and not (model_dir / "model.json").exists():
-            continue  # no student trained (compress.distill: auto), or no selection yet
+            continue  # no student trained (compress.build: lazy), or no selection yet
         # the selected model is judged as it is served: from its ONNX export
         model, card = load_model(model_dir, prefer_onnx=role == "selected")
         served = model_dir / "model.onnx" if role == "selected" else model_file(model_dir)

@@ -265,11 +265,15 @@ def teacher_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
     return [Variant("teacher", inputs.teacher, {**inputs.card, "compression": {"method": "none"}})]
 
 
+def pruned_name(ratio: float) -> str:
+    return f"pruned_{round(ratio * 100)}"
+
+
 def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
     """One pruned teacher per ratio, fine-tuned with distillation from the unpruned teacher."""
     out = []
     for ratio in cfg.prune.ratios:
-        name = f"pruned_{round(ratio * 100)}"
+        name = pruned_name(ratio)
         model, card = prune_channels(inputs.teacher, inputs.card, ratio)
         history = []
         if cfg.prune.epochs:
@@ -316,10 +320,6 @@ def int8_variant(source: Variant, calibration: torch.Tensor) -> Variant:
 
 
 STUDENT_KINDS = ("distilled", "control")
-
-
-def pruned_name(ratio: float) -> str:
-    return f"pruned_{round(ratio * 100)}"
 
 
 def planned_names(kinds: tuple[str, ...], cfg: CompressConfig) -> set[str]:
