@@ -37,7 +37,8 @@ PRESETS = {
 }
 
 
-def _warp(x: torch.Tensor, aug: Augment, gen: torch.Generator, n: int, part: slice) -> torch.Tensor:
+def _warp(x: torch.Tensor, aug: Augment, gen: torch.Generator, n: int, part: slice,
+          size: tuple[int, int] | None = None) -> torch.Tensor:
     rand = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731 - uniform in [-1, 1)
     angle = rand() * math.radians(aug.rotation)
     zoom = 1 + rand() * aug.scale
@@ -53,7 +54,7 @@ def _warp(x: torch.Tensor, aug: Augment, gen: torch.Generator, n: int, part: sli
     theta = torch.stack([torch.stack([cos * wx, -sin * wy, tx], 1),
                          torch.stack([sin * wx, cos * wy, ty], 1)], 1)  # (n, 2, 3)
     theta = theta[part].to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, [*x.shape[:2], *(size or x.shape[-2:])], align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
@@ -81,15 +82,16 @@ def _jitter(x: torch.Tensor, strength: float, gen: torch.Generator, n: int, part
 
 
 def augment_batch(x: torch.Tensor, aug: Augment, gen: torch.Generator, n: int | None = None,
-                  part: slice = slice(None), norm: tuple[list[float], list[float]] | None = None
-                  ) -> torch.Tensor:
-    """Warp, flip and jitter a normalized batch (`norm` undoes the normalization for jitter).
+                  part: slice = slice(None), norm: tuple[list[float], list[float]] | None = None,
+                  size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Warp, flip and jitter a normalized batch (`norm` undoes the normalization for jitter),
+    sampled at `size` (h, w) when given (progressive resizing: the warp resamples anyway).
 
     A DDP rank passes its `part` of a global batch of `n`: the draws are the global batch's,
     so every rank's generator stays in step and the warps match one process's.
     """
     n = len(x) if n is None else n
-    out = _warp(x, aug, gen, n, part)
+    out = _warp(x, aug, gen, n, part, size)
     if aug.hflip:
         out = _flip(out, gen, n, part, -1)
     if aug.vflip:

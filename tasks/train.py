@@ -45,6 +45,14 @@ class FitSettings:
     threads: int = 0
     max_seconds: float | None = None  # after epoch 1, the schedule shrinks to what fits
     precision: str = "fp32"  # or bf16: autocast (tasks.adapt.resolve_precision)
+    early_scale: float = 1.0  # progressive resizing: the first epochs' side, a share of the full
+    early_share: float = 0.0  # share of the epochs at that side
+
+    def input_size(self, epoch: int, epochs: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """The (h, w) this epoch trains at when progressive resizing shrinks it, else None."""
+        if self.early_scale >= 1.0 or epoch > round(self.early_share * epochs):
+            return None
+        return tuple(max(1, round(side * self.early_scale)) for side in shape[-2:])
 
     @classmethod
     def from_train(cls, cfg: TrainConfig, augment: Augment | None | str = "configured"
@@ -57,11 +65,12 @@ class FitSettings:
                              "(tasks.adapt.resolve_train)")
         if augment == "configured":
             augment = configured_augment(cfg.augment)
-        minutes = cfg.budget.minutes
+        minutes, progressive = cfg.budget.minutes, cfg.progressive
         return cls(int(cfg.epochs), cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2,
                    cfg.seed, augment, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
                    cfg.threads, minutes * 60 if minutes else None,
-                   "fp32" if cfg.precision == "auto" else cfg.precision)
+                   "fp32" if cfg.precision == "auto" else cfg.precision,
+                   1.0 if progressive.scale == "auto" else progressive.scale, progressive.share)
 
 
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -222,6 +231,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
             if epoch > epochs:
                 break
             replica.seed_epoch(settings.seed, epoch)
+            size = settings.input_size(epoch, epochs, x_train.shape)
             step_model.train()
             order = torch.randperm(len(x_train), generator=gen)  # the same on every rank
             total, seen = 0.0, 0
@@ -230,7 +240,9 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
                 part = replica.part(len(idx))
                 xb, yb = x_train[idx[part]], y_train[idx[part]]
                 if settings.augment is not None:
-                    xb = augment_batch(xb, settings.augment, gen, len(idx), part, norm)
+                    xb = augment_batch(xb, settings.augment, gen, len(idx), part, norm, size)
+                elif size is not None:
+                    xb = F.interpolate(xb, size=size, mode="bilinear", antialias=True)
                 xb = replica.inputs(xb)
                 with replica.autocast(settings.precision == "bf16"):
                     loss = replica.batch_loss(loss_fn, step_model(xb), yb, xb, len(idx))
@@ -252,6 +264,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
             history.append(row)
             if settings.max_seconds and epoch == start:
                 seconds = replica.sum([time.perf_counter() - began])[0] / replica.world  # ranks agree
+                if size is not None:  # a full-size epoch costs about the pixel ratio more
+                    seconds /= settings.early_scale ** 2
                 epochs = fit_in_time(sched, settings, epoch, seconds, name)
             if on_epoch is not None and replica.leader:
                 on_epoch(row, epochs)  # e.g. the flow's progress artifact (epochs after any time cap)
@@ -308,9 +322,10 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
     gpu = distributed and resolve_backend(cfg.distributed.backend) == "nccl"
     precision, decided["precision_why"] = resolve_precision(cfg.precision, model, in_shape, gpu)
     cfg, decided["precision"] = cfg.model_copy(update={"precision": precision}), precision
-    log.info("train: %s (%s), %d epochs (%s), augmentation %s, %s (%s)", decided["kind"],
-             decided["kind_why"], cfg.epochs, decided["epochs_why"],
-             describe_augment(decided["augment"]), precision, decided["precision_why"])
+    log.info("train: %s (%s), %d epochs (%s), augmentation %s, sizes %s, %s (%s)",
+             decided["kind"], decided["kind_why"], cfg.epochs, decided["epochs_why"],
+             describe_augment(decided["augment"]), decided["progressive"]["why"], precision,
+             decided["precision_why"])
     if distributed:
         from tasks.distributed import launch
 

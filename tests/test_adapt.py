@@ -120,3 +120,27 @@ def test_the_card_records_what_the_budget_asked_for():
     resolved, _, decided = resolve_train(cfg, (x, y), ["l", "r", "o"])
 
     assert decided["budget_epochs"] == 100 and resolved.epochs == decided["epochs"] == 40
+
+
+def test_progressive_resizing_shrinks_the_early_epochs_of_a_cnn_on_32_px_only():
+    x, y = arrows(10)
+    cfg, _, decided = resolve_train(TrainConfig(), (x, y), ["a", "b", "c"])
+    assert cfg.progressive.scale == 0.75 and decided["progressive"]["scale"] == 0.75
+    assert "24 px" in decided["progressive"]["why"]
+    x28 = ink()
+    cfg, _, decided = resolve_train(TrainConfig(), (x28, np.zeros(len(x28), int)), ["a"])
+    assert cfg.progressive.scale == 1.0 and "28 px < 32 px" in decided["progressive"]["why"]
+    cfg, _, decided = resolve_train(TrainConfig(model="seed_cnn"), (x, y), ["a", "b", "c"])
+    assert cfg.progressive.scale == 1.0 and "seed_cnn" in decided["progressive"]["why"]
+    cfg, _, decided = resolve_train(TrainConfig(progressive={"scale": 0.5}), (x, y), ["a", "b", "c"])
+    assert cfg.progressive.scale == 0.5 and decided["progressive"]["why"] == "train.progressive.scale"
+
+
+def test_a_resized_warp_samples_the_whole_image_at_the_smaller_size():
+    x = torch.rand(4, 3, 32, 32)
+    gen = torch.Generator().manual_seed(0)
+    out = augment_batch(x, PRESETS["photos"], gen, norm=([0.5] * 3, [0.25] * 3), size=(24, 24))
+    assert out.shape == (4, 3, 24, 24) and torch.isfinite(out).all()
+    still = PRESETS["characters"].__class__(shift=0.0, rotation=0.0, scale=0.0)
+    flat = torch.ones(2, 1, 32, 32) * 0.3  # an unwarped flat image stays flat at any size
+    assert torch.allclose(augment_batch(flat, still, gen, size=(16, 16)), torch.full((2, 1, 16, 16), 0.3))

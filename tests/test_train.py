@@ -278,3 +278,28 @@ def test_resume_after_early_stop_trains_no_further(data, tmp_path, monkeypatch):
                          checkpoint_key="k")
 
     assert retried == history
+
+
+@pytest.mark.parametrize("augment", [Augment(), None])
+def test_progressive_resizing_trains_the_early_epochs_smaller_and_ends_full_size(augment):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (64, 3, 16, 16), dtype=np.uint8)
+    y = rng.integers(0, 3, 64)
+    torch.manual_seed(0)
+    model = build_model("cnn", (3, 16, 16), 3, channels=[4, 8], stem_stride=1)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].shape[-1])))
+
+    _, history = fit(model, (x, y), (x[:16], y[:16]), ([0.5] * 3, [0.25] * 3),
+                     settings(epochs=3, augment=augment, early_scale=0.5, early_share=0.67))
+
+    trained = [side for training, side in seen if training]
+    per_epoch = len(trained) // 3
+    assert trained == [8] * 2 * per_epoch + [16] * per_epoch  # epochs 1-2 at 8 px, 3 at 16
+    assert {side for training, side in seen if not training} == {16}  # validated full size
+    assert all(math.isfinite(row["train_loss"]) for row in history)
+
+
+def test_progressive_scale_below_one_needs_a_cnn():
+    with pytest.raises(ValueError, match="progressive.scale 0.5 needs model cnn"):
+        TrainConfig(model="vit", progressive={"scale": 0.5})
