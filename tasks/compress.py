@@ -232,8 +232,28 @@ def quiet_torchao_import() -> None:
         logging.getLogger(name).addFilter(drop)  # addFilter skips a filter already there
 
 
-def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """Static int8 with the PT2E flow (torchao): per-channel int8 weights, uint8 activations.
+def has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI)."""
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni"))
+
+
+def resolve_reduce_range(choice: str | bool) -> tuple[bool, str]:
+    """(activations in 7 bits?, why): compress.quantize.reduce_range, or for auto, 7 bits on a
+    CPU without VNNI. There onnxruntime multiplies uint8 activations by int8 weights with
+    VPMADDUBSW, whose 16-bit pair sums saturate past 127 x 127 x 2; torchao's X86 quantizer
+    gives the same advice."""
+    if choice != "auto":
+        return bool(choice), "compress.quantize.reduce_range"
+    if has_vnni():
+        return False, "VNNI on this CPU: full 8-bit activations"
+    return True, "no VNNI on this CPU: 7-bit activations, else onnxruntime's u8s8 kernels saturate"
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor, reduce_range: bool = False
+                  ) -> nn.Module:
+    """Static int8 with the PT2E flow (torchao): per-channel int8 weights, uint8 activations
+    (0..127 with `reduce_range`).
 
     Returns the converted graph (quantize/dequantize around float ops); onnxruntime fuses
     those into int8 kernels once exported.
@@ -247,7 +267,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
     )
 
     quantizer = X86InductorQuantizer()
-    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    quantizer.set_global(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     batch = torch.export.Dim("batch")
     captured = torch.export.export(model.eval(), (calibration[:2],),
                                    dynamic_shapes=({0: batch},)).module()
@@ -309,14 +329,19 @@ VARIANTS = {"teacher": teacher_variants, "pruned": pruned_variants,
             "distilled": distilled_variants, "control": control_variants}
 
 
-def int8_variant(source: Variant, calibration: torch.Tensor) -> Variant:
+def int8_variant(source: Variant, calibration: torch.Tensor,
+                 reduce_range: tuple[bool, str] = (False, "compress.quantize.reduce_range")
+                 ) -> Variant:
+    reduced, why = reduce_range
     card = {**source.card, "format": "onnx", "compression": {
         "method": f"{source.method}+int8" if source.method != "none" else "int8",
         "source": source.name, "source_compression": source.card.get("compression", {}),
         "quantization": {"tool": "torchao pt2e", "quantizer": "X86InductorQuantizer",
-                         "weights": "int8 per channel", "activations": "uint8 per tensor",
-                         "calibration_samples": len(calibration)}}}
-    return Variant(f"{source.name}_int8", quantize_int8(source.model, calibration), card, int8=True)
+                         "weights": "int8 per channel",
+                         "activations": f"uint8 per tensor, 0..{127 if reduced else 255}",
+                         "activations_why": why, "calibration_samples": len(calibration)}}}
+    model = quantize_int8(source.model, calibration, reduced)
+    return Variant(f"{source.name}_int8", model, card, int8=True)
 
 
 STUDENT_KINDS = ("distilled", "control")
@@ -358,13 +383,14 @@ def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] =
             log.warning("compress: no %s variant: %s", kind, exc)
     calibration = calibration_batch(inputs.train, inputs.card, cfg.quantize.calibration_samples,
                                     cfg.seed)
+    reduce_range = resolve_reduce_range(cfg.quantize.reduce_range)
     for name in cfg.quantize.variants:
         if name not in variants:
             if name in planned_names(kinds, cfg):  # built in this round, yet failed
                 skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
             continue
         try:
-            v = int8_variant(variants[name], calibration)
+            v = int8_variant(variants[name], calibration, reduce_range)
             variants[v.name] = v
         except Exception as exc:  # export/quantizer support differs per architecture
             skipped[f"{name}_int8"] = f"int8 failed: {type(exc).__name__}: {exc}"

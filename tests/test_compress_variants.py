@@ -257,3 +257,36 @@ def test_variants_are_built_by_round_with_their_own_int8_copies(data):
     assert [(set(variants), skipped) for variants, skipped in built] == [
         ({"teacher", "pruned_50", "pruned_50_int8"}, {}), ({"pruned_75", "pruned_75_int8"}, {}),
         ({"distilled", "distilled_int8"}, {})]
+
+
+def test_int8_activations_drop_to_7_bits_on_a_cpu_without_vnni(monkeypatch):
+    import tasks.compress as compress
+
+    monkeypatch.setattr(compress, "has_vnni", lambda: False)
+    assert compress.resolve_reduce_range("auto")[0] is True
+    monkeypatch.setattr(compress, "has_vnni", lambda: True)
+    assert compress.resolve_reduce_range("auto") == (False, "VNNI on this CPU: full 8-bit activations")
+    assert compress.resolve_reduce_range(True) == (True, "compress.quantize.reduce_range")
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_int8_graph_quantizes_activations_to_the_range_asked(reduce_range, tmp_path):
+    from nets.io import load_onnx
+    from tasks.compress import quantize_int8
+    from tasks.export import export_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), torch.nn.ReLU(),
+                              torch.nn.Conv2d(32, 32, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(32, 5)).eval()
+    x = torch.randn(64, 3, 12, 12)
+    q = quantize_int8(net, x, reduce_range)
+    maxes = {n.args[4] for n in q.graph.nodes
+             if "quantize_per_tensor" in str(n.target)}  # (x, scale, zero, min, max, dtype)
+    assert maxes == {127 if reduce_range else 255}
+    export_onnx(q, (3, 12, 12), tmp_path / "model.onnx")
+    with torch.no_grad():
+        served, simulated = load_onnx(tmp_path)(x), q(x)
+    if reduce_range:  # 7 bits cannot saturate a 16-bit pair sum: the runtime matches the graph
+        assert (served.argmax(1) == simulated.argmax(1)).float().mean() >= 0.95
