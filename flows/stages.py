@@ -163,6 +163,8 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
         rows = shelf.rows()
         selected, reason = select_variant(rows, cfg.compress.select)
         stopped = building_stops(cfg.compress, rows, cfg.promote.candidate)
+        if stopped is None:  # say why each round did not end the build, while it goes on
+            log.info("compress: after building %s, %s", ", ".join(sorted(variants)), reason)
     if stopped is not None:
         log.info("compress: %s", stopped)
     log.info("compress: %s", reason)
