@@ -288,14 +288,21 @@ class TrainConfig(Section):
 class PruneConfig(Section):
     """Structured (channel) pruning of the cnn teacher with Torch-Pruning, then a fine-tune."""
 
-    ratios: list[float] = Field(default_factory=lambda: [0.5, 0.75],
-                                description="share of each conv layer's channels removed")
+    ratios: list[float | Literal["auto"]] = Field(
+        default_factory=lambda: ["auto", 0.75],
+        description="share of each conv layer's channels removed; auto: the mildest share whose "
+        "pruned network is within compress.select.max_size_ratio of the teacher's weights (0.5 "
+        "without a size budget)")
+    round_to: int = Field(8, ge=1, description="pruned layers keep a multiple of this many "
+                          "channels (nearest), which the CPU's vector units run at full speed: "
+                          "GTSRB's teacher pruned to 14/29/58 channels ran 2.45x faster than "
+                          "itself, to 16/32/64 3.1x")
     epochs: int = Field(4, ge=0, description="fine-tune epochs after pruning")
     lr: float = Field(0.001, gt=0.0)
 
     @model_validator(mode="after")
     def _ratios_in_range(self) -> PruneConfig:
-        bad = [r for r in self.ratios if not 0.0 < r < 1.0]
+        bad = [r for r in self.ratios if r != "auto" and not 0.0 < r < 1.0]
         if bad:
             raise ValueError(f"ratios must lie strictly between 0 and 1, got {bad}")
         return self
@@ -304,8 +311,9 @@ class PruneConfig(Section):
 class QuantizeConfig(Section):
     """Static int8 (torchao PT2E, X86 quantizer) of the named variants, served by onnxruntime."""
 
-    variants: list[str] = Field(default_factory=lambda: ["pruned_50", "pruned_75", "distilled"],
-                                description="variants to quantize; missing ones are skipped")
+    variants: list[str] = Field(default_factory=lambda: ["pruned", "distilled"],
+                                description="variants to quantize, by name (pruned_50) or kind "
+                                "(pruned: every pruned one); missing ones are skipped")
     calibration_samples: int = Field(256, ge=1, description="train samples for calibration")
     reduce_range: Literal["auto"] | bool = Field(
         "auto", description="activations in 7 bits (0..127). auto: on a CPU without VNNI, where "

@@ -141,6 +141,8 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
         calibration_batch,
         distillation_gain,
         planned_names,
+        pruned_name,
+        resolve_prune,
         select_variant,
     )
     from tasks.pareto import plot_pareto
@@ -152,8 +154,11 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
     inputs = Inputs(teacher, card, train, val, ckpt.parent, key)
     shelf = VariantShelf(ws.models / "variants", val, test, cfg)
     check = calibration_batch(val, card, len(val[0]), 0)
+    ccfg, ratio_why = resolve_prune(cfg.compress, card)
+    for ratio, why in ratio_why.items():
+        log.info("compress: %s: %s", pruned_name(ratio), why)
     skipped, stopped = {}, None
-    for kinds, round_cfg in build_rounds(cfg.compress):
+    for kinds, round_cfg in build_rounds(ccfg):
         if stopped is not None:
             skipped.update((name, stopped) for name in sorted(planned_names(kinds, round_cfg)))
             continue
@@ -162,7 +167,7 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
         skipped.update(failed)
         rows = shelf.rows()
         selected, reason = select_variant(rows, cfg.compress.select)
-        stopped = building_stops(cfg.compress, rows, cfg.promote.candidate)
+        stopped = building_stops(ccfg, rows, cfg.promote.candidate)
         if stopped is None:  # say why each round did not end the build, while it goes on
             log.info("compress: after building %s, %s", ", ".join(sorted(variants)), reason)
     if stopped is not None:
@@ -172,6 +177,7 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
     write_json(ws.reports / "compression.json",
                {"variants": rows, "selected": selected, "reason": reason,
                 "budget": cfg.compress.select.model_dump(), "skipped": skipped,
+                "prune_ratios": {pruned_name(r): why for r, why in ratio_why.items()},
                 "distillation_gain": distillation_gain(rows)})
     plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
     trained = "distilled" in shelf.variants

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evergreen.config import CompressConfig, EvaluateConfig, SelectConfig
+from evergreen.config import CnnConfig, CompressConfig, EvaluateConfig, SelectConfig
 from nets import build_model
 from nets.io import card_options
 from tasks.adapt import settings_augment
@@ -168,8 +168,58 @@ def conv_channels(model: nn.Module) -> list[int]:
     return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def prune_channels(model: nn.Module, card: dict, ratio: float) -> tuple[nn.Module, dict]:
-    """Remove `ratio` of every conv layer's channels (L2 magnitude, dependency-aware).
+def pruned_widths(widths: list[int], ratio: float, round_to: int) -> list[int]:
+    """Each width less `ratio` of it, to the nearest multiple of round_to; where that is none,
+    to the nearest channel (at least 1)."""
+    def keep(width: int) -> int:
+        left = width * (1 - ratio)
+        rounded = round(left / round_to) * round_to
+        return rounded if rounded >= round_to else max(1, round(left))
+
+    return [keep(w) for w in widths]
+
+
+def weight_count(card: dict, channels: list[int]) -> int:
+    """Floats in the state of the card's cnn with these block widths (what its export holds)."""
+    options = {**card_options(card), "channels": channels}
+    model = build_model("cnn", tuple(card["in_shape"]), len(card["classes"]), **options)
+    return sum(t.numel() for t in model.state_dict().values() if t.dtype.is_floating_point)
+
+
+def auto_prune_ratio(card: dict, max_size_ratio: float | None, round_to: int) -> tuple[float, str]:
+    """(ratio, why): the smallest share of channels (in steps of 0.01) whose pruned teacher keeps
+    at most max_size_ratio of its weights; the stem's inputs and the head's outputs stay, so
+    halving every width leaves a little over a quarter. 0.5 without a size budget or a cnn."""
+    if max_size_ratio is None or card["arch"] != "cnn":
+        return 0.5, "no size budget" if max_size_ratio is None else f"{card['arch']} is not pruned"
+    widths = card_options(card).get("channels") or CnnConfig().channels
+    full = weight_count(card, widths)
+    for step in range(1, 96):
+        ratio = step / 100
+        channels = pruned_widths(widths, ratio, round_to)
+        share = weight_count(card, channels) / full
+        if share <= max_size_ratio:
+            return ratio, (f"the mildest ratio whose widths {channels} keep {share:.2f} of the "
+                           f"weights <= compress.select.max_size_ratio {max_size_ratio}")
+    return 0.95, f"no ratio up to 0.95 keeps {max_size_ratio} of the weights"
+
+
+def resolve_prune(cfg: CompressConfig, card: dict) -> tuple[CompressConfig, dict[float, str]]:
+    """cfg with each auto pruning ratio decided for this teacher, and why each ratio was taken."""
+    ratios, why = [], {}
+    for choice in cfg.prune.ratios:
+        ratio, reason = ((choice, "compress.prune.ratios") if choice != "auto" else
+                         auto_prune_ratio(card, cfg.select.max_size_ratio, cfg.prune.round_to))
+        if ratio not in why:
+            ratios.append(ratio)
+            why[ratio] = reason
+    return cfg.model_copy(update={"prune": cfg.prune.model_copy(update={"ratios": ratios})}), why
+
+
+def prune_channels(model: nn.Module, card: dict, ratio: float, round_to: int = 1
+                   ) -> tuple[nn.Module, dict]:
+    """Remove `ratio` of every conv layer's channels (L2 magnitude, dependency-aware), keeping
+    the widths `pruned_widths` gives.
 
     Torch-Pruning removes whole filters together with what depends on them (BatchNorm,
     the next conv's inputs), so the result is a smaller dense `cnn`; it is rebuilt from
@@ -182,10 +232,17 @@ def prune_channels(model: nn.Module, card: dict, ratio: float) -> tuple[nn.Modul
     pruned = copy.deepcopy(model).eval()
     example = torch.zeros(1, *card["in_shape"])
     head = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1]  # classes stay
+    convs = [m for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    target = pruned_widths([m.out_channels for m in convs], ratio, round_to)
+    # Torch-Pruning keeps int(width * (1 - layer ratio)) channels: half a channel above the target
+    per_layer = {m: 1 - (t + 0.5) / m.out_channels for m, t in zip(convs, target, strict=True)}
     pruner = tp.pruner.MetaPruner(pruned, example, importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=[head])
+                                  pruning_ratio=ratio, pruning_ratio_dict=per_layer,
+                                  ignored_layers=[head])
     pruner.step()
     widths = conv_channels(pruned)
+    if widths != target:
+        raise ValueError(f"pruning left widths {widths}, expected {target}")
     channels = widths[::2]  # a cnn block is two convs of equal width
     if widths[1::2] != channels:
         raise ValueError(f"pruning left unequal widths within a block: {widths}")
@@ -194,7 +251,8 @@ def prune_channels(model: nn.Module, card: dict, ratio: float) -> tuple[nn.Modul
     rebuilt.load_state_dict(pruned.state_dict())
     pruned_card = {**card, "options": options, "compression": {
         "method": "pruning", "tool": "torch-pruning", "importance": "L2 magnitude",
-        "ratio": ratio, "channels_before": conv_channels(model)[::2], "channels_after": channels}}
+        "ratio": ratio, "round_to": round_to, "channels_before": conv_channels(model)[::2],
+        "channels_after": channels}}
     return rebuilt.eval(), pruned_card
 
 
@@ -290,11 +348,14 @@ def pruned_name(ratio: float) -> str:
 
 
 def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
-    """One pruned teacher per ratio, fine-tuned with distillation from the unpruned teacher."""
+    """One pruned teacher per ratio (auto decided for this teacher), fine-tuned with
+    distillation from the unpruned teacher."""
     out = []
+    cfg, ratio_why = resolve_prune(cfg, inputs.card)
     for ratio in cfg.prune.ratios:
         name = pruned_name(ratio)
-        model, card = prune_channels(inputs.teacher, inputs.card, ratio)
+        model, card = prune_channels(inputs.teacher, inputs.card, ratio, cfg.prune.round_to)
+        card["compression"]["ratio_why"] = ratio_why[ratio]
         history = []
         if cfg.prune.epochs:
             settings = FitSettings(cfg.prune.epochs, cfg.batch_size, cfg.prune.lr, "cosine",
@@ -347,11 +408,23 @@ def int8_variant(source: Variant, calibration: torch.Tensor,
 STUDENT_KINDS = ("distilled", "control")
 
 
-def planned_names(kinds: tuple[str, ...], cfg: CompressConfig) -> set[str]:
-    """The variants these kinds would build with this config (int8 copies aside)."""
+def planned_by_kind(kinds: tuple[str, ...], cfg: CompressConfig) -> dict[str, list[str]]:
+    """The variants these kinds would build with this config (int8 copies aside), per kind."""
     names = {"teacher": ["teacher"], "pruned": [pruned_name(r) for r in cfg.prune.ratios],
              "distilled": ["distilled"], "control": ["control"] if cfg.control else []}
-    return {name for kind in kinds for name in names[kind]}
+    return {kind: names[kind] for kind in kinds}
+
+
+def planned_names(kinds: tuple[str, ...], cfg: CompressConfig) -> set[str]:
+    """The variants these kinds would build with this config (int8 copies aside)."""
+    return {name for names in planned_by_kind(kinds, cfg).values() for name in names}
+
+
+def int8_sources(kinds: tuple[str, ...], cfg: CompressConfig) -> list[str]:
+    """The planned variants compress.quantize.variants names, by name or by kind."""
+    wanted = set(cfg.quantize.variants)
+    return [name for kind, names in planned_by_kind(kinds, cfg).items() for name in names
+            if kind in wanted or name in wanted]
 
 
 def build_rounds(cfg: CompressConfig) -> list[tuple[tuple[str, ...], CompressConfig]]:
@@ -371,8 +444,8 @@ def build_rounds(cfg: CompressConfig) -> list[tuple[tuple[str, ...], CompressCon
 
 def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] = tuple(VARIANTS)
                    ) -> tuple[dict[str, Variant], dict[str, str]]:
-    """The variants of these kinds the config asks for (with the int8 copies of those named in
-    compress.quantize.variants), by name; and why any could not be built."""
+    """The variants of these kinds the config asks for (with the int8 copies of those
+    compress.quantize.variants names), by name; and why any could not be built."""
     variants, skipped = {}, {}
     for kind in kinds:
         builder = VARIANTS[kind]
@@ -384,10 +457,9 @@ def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] =
     calibration = calibration_batch(inputs.train, inputs.card, cfg.quantize.calibration_samples,
                                     cfg.seed)
     reduce_range = resolve_reduce_range(cfg.quantize.reduce_range)
-    for name in cfg.quantize.variants:
-        if name not in variants:
-            if name in planned_names(kinds, cfg):  # built in this round, yet failed
-                skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
+    for name in int8_sources(kinds, cfg):
+        if name not in variants:  # planned in this round, yet failed
+            skipped[f"{name}_int8"] = f"no variant {name!r} to quantize"
             continue
         try:
             v = int8_variant(variants[name], calibration, reduce_range)

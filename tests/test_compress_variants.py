@@ -48,6 +48,78 @@ def test_pruning_removes_channels_and_parameters(ratio, expected):
     assert pcard["compression"]["method"] == "pruning"
 
 
+def sign_card(channels=(32, 64, 128)):
+    """A 32 px RGB teacher with 43 classes (GTSRB's shape)."""
+    return {"arch": "cnn", "options": {"channels": list(channels), "stem_stride": 1},
+            "in_shape": [3, 32, 32], "classes": [str(i) for i in range(43)]}
+
+
+def test_pruned_widths_keep_multiples_of_round_to():
+    from tasks.compress import pruned_widths
+
+    assert pruned_widths([32, 64, 128], 0.5, 8) == [16, 32, 64]
+    assert pruned_widths([32, 64, 128], 0.55, 8) == [16, 32, 56]  # 14.4, 28.8, 57.6 without
+    assert pruned_widths([32, 64, 128], 0.55, 1) == [14, 29, 58]
+    assert pruned_widths([8, 16], 0.75, 8) == [2, 4]  # no multiple of 8 left: the nearest channel
+
+
+def test_auto_ratio_is_the_mildest_that_fits_the_size_budget():
+    from tasks.compress import auto_prune_ratio, pruned_widths, weight_count
+
+    card = sign_card()
+    full = weight_count(card, [32, 64, 128])
+    for budget in (0.25, 0.5, 0.1):
+        ratio, why = auto_prune_ratio(card, budget, 8)
+        assert weight_count(card, pruned_widths([32, 64, 128], ratio, 8)) <= budget * full
+        milder = round(ratio - 0.01, 2)
+        assert weight_count(card, pruned_widths([32, 64, 128], milder, 8)) > budget * full
+        assert "max_size_ratio" in why
+    # halving every width leaves the stem's inputs and the head's outputs: just over a quarter
+    assert auto_prune_ratio(card, 0.25, 8)[0] > 0.5
+    assert auto_prune_ratio(card, None, 8) == (0.5, "no size budget")
+
+
+def test_resolve_prune_decides_auto_and_keeps_set_ratios():
+    from tasks.compress import pruned_name, resolve_prune
+
+    cfg = CompressConfig(prune={"ratios": ["auto", 0.75]})
+    resolved, why = resolve_prune(cfg, sign_card())
+    auto = resolved.prune.ratios[0]
+    assert resolved.prune.ratios == [auto, 0.75] and 0.5 < auto < 0.75
+    assert why[0.75] == "compress.prune.ratios" and pruned_name(auto) != "pruned_50"
+    same, _ = resolve_prune(CompressConfig(prune={"ratios": [0.5, 0.5]}), sign_card())
+    assert same.prune.ratios == [0.5]
+    with pytest.raises(ValueError, match="strictly between"):
+        CompressConfig(prune={"ratios": ["auto", 1.0]})
+
+
+def test_auto_pruning_of_a_photo_teacher_fits_a_quarter_in_multiples_of_8():
+    from tasks.compress import resolve_prune, weight_count
+
+    card = sign_card()
+    torch.manual_seed(0)
+    teacher = build_model("cnn", (3, 32, 32), 43, **card["options"]).eval()
+    cfg, _ = resolve_prune(CompressConfig(), card)
+    pruned, pcard = prune_channels(teacher, card, cfg.prune.ratios[0], cfg.prune.round_to)
+    widths = conv_channels(pruned)
+    assert all(w % 8 == 0 for w in widths) and widths[::2] == pcard["options"]["channels"]
+    share = weight_count(pcard, widths[::2]) / weight_count(card, [32, 64, 128])
+    assert share <= 0.25 and n_params(pruned) <= 0.25 * n_params(teacher)
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 43)
+
+
+def test_int8_copies_are_asked_for_by_name_or_kind():
+    from tasks.compress import int8_sources
+
+    by_kind = CompressConfig(prune={"ratios": [0.5, 0.75]},
+                             quantize={"variants": ["pruned", "distilled"]})
+    assert int8_sources(("teacher", "pruned"), by_kind) == ["pruned_50", "pruned_75"]
+    assert int8_sources(("distilled", "control"), by_kind) == ["distilled"]
+    by_name = by_kind.model_copy(update={"quantize": by_kind.quantize.model_copy(
+        update={"variants": ["pruned_75"]})})
+    assert int8_sources(("teacher", "pruned"), by_name) == ["pruned_75"]
+
+
 def test_pruning_refuses_other_architectures():
     card = {**cnn_card(), "arch": "seed_cnn", "options": {}}
     with pytest.raises(ValueError, match="supports the cnn teacher"):
