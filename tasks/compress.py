@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evergreen.config import CnnConfig, CompressConfig, EvaluateConfig, SelectConfig
+from evergreen.config import CompressConfig, EvaluateConfig, SelectConfig
 from nets import build_model
 from nets.io import card_options
 from tasks.adapt import settings_augment
@@ -192,7 +192,7 @@ def auto_prune_ratio(card: dict, max_size_ratio: float | None, round_to: int) ->
     halving every width leaves a little over a quarter. 0.5 without a size budget or a cnn."""
     if max_size_ratio is None or card["arch"] != "cnn":
         return 0.5, "no size budget" if max_size_ratio is None else f"{card['arch']} is not pruned"
-    widths = card_options(card).get("channels") or CnnConfig().channels
+    widths = card_options(card)["channels"]
     full = weight_count(card, widths)
     for step in range(1, 96):
         ratio = step / 100

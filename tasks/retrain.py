@@ -166,7 +166,8 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
         return False, (f"class set changed (new {added or 'none'}, gone {gone or 'none'}): "
                        "training from scratch with an output per class")
     # options params leave to the data (auto) match whatever the champion resolved them to
-    auto = {"dropout"} | ({"stem_stride"} if train_cfg.cnn.stem_stride is None else set())
+    auto = ({"dropout"} | ({"stem_stride"} if train_cfg.cnn.stem_stride is None else set())
+            | ({"channels"} if train_cfg.cnn.channels == "auto" else set()))
     wanted = {k: v for k, v in model_options(train_cfg, in_shape).items() if k not in auto}
     has = {k: v for k, v in card_options(card).items() if k not in auto}
     if card["arch"] != train_cfg.model or wanted != has:

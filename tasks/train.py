@@ -20,7 +20,7 @@ from torch import nn
 from evergreen.config import TrainConfig
 from nets import build_model
 from nets.cnn import auto_stem_stride
-from tasks.adapt import configured_augment, resolve_precision, resolve_train
+from tasks.adapt import auto_channels, configured_augment, resolve_precision, resolve_train
 from tasks.augment import Augment, augment_batch
 from tasks.distributed import Replica, resolve_backend
 
@@ -295,8 +295,8 @@ def model_options(cfg: TrainConfig, in_shape: tuple[int, ...]) -> dict:
     card records them, so the network rebuilds the same whatever the defaults become)."""
     options = {"dropout": cfg.dropout}
     if cfg.model == "cnn":
-        options["channels"] = list(cfg.cnn.channels)
         options["stem_stride"] = cfg.cnn.stem_stride or auto_stem_stride(in_shape)
+        options["channels"] = auto_channels(cfg, in_shape, options["stem_stride"])[0]
     elif cfg.model == "vit":
         options.update(cfg.vit.model_dump())
     return options

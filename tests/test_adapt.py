@@ -74,6 +74,28 @@ def test_stem_epochs_and_user_settings():
     assert cfg.cnn.stem_stride == 2  # strokes survive a halved 28 px map
 
 
+def test_teacher_depth_follows_the_image_size():
+    from nets import build_model
+    from tasks.adapt import auto_channels
+
+    cfg = TrainConfig()
+    assert auto_channels(cfg, (3, 32, 32), 1)[0] == [32, 64, 128]
+    assert auto_channels(cfg, (1, 8, 8), 1)[0] == [32, 64, 128]  # never under 3 blocks
+    assert auto_channels(cfg, (3, 128, 128), 2)[0] == [32, 64, 128, 256]
+    widths, why = auto_channels(cfg, (3, 224, 224), 2)
+    assert widths == [32, 64, 128, 256, 256] and "5 blocks" in why
+    # the map global pooling averages is about 4 px, whatever the image size
+    for side, stride in ((32, 1), (128, 2), (224, 2)):
+        options = {"channels": auto_channels(cfg, (3, side, side), stride)[0], "stem_stride": stride}
+        features = build_model("cnn", (3, side, side), 10, **options).features
+        assert 3 <= features(torch.zeros(1, 3, side, side)).shape[-1] <= 4
+    mine = TrainConfig(cnn={"channels": [8, 16]})
+    assert auto_channels(mine, (1, 64, 64), 2) == ([8, 16], "train.cnn.channels")
+    x, y = arrows()
+    cfg, _, decided = resolve_train(TrainConfig(), (x, y), ["a", "b", "c"])
+    assert cfg.cnn.channels == decided["channels"] == [32, 64, 128] and "channels_why" in decided
+
+
 def test_photo_augmentation_crops_jitters_and_stays_finite():
     x = torch.rand(8, 3, 16, 16)
     gen = torch.Generator().manual_seed(0)

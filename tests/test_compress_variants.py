@@ -238,7 +238,7 @@ def test_size_budget_is_relative_to_the_teacher_by_default():
     assert select_variant(tiny, cfg)[0] == "quarter"  # 10 KB fits: no absolute size stands in
 
 
-@pytest.mark.parametrize("in_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 48)])
+@pytest.mark.parametrize("in_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 48), (3, 128, 128)])
 def test_the_auto_student_is_never_larger_than_its_teacher(in_shape):
     import nets
     from evergreen.config import TrainConfig
