@@ -22,6 +22,7 @@ run: setup
 	$(BIN)/evergreen run
 
 test: setup chromium
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not gpu"
 
 # Debian's chromium for the browser test (tests/test_browser.py); it skips, saying why, without it.
@@ -39,6 +40,7 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV)

@@ -32,8 +32,8 @@ def instrument() -> None:
     import flows.stages as stages
     import tasks.validate as validate
 
-    for name in list(stages.PURE_STAGES):
-        stages.PURE_STAGES[name] = timed(stages.PURE_STAGES[name], name)
+    for name in list(stages.STAGE_MAINS):
+        stages.STAGE_MAINS[name] = timed(stages.STAGE_MAINS[name], name)
     stages.run_ingest = timed(stages.run_ingest, "ingest")
     stages.run_promote = timed(stages.run_promote, "promote")
     for fn in ("validate_metadata", "validate_batch"):

@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evergreen.errors import ConfigError
 
-STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "promote")
-
 
 class Section(BaseModel):
     # strict: `epochs: true` or `lr: "fast"` is an error, not a silent coercion

@@ -16,8 +16,7 @@ import sys
 import typing
 
 from evergreen.errors import BadInputError, EvergreenError
-
-STAGE_NAMES = ("validate", "preprocess", "train", "compress", "evaluate")
+from evergreen.stages import pure_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("source", nargs="+", metavar="SRC",
                         help="image folder, IDX folder/file (or IMAGES LABELS), NPZ, CSV, zip/tar")
     stage = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
-    stage.add_argument("name", choices=STAGE_NAMES)
+    stage.add_argument("name", choices=pure_names())
     status = sub.add_parser("status", help="champion, candidates, data version")
     status.add_argument("--json", action="store_true")
     predict = sub.add_parser("predict", help="class probabilities from the champion")
@@ -207,11 +206,11 @@ def print_read_log(notes: list[str], skipped: list[dict], shown: int = 10) -> No
 
 def cmd_stage(args, ws) -> int:
     from evergreen.config import load_config
-    from flows.stages import PURE_STAGES
+    from flows.stages import STAGE_MAINS
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    summary = PURE_STAGES[args.name](ws, load_config(ws.params))
+    summary = STAGE_MAINS[args.name](ws, load_config(ws.params))
     print(json.dumps({"stage": args.name, **summary}, default=str))
     return 0
 
@@ -285,7 +284,8 @@ def cmd_watch(args, ws) -> int:
     print(f"landed {len(summary.landed)} batch(es), {len(summary.unchanged)} drop(s) with nothing "
           f"new, {len(summary.failed)} refused (see DIR/.failed/); {len(summary.retrains)} "
           f"retrain(s), {len(summary.retrain_errors)} failed; {len(summary.events)} event(s) sent")
-    return 2 if summary.failed else 1 if summary.retrain_errors else 0
+    return (BadInputError.exit_code if summary.failed
+            else EvergreenError.exit_code if summary.retrain_errors else 0)
 
 
 def interrupt(signum, frame):
@@ -357,7 +357,7 @@ def cmd_predict(args, ws) -> int:
             print(f"{row['path']}: {row['class']} ({row['probability']:.4f})")
     for line in errors:
         print(f"evergreen predict: error: {line}", file=sys.stderr)
-    return 2 if errors else 0
+    return BadInputError.exit_code if errors else 0
 
 
 def cmd_evaluate(args, ws) -> int:
@@ -371,7 +371,7 @@ def cmd_evaluate(args, ws) -> int:
     print(json.dumps(result, indent=2) if args.json else "\n".join(evaluation_lines(result)))
     for line in errors:  # scored without them, as predict does
         print(f"evergreen evaluate: error: {line}", file=sys.stderr)
-    return 2 if errors else 0
+    return BadInputError.exit_code if errors else 0
 
 
 def checked_output(text: str):
@@ -393,47 +393,20 @@ def checked_output(text: str):
     return path
 
 
-WRITERS = {"run", "ingest", "stage"}  # one of these at a time per workspace
-COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": cmd_status,
-            "predict": cmd_predict}
-COMMANDS["ui"] = cmd_ui
-WRITERS |= {"retrain", "promote", "rollback"}
-COMMANDS |= {"retrain": cmd_retrain, "promote": cmd_promote, "rollback": cmd_rollback}
-COMMANDS |= {"watch": cmd_watch, "serve": cmd_serve}  # take the lock per run, not for life
-WRITERS.add("gan")
-COMMANDS["gan"] = cmd_gan
-WRITERS.add("tune")
-COMMANDS["tune"] = cmd_tune
-
-
 def cmd_bench(args, ws) -> int:
-    """Run the benchmarks (each group in its own process), print them, write reports/bench.json."""
-    from bench.core import GROUPS, run_all
-    from evergreen.workspace import write_json
+    """`evergreen bench`: bench/ sits above every other layer, so it is imported by name here."""
+    import importlib
 
-    unknown = sorted(set(args.only) - set(GROUPS))
-    if unknown:
-        raise BadInputError(f"bench --only: unknown group(s) {', '.join(unknown)}; "
-                            f"expected one of {', '.join(GROUPS)}")
-    if args.mnist:  # checked here, so a bad folder stops the bench before anything runs
-        from pathlib import Path
-
-        from bench.data import MNIST_ENV, idx_files
-
-        folder = Path(args.mnist).expanduser().resolve()
-        idx_files(folder)
-        os.environ[MNIST_ENV] = str(folder)  # the time-to-accuracy group's process reads it
-    say = None if args.json else (lambda line: print(line, flush=True))
-    report = run_all(ws.root, args.quick, args.only or None, progress=say)
-    table = report.pop("table")
-    write_json(ws.reports / "bench.json", report)
-    print(json.dumps(report, indent=2) if args.json else f"\n{table}\n\nwritten to "
-          f"{ws.reports / 'bench.json'} ({report['seconds']:.0f} s)")
-    return 0
+    return importlib.import_module("bench.cli").cmd_bench(args, ws)
 
 
-COMMANDS["bench"] = cmd_bench
-COMMANDS["evaluate"] = cmd_evaluate  # reads only: no workspace lock
+# commands that write the workspace hold its lock for their whole run (watch and serve take it
+# per run, not for life; evaluate, status, predict, ui and bench only read it)
+WRITERS = {"run", "ingest", "stage", "retrain", "promote", "rollback", "gan", "tune"}
+COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": cmd_status,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "ui": cmd_ui, "retrain": cmd_retrain,
+            "promote": cmd_promote, "rollback": cmd_rollback, "watch": cmd_watch,
+            "serve": cmd_serve, "gan": cmd_gan, "tune": cmd_tune, "bench": cmd_bench}
 
 
 def os_error_message(exc: OSError) -> str:

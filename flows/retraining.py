@@ -31,8 +31,8 @@ from flows.training import (
     overridden_from,
     promote_task,
     run_stage,
+    task_options,
     train_task,
-    transient,
 )
 
 log = logging.getLogger("evergreen.flow")
@@ -227,7 +227,7 @@ def run_warm_train(ws: Workspace, cfg: Config, teacher_dir: Path, batch_ids: lis
             "seconds": round(seconds, 2), **mix}
 
 
-@task(name="train", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+@task(**task_options("train"))
 def warm_train_task(ws: Workspace, cfg: Config, training: dict, batch_ids: list[str],
                     source: str, commit: bool) -> dict:
     """Warm-start the teacher (dvc.lock then records the fine-tuned teacher as train's output)."""

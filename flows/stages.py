@@ -16,6 +16,7 @@ import numpy as np
 
 from evergreen.config import Config, params_hash
 from evergreen.errors import BadInputError, DataValidationError
+from evergreen.stages import load_main, pure_stages
 from evergreen.workspace import Workspace, atomic_write_bytes, read_json, write_json
 
 log = logging.getLogger("evergreen.stages")
@@ -81,7 +82,7 @@ def checkpoint_for(ws: Workspace, stage: str, *parts) -> tuple:
 def run_train(ws: Workspace, cfg: Config, on_epoch=None) -> dict:
     from nets.io import save_model
     from tasks.report import plot_history
-    from tasks.train import train_model
+    from tasks.teacher import train_model
 
     meta = read_json(ws.processed / "meta.json")
     ckpt, key = checkpoint_for(ws, "train", params_hash(cfg.train))
@@ -261,13 +262,9 @@ def run_evaluate(ws: Workspace, cfg: Config) -> dict:
             "null_accuracy": results["null_model"]["accuracy"]}
 
 
-PURE_STAGES = {
-    "validate": run_validate,
-    "preprocess": run_preprocess,
-    "train": run_train,
-    "compress": run_compress,
-    "evaluate": run_evaluate,
-}
+# the mains of the registry's pure stages (evergreen/stages.py), by name; they write the
+# workspace, and are pure in DVC's sense: a function of data version, params and code
+STAGE_MAINS = {entry.name: load_main(entry) for entry in pure_stages()}
 
 
 def shown(source: str | tuple[str, str]) -> str:

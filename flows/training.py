@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from evergreen.config import Config, load_config, params_hash
 from evergreen.errors import DataValidationError, EvergreenError
+from evergreen.stages import pure_names, stage
 from evergreen.workspace import Workspace
 from flows import dvcfile
 from flows.artifacts import (
@@ -19,7 +20,7 @@ from flows.artifacts import (
     publish_run_artifacts,
     publish_validation,
 )
-from flows.stages import PURE_STAGES, quarantine_batch, run_ingest, run_promote
+from flows.stages import STAGE_MAINS, quarantine_batch, run_ingest, run_promote
 
 log = logging.getLogger("evergreen.flow")
 
@@ -35,6 +36,14 @@ def transient(task, task_run, state) -> bool:
     return False
 
 
+def task_options(name: str) -> dict:
+    """A stage's Prefect task options from the registry: its name, and retries (on errors that
+    are not the user's) where it has any."""
+    entry = stage(name)
+    retry = {"retries": entry.retries, "retry_condition_fn": transient} if entry.retries else {}
+    return {"name": entry.name, "cache_policy": NO_CACHE, **retry}
+
+
 def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool,
               stale: set[str] | None = None, **hooks) -> dict:
     """Run a pure stage unless DVC says it is current; record it in dvc.lock when asked.
@@ -45,13 +54,13 @@ def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                       else dvcfile.stage_is_current(ws.root, name)):
         log.info("%s: unchanged (data, params and outputs match dvc.lock), skipped", name)
         return {"ran": False}
-    summary = PURE_STAGES[name](ws, cfg, **hooks)
+    summary = STAGE_MAINS[name](ws, cfg, **hooks)
     if commit:
         dvcfile.commit_stage(ws.root, name)
     return {"ran": True, **summary}
 
 
-@task(name="ingest", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+@task(**task_options("ingest"))
 def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
     """Land new data as a batch and version it with DVC."""
     result = run_ingest(ws, cfg, source)
@@ -62,7 +71,7 @@ def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
     return result
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(**task_options("validate"))
 def validate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                   stale: set[str] | None = None) -> dict:
     """Great Expectations suite over the metadata table."""
@@ -72,14 +81,14 @@ def validate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
         publish_validation(ws)
 
 
-@task(name="preprocess", cache_policy=NO_CACHE)
+@task(**task_options("preprocess"))
 def preprocess_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                     stale: set[str] | None = None) -> dict:
     """Deduplicate, split by content hash, normalization stats."""
     return run_stage("preprocess", ws, cfg, rerun, commit, stale)
 
 
-@task(name="train", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+@task(**task_options("train"))
 def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                stale: set[str] | None = None) -> dict:
     """Train the teacher (a retry resumes from the last epoch checkpoint)."""
@@ -93,14 +102,14 @@ def train_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
     return summary
 
 
-@task(name="compress", cache_policy=NO_CACHE)
+@task(**task_options("compress"))
 def compress_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                   stale: set[str] | None = None) -> dict:
     """Build, measure and select compressed variants of the teacher."""
     return run_stage("compress", ws, cfg, rerun, commit, stale)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(**task_options("evaluate"))
 def evaluate_task(ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                   stale: set[str] | None = None) -> dict:
     """Test metrics, latency, size, null model."""
@@ -113,7 +122,7 @@ def report_task(ws: Workspace, outcome: dict, stages: dict) -> None:
     publish_run_artifacts(ws, outcome, stages)
 
 
-@task(name="promote", retries=1, retry_condition_fn=transient, cache_policy=NO_CACHE)
+@task(**task_options("promote"))
 def promote_task(ws: Workspace, cfg: Config, data_version: str | None,
                  extra: dict | None = None) -> dict:
     """Gate the candidate; record it in the registry; move the champion if it passes."""
@@ -124,16 +133,21 @@ def promote_task(ws: Workspace, cfg: Config, data_version: str | None,
     return outcome
 
 
-PIPELINE = [("validate", validate_task), ("preprocess", preprocess_task),
-            ("train", train_task), ("compress", compress_task), ("evaluate", evaluate_task)]
+STAGE_TASKS = {"validate": validate_task, "preprocess": preprocess_task, "train": train_task,
+               "compress": compress_task, "evaluate": evaluate_task}
+PIPELINE = [(name, STAGE_TASKS[name]) for name in pure_names()]  # the registry's order
 
 
 def overridden_from(overrides: list[str]) -> int:
-    """Index of the first pipeline stage whose params an override touches (len if none)."""
-    sections = {o.split("=", 1)[0].split(".")[0] for o in overrides}
-    if any(o.startswith("promote.candidate") for o in overrides):
-        sections.add("evaluate")
-    hits = [i for i, (name, _) in enumerate(PIPELINE) if name in sections]
+    """Index of the first pipeline stage whose params (its section, or what the registry says
+    it reads) an override touches (len if none)."""
+    keys = [o.split("=", 1)[0] for o in overrides]
+
+    def touched(param: str) -> bool:
+        return any(key == param or key.startswith(param + ".") or param.startswith(key + ".")
+                   for key in keys)
+
+    hits = [i for i, (name, _) in enumerate(PIPELINE) if any(map(touched, stage(name).params))]
     return min(hits, default=len(PIPELINE))
 
 

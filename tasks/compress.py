@@ -30,6 +30,11 @@ log = logging.getLogger("evergreen.compress")
 Split = tuple[np.ndarray, np.ndarray]
 
 
+class NotApplicable(Exception):
+    """This teacher has no variant of this kind (pruning a network that is not a cnn): the
+    variant is skipped with this reason. Any other error is a bug, and is raised."""
+
+
 @dataclass
 class Variant:
     """A compressed (or not) model; int8 ones are PT2E graphs, saved and served as ONNX only."""
@@ -228,7 +233,7 @@ def prune_channels(model: nn.Module, card: dict, ratio: float, round_to: int = 1
     import torch_pruning as tp
 
     if card["arch"] != "cnn":
-        raise ValueError(f"pruning supports the cnn teacher, not {card['arch']!r}")
+        raise NotApplicable(f"pruning supports the cnn teacher, not {card['arch']!r}")
     pruned = copy.deepcopy(model).eval()
     example = torch.zeros(1, *card["in_shape"])
     head = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1]  # classes stay
@@ -242,10 +247,10 @@ def prune_channels(model: nn.Module, card: dict, ratio: float, round_to: int = 1
     pruner.step()
     widths = conv_channels(pruned)
     if widths != target:
-        raise ValueError(f"pruning left widths {widths}, expected {target}")
+        raise RuntimeError(f"pruning left widths {widths}, expected {target}")
     channels = widths[::2]  # a cnn block is two convs of equal width
     if widths[1::2] != channels:
-        raise ValueError(f"pruning left unequal widths within a block: {widths}")
+        raise RuntimeError(f"pruning left unequal widths within a block: {widths}")
     options = {**card_options(card), "channels": channels}
     rebuilt = build_model("cnn", tuple(card["in_shape"]), len(card["classes"]), **options)
     rebuilt.load_state_dict(pruned.state_dict())
@@ -451,7 +456,7 @@ def build_variants(inputs: Inputs, cfg: CompressConfig, kinds: tuple[str, ...] =
         builder = VARIANTS[kind]
         try:
             variants.update((v.name, v) for v in builder(inputs, cfg))
-        except ValueError as exc:  # e.g. pruning an architecture it does not support
+        except NotApplicable as exc:
             skipped[kind] = str(exc)
             log.warning("compress: no %s variant: %s", kind, exc)
     calibration = calibration_batch(inputs.train, inputs.card, cfg.quantize.calibration_samples,

@@ -18,11 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from evergreen.config import TrainConfig
-from nets import build_model
 from nets.cnn import auto_stem_stride
-from tasks.adapt import auto_channels, configured_augment, resolve_precision, resolve_train
+from tasks.adapt import auto_channels, configured_augment
 from tasks.augment import Augment, augment_batch
-from tasks.distributed import Replica, resolve_backend
+from tasks.replica import Replica
 
 log = logging.getLogger("evergreen.train")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -40,7 +39,7 @@ class FitSettings:
     l2: float = 0.0
     seed: int = 0
     augment: Augment | None = None
-    patience: int = 8
+    patience: int | None = None  # epochs without a val_loss gain before stopping; None: never
     min_delta: float = 0.0
     threads: int = 0
     max_seconds: float | None = None  # after epoch 1, the schedule shrinks to what fits
@@ -114,7 +113,8 @@ def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def validate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, replica: Replica) -> tuple[float, float]:
+def val_loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          replica: Replica) -> tuple[float, float]:
     """Validation loss and accuracy; a DDP rank holds a slice of val, so sum over ranks."""
     if replica.world == 1:
         return evaluate_loss(model, x, y)
@@ -223,7 +223,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
         start = resumed["epoch"] + 1
         log.info("%s: resumed from epoch %d", name, resumed["epoch"])
 
-    if stale >= settings.patience:  # the checkpointed run had already stopped early
+    patience = math.inf if settings.patience is None else settings.patience
+    if stale >= patience:  # the checkpointed run had already stopped early
         start = settings.epochs + 1
     epochs, began = settings.epochs, time.perf_counter()
     with Progress(name, settings.epochs) as progress:
@@ -255,7 +256,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
                 total, seen = total + loss.item() * len(idx) / replica.world, seen + len(idx)
             sched.step()
             total = replica.sum([total])[0]
-            val_loss, val_acc = validate(model, x_val, y_val, replica)
+            val_loss, val_acc = val_loss_and_accuracy(model, x_val, y_val, replica)
             row = {"epoch": epoch, "train_loss": round(total / seen, 6), "val_loss": round(val_loss, 6),
                    "val_acc": round(val_acc, 6), "lr": opt.param_groups[0]["lr"]}
             if not math.isfinite(row["train_loss"]):
@@ -282,7 +283,7 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
                     "optim": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
                     "rng": torch.get_rng_state(), "history": history, "best": best,
                     "best_state": best_state, "stale": stale})
-            if stale >= settings.patience:
+            if stale >= patience:
                 log.info("%s: early stop at epoch %d (no val_loss gain for %d epochs)",
                          name, epoch, stale)
                 break
@@ -300,47 +301,3 @@ def model_options(cfg: TrainConfig, in_shape: tuple[int, ...]) -> dict:
     elif cfg.model == "vit":
         options.update(cfg.vit.model_dump())
     return options
-
-
-def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                classes: list[str], norm: tuple[list[float], list[float]], cfg: TrainConfig,
-                checkpoint: Path | None = None, checkpoint_key: str = "",
-                on_epoch: Callable[[dict, int], None] | None = None):
-    """Resolve the auto defaults from the data, build the configured network for its shape and
-    fit it; returns (model, card, history). The card records every auto decision.
-
-    With train.distributed.world_size > 1 (or backend nccl: the GPU path) the elastic
-    launcher runs the fit in DDP workers. `on_epoch(row, epochs)` follows an in-process fit
-    (DDP workers are other processes; they log each epoch).
-    """
-    cfg, augment, decided = resolve_train(cfg, train, classes)
-    in_shape = tuple(int(d) for d in train[0].shape[1:])
-    options = model_options(cfg, in_shape)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_shape, len(classes), **options)
-    distributed = cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl"
-    gpu = distributed and resolve_backend(cfg.distributed.backend) == "nccl"
-    precision, decided["precision_why"] = resolve_precision(cfg.precision, model, in_shape, gpu)
-    cfg, decided["precision"] = cfg.model_copy(update={"precision": precision}), precision
-    log.info("train: %s (%s), %d epochs (%s), augmentation %s, sizes %s, %s (%s)",
-             decided["kind"], decided["kind_why"], cfg.epochs, decided["epochs_why"],
-             describe_augment(decided["augment"]), decided["progressive"]["why"], precision,
-             decided["precision_why"])
-    if distributed:
-        from tasks.distributed import launch
-
-        model, card, history = launch(train, val, classes, norm, cfg, augment, checkpoint,
-                                      checkpoint_key)
-        return model, {**card, "auto": decided}, history
-    model, history = fit(model, train, val, norm, FitSettings.from_train(cfg, augment),
-                         checkpoint=checkpoint, checkpoint_key=checkpoint_key, on_epoch=on_epoch)
-    card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
-            "classes": classes, "mean": norm[0], "std": norm[1], "training": {"world_size": 1},
-            "auto": decided}
-    return model, card, history
-
-
-def describe_augment(record: dict) -> str:
-    if not record.get("enabled", True):
-        return "off"
-    return f"{record['preset']} (hflip {record['hflip_why']})"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from evergreen import stages as registry
 from tests.conftest import TINY_PARAMS, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -26,7 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
-STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "promote", "report")
+STAGES = (*(entry.name for entry in registry.STAGES), "report")  # every stage's task, then the report
 WAIT_MS = 120_000
 
 
@@ -133,10 +134,9 @@ def test_ui_shows_the_flow_run_its_task_runs_and_the_summary(served_run, browser
     page.get_by_text(flow_run["name"]).first.wait_for(timeout=WAIT_MS)
     page.get_by_text("Completed").first.wait_for(timeout=WAIT_MS)
     page.get_by_text("Task Runs", exact=True).first.click()  # the flow run page's tab
-    for stage in ("validate", "train", "promote"):
+    for stage in STAGES:  # the page lists a task run for each stage, by the stage's name
         page.get_by_text(f"{stage}-").first.wait_for(timeout=WAIT_MS)
-    shot = screenshot(page, "prefect-flow-run.png")
-    assert shot.stat().st_size > 20_000
+    screenshot(page, "prefect-flow-run.png")
 
     summary = {a["key"]: a for a in api(base, "/api/artifacts/latest/filter", {})}["training-run-summary"]
     page.goto(f"{base}/artifacts/artifact/{summary['latest_id']}", timeout=WAIT_MS)

@@ -11,7 +11,8 @@ from evergreen.config import CompressConfig, TrainConfig
 from nets import build_model
 from nets.cnn import SeedCNN
 from tasks.compress import distill, distillation_loss
-from tasks.train import normalize, train_model
+from tasks.teacher import train_model
+from tasks.train import normalize
 from tests.conftest import TINY_PARAMS
 
 

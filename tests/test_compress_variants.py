@@ -18,7 +18,8 @@ from tasks.compress import (
     select_variant,
 )
 from tasks.export import PARITY_ATOL, parity
-from tasks.train import normalize, train_model
+from tasks.teacher import train_model
+from tasks.train import normalize
 from tests.conftest import TINY_PARAMS
 
 
@@ -122,7 +123,9 @@ def test_int8_copies_are_asked_for_by_name_or_kind():
 
 def test_pruning_refuses_other_architectures():
     card = {**cnn_card(), "arch": "seed_cnn", "options": {}}
-    with pytest.raises(ValueError, match="supports the cnn teacher"):
+    from tasks.compress import NotApplicable
+
+    with pytest.raises(NotApplicable, match="supports the cnn teacher"):
         prune_channels(build_model("seed_cnn", (1, 8, 8), 10), card, 0.5)
 
 

@@ -16,16 +16,9 @@ import pytest
 import torch
 
 from evergreen.config import DistributedConfig, TrainConfig
-from tasks.distributed import (
-    FAULT_ENV,
-    CpuSyncBatchNorm,
-    Replica,
-    convert_to_cpu_sync_bn,
-    launcher_command,
-    launcher_env,
-    threads_per_rank,
-)
-from tasks.train import train_model
+from tasks.distributed import FAULT_ENV, launcher_command, launcher_env, threads_per_rank
+from tasks.replica import CpuSyncBatchNorm, Replica, convert_to_cpu_sync_bn
+from tasks.teacher import train_model
 
 # dropout 0: the masks are per rank and cannot match one process's (documented)
 BASE = {"epochs": 2, "batch_size": 32, "dropout": 0.0, "threads": 1, "augment": {"enabled": False},

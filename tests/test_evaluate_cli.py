@@ -20,7 +20,7 @@ UNSEEN = np.arange(1000, 1300)  # digits the champion never saw
 def champion_ws(tmp_path_factory, digits):
     """A workspace whose champion v1 is a tiny teacher trained on the first 1000 digits, with
     its ONNX export (how champions are served)."""
-    from flows.stages import PURE_STAGES
+    from flows.stages import STAGE_MAINS
     from nets.io import ONNX, file_sha256, load_model
     from tasks.export import export_onnx
     from tasks.ingest import Batch, dedupe, write_batch
@@ -37,7 +37,7 @@ def champion_ws(tmp_path_factory, digits):
     write_batch(batch, hashes, ws.batches)
     cfg = Config.model_validate(TINY_PARAMS)
     for stage in ("validate", "preprocess", "train"):
-        PURE_STAGES[stage](ws, cfg)
+        STAGE_MAINS[stage](ws, cfg)
     model, card = load_model(ws.model_dir("teacher"))
     export_onnx(model, tuple(card["in_shape"]), ws.model_dir("teacher") / ONNX)
     registry = empty_registry()

@@ -8,7 +8,7 @@ from flows.training import PIPELINE, training_pipeline
 from tasks.promote import load_registry
 from tests.conftest import copy_workspace, write_png_folder
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 
 def flow_artifact_keys(flow_run_id=None) -> set[str]:

@@ -61,7 +61,8 @@ def check_read(read) -> None:
         assert str(exc).strip()
         return
     assert batch.x.dtype == np.uint8 and batch.x.ndim == 4 and batch.x.shape[1] in (1, 3)
-    assert len(batch.x) == len(batch.labels) == len(batch.sources) > 0 or rejects
+    assert len(batch.x) == len(batch.labels) == len(batch.sources)
+    assert len(batch.x) > 0 or rejects  # an empty batch says why each file was refused
     assert all(r.reason for r in rejects)
 
 

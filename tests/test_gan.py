@@ -324,7 +324,7 @@ def digit_splits():
 
 def test_conditional_generator_makes_the_requested_classes(digit_splits):
     """A tiny run: a small classifier and a few hundred GAN steps on digits; the classifier agrees."""
-    from tasks.train import train_model
+    from tasks.teacher import train_model
 
     torch.set_num_threads(1)
     p = digit_splits

@@ -107,6 +107,7 @@ def test_a_champion_for_other_data_is_named(workspace):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_gan_pipeline_on_digits_uses_the_champion_classifier(tmp_path):
     from flows.gan import gan_pipeline

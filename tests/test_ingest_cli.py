@@ -71,6 +71,7 @@ def test_each_format_lands_a_new_data_version_and_a_repeat_adds_none(workspace, 
     assert dvcfile.data_version(workspace.root) == versions[-1]
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_run_trains_on_the_union_of_ingested_batches(workspace, sources, capsys):
     for source in sources.values():

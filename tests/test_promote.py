@@ -8,7 +8,7 @@ import pytest
 from evergreen.config import Config, PromoteConfig
 from evergreen.errors import EvergreenError
 from evergreen.workspace import Workspace, read_json, write_json
-from flows.stages import PURE_STAGES, run_promote
+from flows.stages import STAGE_MAINS, run_promote
 from tasks.ingest import dedupe, write_batch
 from tasks.promote import load_registry, run_gates
 from tests.conftest import TINY_PARAMS, copy_workspace, fail_registry_writes
@@ -28,7 +28,7 @@ def trained(tmp_path_factory, digits):
                                        [digits.sources[i] for i in keep]), set())
     write_batch(batch, hashes, ws.batches)
     cfg = Config.model_validate(TINY_PARAMS)
-    for stage in PURE_STAGES.values():
+    for stage in STAGE_MAINS.values():
         stage(ws, cfg)
     return ws
 

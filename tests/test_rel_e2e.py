@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import TINY_PARAMS, lock_is_free, write_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 BIN = Path(sys.executable).parent
 CANARY = f"evergreen-canary-{secrets.token_hex(8)}"

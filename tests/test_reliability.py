@@ -21,7 +21,7 @@ import pytest
 from evergreen.config import Config, PromoteConfig
 from evergreen.workspace import Workspace, read_json, write_json
 from flows.cli import main
-from flows.stages import PURE_STAGES, run_promote
+from flows.stages import STAGE_MAINS, run_promote
 from tests.conftest import TINY_PARAMS
 
 CODE = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def trained(tmp_path_factory, digits):
     batch, hashes, _, _ = dedupe(Batch(digits.x[keep], digits.labels[keep],
                                        [digits.sources[i] for i in keep]), set())
     write_batch(batch, hashes, ws.batches)
-    for stage in PURE_STAGES.values():
+    for stage in STAGE_MAINS.values():
         stage(ws, lean_config())
     return ws
 
@@ -320,7 +320,7 @@ def test_checkpoint_with_a_payload_is_refused_and_training_starts_fresh(ws, tmp_
     import torch
 
     from flows.stages import load_split
-    from tasks.train import train_model
+    from tasks.teacher import train_model
 
     marker = tmp_path / "pwned"
     ckpt = ws.state / "checkpoints" / "train.pt"

@@ -13,7 +13,7 @@ from flows.cli import main
 from tasks.promote import load_registry
 from tests.conftest import TINY_PARAMS, copy_workspace, write_params
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
 
 
 def land(ws, digits, idx, labels=None):
@@ -49,7 +49,7 @@ def register_teacher_as_champion(ws, cfg):
 @pytest.fixture(scope="module")
 def champion_ws(tmp_path_factory, digits):
     """A workspace whose champion (a tiny teacher) was trained on the first 1000 digits."""
-    from flows.stages import PURE_STAGES
+    from flows.stages import STAGE_MAINS
 
     root = tmp_path_factory.mktemp("retrain") / "ws"
     root.mkdir()
@@ -59,7 +59,7 @@ def champion_ws(tmp_path_factory, digits):
     land(ws, digits, np.arange(1000))
     cfg = Config.model_validate(TINY_PARAMS)
     for stage in ("validate", "preprocess", "train"):
-        PURE_STAGES[stage](ws, cfg)
+        STAGE_MAINS[stage](ws, cfg)
     register_teacher_as_champion(ws, cfg)
     return ws
 

@@ -11,7 +11,8 @@ import tasks.train as train_mod
 from evergreen.config import TrainConfig
 from nets import build_model
 from tasks.augment import Augment
-from tasks.train import FitSettings, augment_batch, fit, l1_penalty, normalize, train_model
+from tasks.teacher import train_model
+from tasks.train import FitSettings, augment_batch, fit, l1_penalty, normalize
 from tests.conftest import TINY_PARAMS
 
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_acc", "lr"}

@@ -191,6 +191,7 @@ def tuned_twice(tmp_path_factory, prefect_harness):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_tune_runs_the_trials_and_writes_its_reports(tuned_twice):
     ws, first, _, _ = tuned_twice
     assert first["counts"]["total"] == 3 and first["new_trials"] == 3
@@ -206,6 +207,7 @@ def test_tune_runs_the_trials_and_writes_its_reports(tuned_twice):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_tune_trials_show_as_task_runs_and_artifacts(tuned_twice):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
@@ -219,6 +221,7 @@ def test_tune_trials_show_as_task_runs_and_artifacts(tuned_twice):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_best_params_are_written_to_params_yaml(tuned_twice):
     ws, first, first_params, second = tuned_twice
     assert first["applied"] in ("written to params.yaml",
@@ -232,6 +235,7 @@ def test_the_best_params_are_written_to_params_yaml(tuned_twice):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_rerun_resumes_the_study(tuned_twice, capsys):
     from flows.tune import print_tune_outcome
 
@@ -250,6 +254,7 @@ def test_a_rerun_resumes_the_study(tuned_twice, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_median_pruner_stops_bad_trials(tmp_path):
     from flows.tune import tune_flow

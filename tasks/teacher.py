@@ -1,0 +1,63 @@
+"""Train the teacher: resolve the auto defaults from the data, build the configured network for
+its shape, and fit it in this process or in DDP workers (tasks.distributed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evergreen.config import TrainConfig
+from nets import build_model
+from tasks.adapt import resolve_precision, resolve_train
+from tasks.replica import resolve_backend
+from tasks.train import FitSettings, fit, model_options
+
+log = logging.getLogger("evergreen.train")
+
+
+def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                classes: list[str], norm: tuple[list[float], list[float]], cfg: TrainConfig,
+                checkpoint: Path | None = None, checkpoint_key: str = "",
+                on_epoch: Callable[[dict, int], None] | None = None):
+    """Resolve the auto defaults from the data, build the configured network for its shape and
+    fit it; returns (model, card, history). The card records every auto decision.
+
+    With train.distributed.world_size > 1 (or backend nccl: the GPU path) the elastic
+    launcher runs the fit in DDP workers. `on_epoch(row, epochs)` follows an in-process fit
+    (DDP workers are other processes; they log each epoch).
+    """
+    cfg, augment, decided = resolve_train(cfg, train, classes)
+    in_shape = tuple(int(d) for d in train[0].shape[1:])
+    options = model_options(cfg, in_shape)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, in_shape, len(classes), **options)
+    distributed = cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl"
+    gpu = distributed and resolve_backend(cfg.distributed.backend) == "nccl"
+    precision, decided["precision_why"] = resolve_precision(cfg.precision, model, in_shape, gpu)
+    cfg, decided["precision"] = cfg.model_copy(update={"precision": precision}), precision
+    log.info("train: %s (%s), %d epochs (%s), augmentation %s, sizes %s, %s (%s)",
+             decided["kind"], decided["kind_why"], cfg.epochs, decided["epochs_why"],
+             describe_augment(decided["augment"]), decided["progressive"]["why"], precision,
+             decided["precision_why"])
+    if distributed:
+        from tasks.distributed import launch  # starts torchrun: imported only for a DDP run
+
+        model, card, history = launch(train, val, classes, norm, cfg, augment, checkpoint,
+                                      checkpoint_key)
+        return model, {**card, "auto": decided}, history
+    model, history = fit(model, train, val, norm, FitSettings.from_train(cfg, augment),
+                         checkpoint=checkpoint, checkpoint_key=checkpoint_key, on_epoch=on_epoch)
+    card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
+            "classes": classes, "mean": norm[0], "std": norm[1], "training": {"world_size": 1},
+            "auto": decided}
+    return model, card, history
+
+
+def describe_augment(record: dict) -> str:
+    if not record.get("enabled", True):
+        return "off"
+    return f"{record['preset']} (hflip {record['hflip_why']})"
