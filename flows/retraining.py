@@ -22,15 +22,15 @@ from prefect.cache_policies import NO_CACHE
 
 from evergreen.config import Config, load_config, params_hash
 from evergreen.errors import DataValidationError, EvergreenError
+from evergreen.stages import pure_names
 from evergreen.workspace import Workspace, read_json
 from flows import dvcfile
 from flows.artifacts import publish_retraining, publish_run_artifacts
 from flows.stages import checkpoint_for, load_split, quarantine_batch, write_csv
 from flows.training import (
-    PIPELINE,
-    overridden_from,
     promote_task,
     run_stage,
+    run_stage_loop,
     task_options,
     train_task,
 )
@@ -240,36 +240,35 @@ def warm_train_task(ws: Workspace, cfg: Config, training: dict, batch_ids: list[
     return {"ran": True, "mode": "warm", **summary}
 
 
-def reject_new_data(ws: Workspace, batch_ids: list[str], exc: DataValidationError) -> None:
-    """The dataset with the new batches fails validation: quarantine them, restore the report."""
-    for batch_id in batch_ids:
-        quarantine_batch(ws, batch_id, f"the dataset with this batch failed validation:\n{exc}")
-    dvcfile.track(ws.root, "data/batches")
-    run_stage("validate", ws, load_config(ws.params), rerun=False, commit=True)
-    raise DataValidationError(f"{exc}\nnew batches {', '.join(batch_ids)} quarantined; the "
-                              "dataset and the champion are as they were") from None
+def reject_new_data(ws: Workspace, batch_ids: list[str]):
+    """on_invalid for retraining: the dataset with the new batches fails validation, so they
+    are quarantined and the report restored."""
+    def reject(exc: DataValidationError) -> None:
+        for batch_id in batch_ids:
+            quarantine_batch(ws, batch_id, f"the dataset with this batch failed validation:\n{exc}")
+        dvcfile.track(ws.root, "data/batches")
+        run_stage("validate", ws, load_config(ws.params), rerun=False, commit=True)
+        raise DataValidationError(f"{exc}\nnew batches {', '.join(batch_ids)} quarantined; the "
+                                  "dataset and the champion are as they were") from None
+
+    return reject
 
 
 def run_pipeline(ws: Workspace, cfg: Config, overrides: list[str], plan: dict,
                  usable: list[str]) -> tuple[dict, dict]:
     """validate -> preprocess -> train (warm or full) -> compress -> evaluate."""
-    first_override, rerun, stages, training = overridden_from(overrides), False, {}, None
-    for i, (name, stage_task) in enumerate(PIPELINE):
-        # as in training-pipeline: overridden params are for this run only, not in dvc.lock
-        rerun, commit = rerun or i >= first_override, i < first_override
-        if name == "train":
-            training = training_plan(ws, cfg, plan)
-            log.info("train: %s", training["why"])
-            stages[name] = (warm_train_task(ws, cfg, training, usable, plan["champion"], commit)
-                            if training["mode"] == "warm"
-                            else {**train_task(ws, cfg, True, commit), "mode": "full"})
-        else:
-            try:
-                stages[name] = stage_task(ws, cfg, rerun, commit)
-            except DataValidationError as exc:
-                reject_new_data(ws, usable, exc)
-        rerun = rerun or stages[name]["ran"]
-    return stages, training
+    decided = {}
+
+    def train(rerun: bool, commit: bool) -> dict:  # decided once preprocess has run
+        decided.update(training_plan(ws, cfg, plan))
+        log.info("train: %s", decided["why"])
+        if decided["mode"] == "warm":
+            return warm_train_task(ws, cfg, decided, usable, plan["champion"], commit)
+        return {**train_task(ws, cfg, True, commit), "mode": "full"}
+
+    stages = run_stage_loop(ws, cfg, overrides, pure_names(), reject_new_data(ws, usable),
+                            instead={"train": train})
+    return stages, decided or None
 
 
 # --- the flow ---------------------------------------------------------------------------

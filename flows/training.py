@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import flow, task
@@ -151,29 +152,54 @@ def overridden_from(overrides: list[str]) -> int:
     return min(hits, default=len(PIPELINE))
 
 
-def run_pipeline_stages(ws: Workspace, cfg: Config, landed: dict, overrides: list[str],
-                        wanted: list[str]) -> dict:
-    """The `wanted` pure stages in pipeline order; a batch that fails validation is quarantined."""
+def run_stage_loop(ws: Workspace, cfg: Config, overrides: list[str], wanted: list[str],
+                   on_invalid: Callable[[DataValidationError], None],
+                   instead: dict[str, Callable[[bool, bool], dict]] | None = None) -> dict:
+    """The `wanted` pure stages in the registry's order, each skipped when DVC finds it current;
+    every flow runs its stages through here.
+
+    A stage runs again when an earlier one ran, or when an override touches its params; those
+    overridden params are for this run only, so from that stage on dvc.lock keeps params.yaml's.
+    `instead[name](rerun, commit)` runs in place of a stage's task (retraining's warm start).
+    A failed validation goes to `on_invalid`, which quarantines what it must and raises.
+    """
     first_override, rerun, stages = overridden_from(overrides), False, {}
     stale = dvcfile.stale_stages(ws.root)  # once: until a stage runs, nothing it reads changes
     for i, (name, stage_task) in enumerate(PIPELINE):
         if name not in wanted:
             continue
-        # overridden params are for this run only: those stages run, dvc.lock keeps params.yaml's
-        rerun = rerun or i >= first_override
+        rerun, commit = rerun or i >= first_override, i < first_override
         try:
-            stages[name] = stage_task(ws, cfg, rerun, commit=i < first_override, stale=stale)
+            stages[name] = (instead[name](rerun, commit) if name in (instead or {})
+                            else stage_task(ws, cfg, rerun, commit=commit, stale=stale))
         except DataValidationError as exc:
-            if not landed["batch_id"]:
-                raise
-            where = quarantine_batch(ws, landed["batch_id"], str(exc))
-            dvcfile.track(ws.root, "data/batches")
-            if any(ws.batches.glob("*.csv")):  # the report again matches the data kept
-                run_stage("validate", ws, load_config(ws.params), rerun=False, commit=True)
-            raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
-                                      f"{where}; the dataset is as it was") from None
+            on_invalid(exc)
+            raise
         rerun = rerun or stages[name]["ran"]
     return stages
+
+
+def quarantine_landed(ws: Workspace, landed: dict) -> Callable[[DataValidationError], None]:
+    """on_invalid for a run that landed a batch: the batch goes to quarantine, the dataset and
+    its validation report are as they were, and the error says so (a run that landed nothing
+    re-raises the error as it is)."""
+    def quarantine(exc: DataValidationError) -> None:
+        if not landed["batch_id"]:
+            return
+        where = quarantine_batch(ws, landed["batch_id"], str(exc))
+        dvcfile.track(ws.root, "data/batches")
+        if any(ws.batches.glob("*.csv")):  # the report again matches the data kept
+            run_stage("validate", ws, load_config(ws.params), rerun=False, commit=True)
+        raise DataValidationError(f"{exc}\nbatch {landed['batch_id']} quarantined in "
+                                  f"{where}; the dataset is as it was") from None
+
+    return quarantine
+
+
+def run_pipeline_stages(ws: Workspace, cfg: Config, landed: dict, overrides: list[str],
+                        wanted: list[str]) -> dict:
+    """The `wanted` pure stages after an ingest; a batch that fails validation is quarantined."""
+    return run_stage_loop(ws, cfg, overrides, wanted, quarantine_landed(ws, landed))
 
 
 @flow(name="training-pipeline")
