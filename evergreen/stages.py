@@ -52,7 +52,7 @@ STAGES: tuple[Stage, ...] = (
           figures=("reports/figures/train_curves.png",)),
     Stage("compress", "flows.stages:run_compress", reads=("promote.candidate",),
           deps=("data/processed", "models/teacher"),
-          code=("tasks/compress.py", "tasks/export.py", "tasks/pareto.py", "tasks/evaluate.py",
+          code=("tasks/compress", "tasks/export.py", "tasks/pareto.py", "tasks/evaluate.py",
                 "tasks/train.py", "tasks/replica.py", "tasks/augment.py", "nets"),
           outs=("models/student", "models/variants", "models/selected"),
           reports=("reports/compression.json", "reports/plots/compress.csv"),

@@ -335,7 +335,7 @@ def test_variants_are_built_by_round_with_their_own_int8_copies(data):
 
 
 def test_int8_activations_drop_to_7_bits_on_a_cpu_without_vnni(monkeypatch):
-    import tasks.compress as compress
+    import tasks.compress.quantize as compress
 
     monkeypatch.setattr(compress, "has_vnni", lambda: False)
     assert compress.resolve_reduce_range("auto")[0] is True
