@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from evergreen.workspace import Workspace
@@ -21,6 +22,7 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=900)
 
 
+@pytest.mark.slow  # every stage through `dvc repro` and the CLI
 def test_dvc_repro_runs_the_pipeline_then_nothing(tmp_path, tiny_batch):
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
