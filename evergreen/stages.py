@@ -39,7 +39,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "flows.stages:run_ingest", changes_state=True, retries=1),
     Stage("validate", "flows.stages:run_validate",
-          deps=("data/batches",), code=("tasks/validate.py",),
+          deps=("data/batches",), code=("tasks/validate",),
           reports=("reports/validation.json", "reports/validation.html")),
     Stage("preprocess", "flows.stages:run_preprocess",
           deps=("data/batches", "reports/validation.json"),
