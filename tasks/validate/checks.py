@@ -3,14 +3,9 @@ against it (validate_batch)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from evergreen.config import ValidateConfig
-
-if TYPE_CHECKING:
-    pass
 from tasks.validate.drift import (
     _DRIFT_THRESHOLDS,
     SHIFT_STATISTICS,

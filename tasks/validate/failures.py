@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from evergreen.config import ValidateConfig
-
-if TYPE_CHECKING:
-    pass
 
 
 def _failure_line(r: dict, notes: dict[str, str] | None = None) -> str:

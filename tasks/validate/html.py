@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
 from tasks.validate.failures import _exception_message
 from tasks.validate.report import ValidationReport
 

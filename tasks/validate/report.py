@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from evergreen.workspace import write_json
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass
