@@ -152,10 +152,10 @@ def run_compress(ws: Workspace, cfg: Config) -> dict:
     teacher_sha = file_sha256(ws.model_dir("teacher") / "model.safetensors")
     ckpt, key = checkpoint_for(ws, "compress", params_hash(cfg.compress), teacher_sha)
     train, val, test = (load_split(ws, name) for name in ("train", "val", "test"))
-    inputs = Inputs(teacher, card, train, val, ckpt.parent, key)
+    ccfg, ratio_why = resolve_prune(cfg.compress, card)
+    inputs = Inputs(teacher, card, train, val, ckpt.parent, key, ratio_why)
     shelf = VariantShelf(ws.models / "variants", val, test, cfg)
     check = calibration_batch(val, card, len(val[0]), 0)
-    ccfg, ratio_why = resolve_prune(cfg.compress, card)
     for ratio, why in ratio_why.items():
         log.info("compress: %s: %s", pruned_name(ratio), why)
     skipped, stopped = {}, None

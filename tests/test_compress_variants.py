@@ -109,6 +109,20 @@ def test_auto_pruning_of_a_photo_teacher_fits_a_quarter_in_multiples_of_8():
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 43)
 
 
+def test_a_pruned_card_says_why_its_ratio_was_taken(data):
+    from tasks.compress import resolve_prune
+    from tasks.compress.variants import pruned_variants
+
+    train, val, classes, norm = data
+    card = {**cnn_card((32, 64)), "mean": norm[0], "std": norm[1]}
+    teacher = build_model("cnn", (1, 8, 8), 10, **card["options"]).eval()
+    auto = CompressConfig(prune={"ratios": ["auto"], "epochs": 0})
+    decided, why = resolve_prune(auto, card)  # as the compress stage does, once
+    for cfg, prune_why in ((decided, why), (auto, {})):  # decided by the caller, or here
+        [variant] = pruned_variants(Inputs(teacher, card, train, val, prune_why=prune_why), cfg)
+        assert "max_size_ratio" in variant.card["compression"]["ratio_why"]
+
+
 def test_int8_copies_are_asked_for_by_name_or_kind():
     from tasks.compress import int8_sources
 

@@ -43,7 +43,7 @@ def test_cli_flows_and_mains_are_the_registry():
         assert task.name == name and task.retries == stage(name).retries
     assert (ingest_task.name, promote_task.name) == ("ingest", "promote")
     assert ingest_task.retries == stage("ingest").retries
-    assert {name: fn for name, fn in STAGE_MAINS.items()} == {
+    assert STAGE_MAINS == {
         s.name: load_main(s) for s in STAGES if not s.changes_state}
     assert callable(load_main(stage("ingest"))) and callable(load_main(stage("promote")))
     parser = build_parser()

@@ -46,6 +46,7 @@ class Inputs:
     val: Split
     checkpoints: Path | None = None  # folder for per-variant epoch checkpoints
     checkpoint_key: str = ""
+    prune_why: dict[float, str] = field(default_factory=dict)  # why each ratio (auto: decided)
 
     def checkpoint(self, name: str) -> Path | None:
         return self.checkpoints / f"compress-{name}.pt" if self.checkpoints else None

@@ -23,7 +23,8 @@ def pruned_variants(inputs: Inputs, cfg: CompressConfig) -> list[Variant]:
     """One pruned teacher per ratio (auto decided for this teacher), fine-tuned with
     distillation from the unpruned teacher."""
     out = []
-    cfg, ratio_why = resolve_prune(cfg, inputs.card)
+    cfg, decided = resolve_prune(cfg, inputs.card)  # a no-op where the caller decided auto
+    ratio_why = {**decided, **inputs.prune_why}
     for ratio in cfg.prune.ratios:
         name = pruned_name(ratio)
         model, card = prune_channels(inputs.teacher, inputs.card, ratio, cfg.prune.round_to)
