@@ -47,7 +47,7 @@ def official_test(root: Path, ws: Path, shape: tuple[int, ...]) -> tuple:
 
 
 def seconds_to(history_csv: Path, seconds: float, target: float) -> float | None:
-    from tasks.retrain import seconds_to_target
+    from bench.warm_start import seconds_to_target
 
     with history_csv.open() as fh:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]

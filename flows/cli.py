@@ -165,9 +165,9 @@ def cmd_run(args, ws) -> int:
 
 
 def cmd_ingest(args, ws) -> int:
+    from evergreen import dvcfile
     from evergreen.config import load_config
-    from flows import dvcfile
-    from flows.stages import run_ingest
+    from mains import call_main
 
     if len(args.source) > 2:
         raise BadInputError(f"ingest: one source, or an IDX images file and its labels file; "
@@ -175,7 +175,7 @@ def cmd_ingest(args, ws) -> int:
     cfg = load_config(ws.params)
     dvcfile.init_workspace(ws)
     source = tuple(args.source) if len(args.source) == 2 else args.source[0]
-    result = run_ingest(ws, cfg, source)
+    result = call_main("ingest", ws, cfg, source=source)
     if result["batch_id"]:
         dvcfile.track(ws.root, "data/batches")
         print(f"landed batch {result['batch_id']}: {result['added']} new samples "
@@ -206,11 +206,11 @@ def print_read_log(notes: list[str], skipped: list[dict], shown: int = 10) -> No
 
 def cmd_stage(args, ws) -> int:
     from evergreen.config import load_config
-    from flows.stages import STAGE_MAINS
+    from mains import call_main
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    summary = STAGE_MAINS[args.name](ws, load_config(ws.params))
+    summary = call_main(args.name, ws, load_config(ws.params))
     print(json.dumps({"stage": args.name, **summary}, default=str))
     return 0
 
@@ -316,7 +316,8 @@ def cmd_retrain(args, ws) -> int:
 
 
 def cmd_promote(args, ws) -> int:
-    from tasks.promote import force_promote, load_registry, save_registry
+    from mains.versions import load_registry, save_registry
+    from tasks.promote import force_promote
 
     if not args.force:
         raise BadInputError(f"promote {args.version}: a manual promotion bypasses the gates; "
@@ -329,7 +330,8 @@ def cmd_promote(args, ws) -> int:
 
 
 def cmd_rollback(args, ws) -> int:
-    from tasks.promote import load_registry, rollback, save_registry
+    from mains.versions import load_registry, save_registry
+    from tasks.promote import rollback
 
     registry = load_registry(ws.registry)
     before = registry["champion"]

@@ -24,7 +24,8 @@ def print_outcome(result: dict) -> None:
 
 def status_view(ws: Workspace) -> dict:
     """Champion (version, metrics, data version) and every candidate with its verdict."""
-    from tasks.promote import champion_entry, load_registry
+    from mains.versions import load_registry
+    from tasks.promote import champion_entry
 
     registry = load_registry(ws.registry)
     candidates = [{k: c.get(k) for k in ("version", "verdict", "reasons", "run_id", "time",
@@ -98,11 +99,11 @@ def predict_paths(ws: Workspace, paths: list[str]) -> tuple[list[dict], list[str
     """The champion's class probabilities for each image file (folders: every image in them),
     and one error line per file that could not be read; files are decoded as ingest does."""
     from evergreen.config import load_config
+    from mains.versions import load_registry
     from nets.io import load_model
     from nets.runtime import OnnxModel
     from tasks.evaluate import predict_proba
     from tasks.predict_input import collect_inputs, load_inputs
-    from tasks.promote import load_registry
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:
@@ -147,8 +148,8 @@ def predictions_csv(rows: list[dict]) -> bytes:
 
 def champion_served(ws: Workspace) -> tuple[str, object, dict]:
     """The champion's version, model as served (its ONNX export when it has one) and card."""
+    from mains.versions import load_registry
     from nets.io import load_model
-    from tasks.promote import load_registry
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:

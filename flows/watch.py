@@ -135,13 +135,13 @@ def shelve(folder: Path, drop: Path, where: str, reason: str | None = None) -> P
 
 def ingest_drop(ws: Workspace, cfg: Config, folder: Path, drop: Path, marker: str) -> dict | None:
     """Ingest one complete drop and shelve it; None when it was refused (quarantined)."""
-    from flows import dvcfile
-    from flows.stages import run_ingest
+    from evergreen import dvcfile
+    from mains import call_main
 
     marked = drop / marker if drop.is_dir() else drop.with_name(drop.name + marker)
     marked.unlink(missing_ok=True)  # not a sample: a reader would take it for data
     try:
-        result = run_ingest(ws, cfg, str(drop))
+        result = call_main("ingest", ws, cfg, source=str(drop))
         if result["batch_id"]:
             dvcfile.track(ws.root, "data/batches")
     except BadInputError as exc:
@@ -206,7 +206,7 @@ def retrain_mode(setting: str) -> str:
 def run_cycle(ws: Workspace, folder: Path, drops: list[Path], wcfg: WatchConfig, mode: str,
               summary: WatchSummary) -> None:
     """Ingest the complete drops under the lock, then retrain once for all that landed."""
-    from flows import dvcfile
+    from evergreen import dvcfile
 
     cfg = load_config(ws.params)  # re-read: a params edit applies from the next drop on
     with workspace_lock(ws, f"evergreen watch {folder}", wcfg.lock_wait_seconds):

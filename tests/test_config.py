@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from evergreen.config import Config, apply_overrides, default_params_yaml, load_config, parse_config
+from evergreen.dvcfile import dvc_yaml
 from evergreen.errors import ConfigError
-from flows.dvcfile import dvc_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import pytest
 
 from evergreen.workspace import Workspace, read_json
 from flows.cli import main
-from tasks.promote import load_registry
+from mains.versions import load_registry
 from tests.conftest import TINY_PARAMS, write_params, write_png_folder
 
 SHAPES = ("disc", "square", "triangle", "ring")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows import dvcfile
+from evergreen import dvcfile
 from flows.cli import main
 from tests.conftest import TINY_PARAMS, copy_workspace, lock_is_free, write_params, write_png_folder
 
@@ -45,8 +45,9 @@ def template(tmp_path_factory, digits):
     """A workspace with one landed batch (250 digits as PNG) and a champion (untrained)."""
     import nets
     from evergreen.workspace import Workspace
+    from mains.versions import save_registry
     from nets.io import save_model
-    from tasks.promote import empty_registry, save_registry
+    from tasks.promote import empty_registry
 
     base = tmp_path_factory.mktemp("template")
     ws = Workspace(base / "ws")

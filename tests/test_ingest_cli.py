@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from flows import dvcfile
+from evergreen import dvcfile
 from flows.cli import main
 from tests.conftest import write_idx_pair, write_png_folder
 
