@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the training-pipeline flow")
     run.add_argument("--data", help="ingest this source first: image folder or IDX files")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                     help="override a params.yaml key for this run (repeatable)")
+    add_overrides(run)
     ingest = sub.add_parser("ingest", help="check and land a batch (new data version), or quarantine it")
     ingest.add_argument("source", nargs="+", metavar="SRC",
                         help="image folder, IDX folder/file (or IMAGES LABELS), NPZ, CSV, zip/tar")
@@ -82,6 +81,7 @@ def add_ui_parser(sub) -> None:
     mode.add_argument("--background", action="store_true",
                       help="return once the server answers, leaving it running")
     mode.add_argument("--stop", action="store_true", help="stop this workspace's background server")
+    add_overrides(ui, "ui.port=4300")
 
 
 def add_gan_parser(sub) -> None:
@@ -90,8 +90,7 @@ def add_gan_parser(sub) -> None:
     run = gan_sub.add_parser("run", help="run the gan-pipeline flow: ingest, validate, preprocess, "
                              "train, evaluate and promote the generator")
     run.add_argument("--data", help="ingest this source first: image folder, IDX, NPZ, CSV, archive")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                     help="override a params.yaml key for this run (repeatable), e.g. gan.steps=500")
+    add_overrides(run, "gan.steps=500")
 
 
 def add_tune_parser(sub) -> None:
@@ -103,15 +102,13 @@ def add_tune_parser(sub) -> None:
                       help="start no trial after S seconds (default tune.timeout_s)")
     tune.add_argument("--no-apply", dest="apply", action="store_false",
                       help="leave params.yaml as it is (best params only in reports/tune/best.json)")
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                      help="override a params.yaml key for this run (repeatable)")
+    add_overrides(tune)
 
 
 def add_registry_parsers(sub) -> None:
     retrain = sub.add_parser("retrain", help="continual-retraining flow on the batches landed "
                              "since the champion's data")
-    retrain.add_argument("--set", dest="overrides", action="append", default=[],
-                         metavar="SEC.KEY=VAL", help="override a params.yaml key for this run")
+    add_overrides(retrain)
     promote = sub.add_parser("promote", help="make VERSION the champion past the gates (audited)")
     promote.add_argument("version", metavar="VERSION", help="a version in the registry, e.g. v3")
     promote.add_argument("--force", action="store_true", help="required: the gates are bypassed")
@@ -125,8 +122,17 @@ def add_trigger_parsers(sub) -> None:
     watch.add_argument("folder", metavar="DIR", help="the drop folder: each file or sub-folder is a batch")
     watch.add_argument("--once", action="store_true",
                        help="process the drops there now (waiting for each to be complete), then exit")
-    sub.add_parser("serve", help="serve the deployments: training-pipeline on a cron schedule, "
-                   "continual-retraining on ingest events (needs PREFECT_API_URL)")
+    add_overrides(watch, "watch.quiet_seconds=10")
+    serve = sub.add_parser("serve", help="serve the deployments: training-pipeline on a cron "
+                           "schedule, continual-retraining on ingest events (needs PREFECT_API_URL)")
+    add_overrides(serve, "serve.training_cron='0 3 * * *'")
+
+
+def add_overrides(parser, example: str | None = None) -> None:
+    """`--set SEC.KEY=VAL`, repeatable: any params.yaml key, for this command only."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
+                        help="override a params.yaml key for this run (repeatable)"
+                        + (f", e.g. {example}" if example else ""))
 
 
 def setup_logging() -> None:
@@ -263,7 +269,7 @@ def cmd_ui(args, ws) -> int:
     from evergreen.config import load_config
     from flows.ui import resolve_server, run_ui, stop_ui
 
-    server = resolve_server(ws, load_config(ws.params).ui, args.host, args.port)
+    server = resolve_server(ws, load_config(ws.params, args.overrides).ui, args.host, args.port)
     return stop_ui(server) if args.stop else run_ui(server, background=args.background)
 
 
@@ -280,7 +286,7 @@ def cmd_watch(args, ws) -> int:
     # a service manager stops a watcher with SIGTERM: stop as on Ctrl-C, so the exit handlers
     # run (Prefect's temporary server is stopped, not left running) and the lock is released
     signal.signal(signal.SIGTERM, interrupt)
-    summary = watch_folder(ws, Path(args.folder), once=args.once)
+    summary = watch_folder(ws, Path(args.folder), once=args.once, overrides=args.overrides)
     print(f"landed {len(summary.landed)} batch(es), {len(summary.unchanged)} drop(s) with nothing "
           f"new, {len(summary.failed)} refused (see DIR/.failed/); {len(summary.retrains)} "
           f"retrain(s), {len(summary.retrain_errors)} failed; {len(summary.events)} event(s) sent")
@@ -295,7 +301,7 @@ def interrupt(signum, frame):
 def cmd_serve(args, ws) -> int:
     from flows.serve import serve_workspace
 
-    serve_workspace(ws)
+    serve_workspace(ws, args.overrides)
     return 0
 
 

@@ -40,7 +40,7 @@ def retrains(monkeypatch):
     """Record in-process retrains (workspace and the batches present) instead of training."""
     calls = []
 
-    def record(ws):
+    def record(ws, overrides=None):
         calls.append(sorted(p.stem for p in ws.batches.glob("*.npz")))
         return {"status": "retrained", "message": "recorded"}
 
