@@ -41,7 +41,7 @@ def instrument() -> None:
 def main(argv: list[str]) -> int:
     workspace, out, sets = argv[0], Path(argv[1]), argv[2:]
     instrument()
-    from flows.cli import main as cli
+    from app.cli import main as cli
 
     rc = cli(["--workspace", workspace, "run", *sets])
     gx = SECONDS.pop("gx", 0.0)
@@ -50,6 +50,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import exit_now
+    from app.cli import exit_now
 
     exit_now(main(sys.argv[1:]))  # as the `evergreen` command exits

@@ -117,17 +117,3 @@ def gan_pipeline(workspace: str, data: str | None = None,
     publish_gan_artifact(report, outcome)
     return {"ingest": landed, "stages": stages, "train_gan": trained, "report": report,
             "promote": outcome}
-
-
-def print_gan_outcome(result: dict) -> None:
-    """What `evergreen gan run` prints: verdict, distance against floor and ceiling, files."""
-    report, outcome = result["report"], result["promote"]
-    print(f"generator {outcome['version']}: {outcome['verdict']}")
-    print(f"  {report['metric']}: {report['distance']:.4g} (floor {report['floor']:.4g}, "
-          f"ceiling {report['ceiling']:.4g}; {report['distance_to_ceiling']:.1%} of the ceiling)")
-    low = min(report["coverage"], key=report["coverage"].get)
-    print(f"  class coverage: {len(report['coverage'])} classes, lowest {low} at "
-          f"{report['coverage'][low]:.1%}")
-    for reason in outcome["reasons"]:
-        print(f"  - {reason}")
-    print("  reports/gan.json, reports/figures/gan_samples.png, models/gan_registry.json")

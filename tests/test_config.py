@@ -102,7 +102,7 @@ RUNTIME_COMMANDS = {"ui": ["ui", "--stop"], "watch": ["watch", "DROPS", "--once"
 
 @pytest.mark.parametrize("section", RUNTIME_COMMANDS)
 def test_ui_watch_and_serve_refuse_an_unknown_key_naming_it(workspace, tmp_path, capsys, section):
-    from flows.cli import main
+    from app.cli import main
 
     (tmp_path / "drops").mkdir()
     args = [str(tmp_path / "drops") if a == "DROPS" else a for a in RUNTIME_COMMANDS[section]]
@@ -112,18 +112,18 @@ def test_ui_watch_and_serve_refuse_an_unknown_key_naming_it(workspace, tmp_path,
 
 
 def test_ui_applies_its_set(workspace, monkeypatch):
-    from flows.cli import main
+    from app.cli import main
 
     seen = []
     monkeypatch.delenv("EVERGREEN_UI_PORT", raising=False)
-    monkeypatch.setattr("flows.ui.stop_ui", lambda server: seen.append(server.port) or 0)
+    monkeypatch.setattr("app.ui.stop_ui", lambda server: seen.append(server.port) or 0)
     assert main(["--workspace", str(workspace.root), "ui", "--stop", "--set", "ui.port=4301"]) == 0
     assert seen == [4301]
 
 
 def test_watch_applies_its_set(workspace, tmp_path, monkeypatch):
-    from flows import watch
-    from flows.cli import main
+    from app import watch
+    from app.cli import main
 
     seen = []
 
@@ -132,7 +132,7 @@ def test_watch_applies_its_set(workspace, tmp_path, monkeypatch):
             seen.append((marker, quiet_seconds))
             super().__init__(folder, marker, quiet_seconds)
 
-    monkeypatch.setattr("flows.watch.DropTracker", Tracker)
+    monkeypatch.setattr("app.watch.DropTracker", Tracker)
     (tmp_path / "drops").mkdir()
     sets = ["watch.quiet_seconds=7", "watch.marker=_DONE", "watch.poll_seconds=0.1", "watch.retrain=local"]
     argv = ["--workspace", str(workspace.root), "watch", str(tmp_path / "drops"), "--once"]
@@ -143,12 +143,12 @@ def test_watch_applies_its_set(workspace, tmp_path, monkeypatch):
 def test_serve_applies_its_set_and_its_runs_get_it(workspace, monkeypatch):
     import prefect
 
-    from flows.cli import main
-    from flows.serve import SERVED_ENV
+    from app.cli import main
+    from app.serve import SERVED_ENV
 
     served = []
     monkeypatch.setenv(SERVED_ENV, "")  # serve sets it; monkeypatch puts it back
-    monkeypatch.setattr("flows.serve.check_server", lambda: "http://127.0.0.1:1/api")
+    monkeypatch.setattr("app.serve.check_server", lambda: "http://127.0.0.1:1/api")
     monkeypatch.setattr(prefect, "serve", lambda *deployments, limit: served.extend(deployments))
     sets = ["serve.timezone=Europe/Paris", "serve.retrain_cron='30 * * * *'"]
     assert main(["--workspace", str(workspace.root), "serve",
@@ -191,7 +191,7 @@ BAD_PARAMS = [
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "app.cli", "--workspace", str(root), *args],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

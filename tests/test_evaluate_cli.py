@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen import dvcfile
 from evergreen.config import Config
 from evergreen.workspace import Workspace
-from flows.cli import main
 from tests.conftest import TINY_PARAMS, copy_workspace, write_params, write_png_folder
 
 UNSEEN = np.arange(1000, 1300)  # digits the champion never saw

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen import dvcfile
-from flows.cli import main
 from tests.conftest import TINY_PARAMS, copy_workspace, lock_is_free, write_params, write_png_folder
 
 SECRET = "EVERGREEN-PRIVATE-e1f0c3"  # planted in files a reader must never quote or copy

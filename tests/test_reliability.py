@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen.config import Config, PromoteConfig
 from evergreen.stages import pure_names
 from evergreen.workspace import Workspace, read_json, write_json
-from flows.cli import main
 from mains import call_main
 from tests.conftest import TINY_PARAMS
 

@@ -5,11 +5,11 @@ hand-made champion); then as a user: train on part of digits, ingest more, retra
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen import dvcfile
 from evergreen.config import Config
 from evergreen.errors import DataValidationError
 from evergreen.workspace import Workspace, read_json
-from flows.cli import main
 from mains.versions import load_registry
 from tests.conftest import TINY_PARAMS, copy_workspace, write_params
 

@@ -36,7 +36,7 @@ def test_dvc_yaml_is_the_registry(tmp_path):
 
 
 def test_cli_flows_and_mains_are_the_registry():
-    from flows.cli import build_parser
+    from app.cli import build_parser
     from flows.training import PIPELINE, ingest_task, promote_task
 
     assert [name for name, _ in PIPELINE] == pure_names()
@@ -73,8 +73,8 @@ def test_a_main_receives_its_own_section_and_what_it_declares(monkeypatch):
 
 def test_adding_a_stage_is_one_entry(monkeypatch, tmp_path):
     """A new pure stage in the registry alone reaches dvc.yaml, the CLI and the override plan."""
+    from app.cli import build_parser
     from evergreen.dvcfile import dvc_yaml
-    from flows.cli import build_parser
 
     extra = Stage("report", "mains.evaluate:run_evaluate", deps=("reports/metrics.json",),
                   reports=("reports/extra.json",))

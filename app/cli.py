@@ -155,11 +155,11 @@ RUN_MODULES = ("prefect.flow_engine", "prefect.task_engine", "pandas", "great_ex
 
 
 def cmd_run(args, ws) -> int:
+    from app.report import print_outcome
     from evergreen.config import load_config
-    from flows.report import print_outcome
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
         from flows.training import training_pipeline
@@ -225,13 +225,15 @@ def cmd_gan(args, ws) -> int:
     from evergreen.config import load_config
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
-        from flows.gan import gan_pipeline, print_gan_outcome
+        from flows.gan import gan_pipeline
 
         ready()
         outcome = gan_pipeline(str(ws.root), data=args.data, overrides=args.overrides)
+    from app.report import print_gan_outcome
+
     print_gan_outcome(outcome)
     return 0
 
@@ -245,7 +247,7 @@ def cmd_tune(args, ws) -> int:
             raise BadInputError(f"tune {flag} {value}: expected a positive number")
     cfg = load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
     parse_space(cfg.tune.space, cfg, str(ws.params) + (" with --set" if args.overrides else ""))
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
         from flows.tune import print_tune_outcome, tune_flow
@@ -258,7 +260,7 @@ def cmd_tune(args, ws) -> int:
 
 
 def cmd_status(args, ws) -> int:
-    from flows.report import print_status, status_view
+    from app.report import print_status, status_view
 
     view = status_view(ws)
     print(json.dumps(view, indent=2) if args.json else print_status(view))
@@ -266,8 +268,8 @@ def cmd_status(args, ws) -> int:
 
 
 def cmd_ui(args, ws) -> int:
+    from app.ui import resolve_server, run_ui, stop_ui
     from evergreen.config import load_config
-    from flows.ui import resolve_server, run_ui, stop_ui
 
     server = resolve_server(ws, load_config(ws.params, args.overrides).ui, args.host, args.port)
     return stop_ui(server) if args.stop else run_ui(server, background=args.background)
@@ -278,11 +280,11 @@ def cmd_watch(args, ws) -> int:
 
     from prefect.logging.configuration import setup_logging as prefect_logging
 
-    from flows.console import hide_user_errors
-    from flows.watch import watch_folder
+    from app.console import hide_user_errors
+    from app.watch import watch_folder
 
     prefect_logging()  # now, not at the first retrain: its console handler prints evergreen.* lines
-    hide_user_errors()  # a retrain failed by our error is logged in one line (flows/watch.py)
+    hide_user_errors()  # a retrain failed by our error is logged in one line (app/watch.py)
     # a service manager stops a watcher with SIGTERM: stop as on Ctrl-C, so the exit handlers
     # run (Prefect's temporary server is stopped, not left running) and the lock is released
     signal.signal(signal.SIGTERM, interrupt)
@@ -299,18 +301,18 @@ def interrupt(signum, frame):
 
 
 def cmd_serve(args, ws) -> int:
-    from flows.serve import serve_workspace
+    from app.serve import serve_workspace
 
     serve_workspace(ws, args.overrides)
     return 0
 
 
 def cmd_retrain(args, ws) -> int:
+    from app.report import print_retrain
     from evergreen.config import load_config
-    from flows.report import print_retrain
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
         from flows.retraining import continual_retraining
@@ -349,7 +351,7 @@ def cmd_rollback(args, ws) -> int:
 
 
 def cmd_predict(args, ws) -> int:
-    from flows.report import predict_paths, predictions_csv
+    from app.report import predict_paths, predictions_csv
 
     out = checked_output(args.csv) if args.csv else None
     rows, errors = predict_paths(ws, args.paths)
@@ -369,7 +371,7 @@ def cmd_predict(args, ws) -> int:
 
 
 def cmd_evaluate(args, ws) -> int:
-    from flows.report import evaluate_source, evaluation_lines
+    from app.report import evaluate_source, evaluation_lines
 
     if len(args.data) > 2:
         raise BadInputError(f"evaluate --data: one source, or an image folder and its labels CSV, "

@@ -214,3 +214,17 @@ def evaluation_lines(result: dict, worst: int = 5) -> list[str]:
              f"  worst classes by recall: {'class':<12} {'recall':>7} {'samples':>8}"]
     lines += [f"  {'':<25}{c:<12} {r:>7.4f} {result['support'][c]:>8}" for c, r in lowest]
     return lines
+
+
+def print_gan_outcome(result: dict) -> None:
+    """What `evergreen gan run` prints: verdict, distance against floor and ceiling, files."""
+    report, outcome = result["report"], result["promote"]
+    print(f"generator {outcome['version']}: {outcome['verdict']}")
+    print(f"  {report['metric']}: {report['distance']:.4g} (floor {report['floor']:.4g}, "
+          f"ceiling {report['ceiling']:.4g}; {report['distance_to_ceiling']:.1%} of the ceiling)")
+    low = min(report["coverage"], key=report["coverage"].get)
+    print(f"  class coverage: {len(report['coverage'])} classes, lowest {low} at "
+          f"{report['coverage'][low]:.1%}")
+    for reason in outcome["reasons"]:
+        print(f"  - {reason}")
+    print("  reports/gan.json, reports/figures/gan_samples.png, models/gan_registry.json")

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from app.watch import EVENT, resource_id
 from evergreen.config import ServeConfig, load_config
 from evergreen.errors import BadInputError, ConfigError, EvergreenError
 from evergreen.workspace import Workspace, workspace_lock
-from flows.watch import EVENT, resource_id
 
 log = logging.getLogger("evergreen.serve")
 TAGS = ["evergreen"]
