@@ -43,7 +43,7 @@ STAGES: tuple[Stage, ...] = (
           reports=("reports/validation.json", "reports/validation.html")),
     Stage("preprocess", "flows.stages:run_preprocess",
           deps=("data/batches", "reports/validation.json"),
-          code=("tasks/preprocess.py", "tasks/ingest.py"), outs=("data/processed",)),
+          code=("tasks/preprocess.py", "tasks/ingest/batches.py"), outs=("data/processed",)),
     Stage("train", "flows.stages:run_train", retries=1,
           deps=("data/processed",),
           code=("tasks/teacher.py", "tasks/train.py", "tasks/replica.py", "tasks/adapt.py",

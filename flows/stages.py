@@ -313,8 +313,7 @@ def run_ingest(ws: Workspace, cfg: Config, source: str | tuple[str, str] | None)
 
 def read_candidate(ws: Workspace, cfg: Config, source: str | tuple[str, str]):
     """Read and deduplicate; unreadable sources and (by policy) bad samples are quarantined."""
-    from tasks.ingest import prepare_batch, quarantine_candidate, quarantine_source
-    from tasks.reading import ReadLog
+    from tasks.ingest import ReadLog, prepare_batch, quarantine_candidate, quarantine_source
 
     log = ReadLog()
     try:

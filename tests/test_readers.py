@@ -17,8 +17,8 @@ import pytest
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from tasks.readers import Rejected, _Sink, load_digits_batch, read_idx, read_source
-from tasks.reading import ReadLog
+from tasks.ingest import ReadLog, Rejected, load_digits_batch, read_idx, read_source
+from tasks.ingest.source import _Sink
 from tests.conftest import write_idx_pair, write_png_folder
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"

@@ -13,8 +13,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from evergreen.errors import BadInputError
-from tasks.reading import Rejected
-from tasks.safe_files import display_name, text_lines
+from tasks.ingest.reading import Rejected
+from tasks.ingest.safe_files import display_name, text_lines
 
 FILE_COLUMNS = ("filename", "file_name", "file", "fname", "image", "image_name", "image_id",
                 "imageid", "img", "path", "filepath", "name", "id")

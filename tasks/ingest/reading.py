@@ -13,8 +13,8 @@ import numpy as np
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from tasks.decode import Target
-from tasks.safe_files import Opened, SourceFiles, display_name
+from tasks.ingest.decode import Target
+from tasks.ingest.safe_files import Opened, SourceFiles, display_name
 
 Shape = tuple[int, int, int]  # (C, H, W)
 

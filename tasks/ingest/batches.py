@@ -16,10 +16,9 @@ import numpy as np
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, atomic_write_text
-from tasks.readers import load_digits_batch as load_digits_batch  # re-exported
-from tasks.readers import read_idx, read_source
-from tasks.reading import Batch, ReadLog, Rejected, Shape, canonical_labels
-from tasks.safe_files import Opened, SourceFiles, csv_cell, display_name, from_csv_cell
+from tasks.ingest.reading import Batch, ReadLog, Rejected, Shape, canonical_labels
+from tasks.ingest.safe_files import Opened, SourceFiles, csv_cell, display_name, from_csv_cell
+from tasks.ingest.source import read_idx, read_source
 
 if TYPE_CHECKING:  # pandas costs 0.6 s to import: loaded where a table is built or read
     import pandas as pd

@@ -30,12 +30,12 @@ import numpy as np
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from tasks.decode import SUFFIXES as IMAGE_SUFFIXES
-from tasks.decode import fit_array
-from tasks.image_folder import os_file, read_image_folder
-from tasks.labels_csv import MAX_LABEL
-from tasks.reading import Batch, Names, Reading, ReadLog, Rejected, Shape, choose_target, to_channels
-from tasks.safe_files import SourceFiles, display_name, text_lines
+from tasks.ingest.decode import SUFFIXES as IMAGE_SUFFIXES
+from tasks.ingest.decode import fit_array
+from tasks.ingest.folder import os_file, read_image_folder
+from tasks.ingest.labels_csv import MAX_LABEL
+from tasks.ingest.reading import Batch, Names, Reading, ReadLog, Rejected, Shape, choose_target, to_channels
+from tasks.ingest.safe_files import SourceFiles, display_name, text_lines
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 DATA_SUFFIXES = (".npz", ".csv", ".zip", ".gz", *TAR_SUFFIXES)
