@@ -1,6 +1,10 @@
 """Ingest: read a source safely into a packed, content-addressed batch plus per-sample metadata.
 
-The public API; each name lives in the module that owns it (ARCHITECTURE.md, "A reader").
+The package's public API, re-exported from the module that owns each name:
+source (read_source, read_idx, read_labelled: the entry points, dispatching to one reader per
+format: idx, npz, csv_table, folder with labels_csv and decode; archives through archive),
+reading (Batch, ReadLog, Rejected), names, safe_files, batches (the dataset's shards and
+metadata), quarantine, and predict_input (images to score with the champion).
 """
 
 from tasks.ingest.batches import (
@@ -17,19 +21,16 @@ from tasks.ingest.batches import (
     metadata_table,
     pack_shard,
     prepare_batch,
-    private_folder,
-    quarantine_candidate,
-    quarantine_source,
     read_batches,
-    read_labelled,
     read_metadata,
-    shown_source,
     write_batch,
 )
+from tasks.ingest.names import Names, csv_cell, display_name, from_csv_cell
 from tasks.ingest.predict_input import Input, collect_inputs, load_inputs
-from tasks.ingest.reading import Batch, Names, Reading, ReadLog, Rejected, Shape, canonical_labels
-from tasks.ingest.safe_files import Opened, SourceFiles, csv_cell, display_name, from_csv_cell
-from tasks.ingest.source import Read, load_digits_batch, read_idx, read_source
+from tasks.ingest.quarantine import private_folder, quarantine_candidate, quarantine_source, shown_source
+from tasks.ingest.reading import Batch, Read, Reading, ReadLog, Rejected, Shape
+from tasks.ingest.safe_files import Opened, SourceFiles
+from tasks.ingest.source import canonical_labels, load_digits_batch, read_idx, read_labelled, read_source
 
 __all__ = [
     "META_COLUMNS", "TEXT_COLUMNS", "Batch", "Candidate", "Input", "Names", "Opened", "Read",

@@ -18,8 +18,10 @@ import numpy as np
 from evergreen.errors import BadInputError
 from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, decode, probe
 from tasks.ingest.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
-from tasks.ingest.reading import Batch, Reading, Rejected, choose_target, relative
-from tasks.ingest.safe_files import SourceFiles, UnreadableFile, display_name
+from tasks.ingest.names import display_name, relative
+from tasks.ingest.reading import Batch, Reading, Rejected
+from tasks.ingest.safe_files import SourceFiles, UnreadableFile
+from tasks.ingest.shape import choose_target
 
 OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".AppleDouble", ".Spotlight-V100",
             ".Trashes", ".fseventsd", "@eaDir", "Icon\r"}

@@ -14,8 +14,9 @@ import numpy as np
 from evergreen.config import IngestConfig
 from tasks.ingest.decode import DecodeError, Target, decode, probe
 from tasks.ingest.folder import walk
-from tasks.ingest.reading import Names, Reading, ReadLog
-from tasks.ingest.safe_files import SourceFiles, UnreadableFile, display_name, kind_of
+from tasks.ingest.names import Names, display_name
+from tasks.ingest.reading import Reading, ReadLog
+from tasks.ingest.safe_files import SourceFiles, UnreadableFile, kind_of
 
 
 @dataclass(frozen=True)
