@@ -103,7 +103,7 @@ def predict_paths(ws: Workspace, paths: list[str]) -> tuple[list[dict], list[str
     from nets.io import load_model
     from nets.runtime import OnnxModel
     from tasks.evaluate import predict_proba
-    from tasks.predict_input import collect_inputs, load_inputs
+    from tasks.ingest import collect_inputs, load_inputs
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:
@@ -134,7 +134,7 @@ def predictions_csv(rows: list[dict]) -> bytes:
     import csv
     import io
 
-    from tasks.safe_files import csv_cell
+    from tasks.ingest import csv_cell
 
     classes = list(rows[0]["probabilities"]) if rows else []
     buf = io.StringIO()
@@ -168,8 +168,7 @@ def evaluate_source(ws: Workspace, source: str | tuple[str, str]) -> tuple[dict,
     from evergreen.config import load_config
     from nets.runtime import OnnxModel
     from tasks.evaluate import label_indices, predict_proba, source_metrics
-    from tasks.ingest import read_labelled, shown_source
-    from tasks.reading import ReadLog
+    from tasks.ingest import ReadLog, read_labelled, shown_source
 
     version, model, card = champion_served(ws)
     # the champion's channels and size, whatever ingest.channels / image_size say for new data

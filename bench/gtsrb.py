@@ -37,8 +37,7 @@ def official_accuracy(model_dir: Path, onnx: bool, test: tuple) -> float:
 
 def official_test(root: Path, ws: Path, shape: tuple[int, ...]) -> tuple:
     from evergreen.config import load_config
-    from tasks.ingest import read_labelled
-    from tasks.reading import ReadLog
+    from tasks.ingest import ReadLog, read_labelled
 
     cfg = load_config(ws / "params.yaml").ingest.model_copy(
         update={"channels": "auto", "image_size": "auto"})

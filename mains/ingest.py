@@ -59,8 +59,7 @@ def run_ingest(ws: Workspace, section: IngestConfig, validate: ValidateConfig,
 
 def read_candidate(ws: Workspace, section: IngestConfig, source: str | tuple[str, str]):
     """Read and deduplicate; unreadable sources and (by policy) bad samples are quarantined."""
-    from tasks.ingest import prepare_batch, quarantine_candidate, quarantine_source
-    from tasks.reading import ReadLog
+    from tasks.ingest import ReadLog, prepare_batch, quarantine_candidate, quarantine_source
 
     log = ReadLog()
     try:

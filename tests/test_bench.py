@@ -72,7 +72,7 @@ def test_compression_ratios_from_the_report(tmp_path):
 def test_mnist_like_set_is_28x28_idx_with_test_digits_unseen(tmp_path):
     from bench.data import digits_sources, mnist_like, write_idx
     from evergreen.config import IngestConfig
-    from tasks.readers import read_idx
+    from tasks.ingest import read_idx
 
     (x, y), (xt, yt) = mnist_like(60, 20)
     assert x.shape == (60, 1, 28, 28) and xt.shape == (20, 1, 28, 28) and x.dtype == np.uint8

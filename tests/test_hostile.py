@@ -387,7 +387,7 @@ def test_predict_without_a_champion_is_exit_2(tmp_path, capsys):
 def test_the_read_deadline_stops_a_slow_read(tmp_path):
     import time
 
-    from tasks.safe_files import UnreadableFile, deadline
+    from tasks.ingest.safe_files import UnreadableFile, deadline
 
     signal.setitimer(signal.ITIMER_REAL, 0)  # this test's own timer, not the suite's
     with pytest.raises(UnreadableFile, match="slow.png: reading took longer"), deadline(0.2, "slow.png"):
@@ -395,7 +395,7 @@ def test_the_read_deadline_stops_a_slow_read(tmp_path):
 
 
 def test_display_names_escape_controls_and_raw_bytes_unambiguously():
-    from tasks.safe_files import csv_cell, display_name, from_csv_cell
+    from tasks.ingest import csv_cell, display_name, from_csv_cell
 
     assert display_name("a\nb") == "a\\x0ab"
     assert display_name("caf\udce9") == "caf\\xe9"  # a raw byte that was not UTF-8
