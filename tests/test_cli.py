@@ -112,7 +112,8 @@ def test_truncated_idx_exits_2_naming_the_file(workspace, tmp_path, capsys):
 def noop_rerun_against_a_server(root: Path) -> subprocess.CompletedProcess:
     """`evergreen run` in a process of its own against a running Prefect server; it prints
     which heavy modules it loaded."""
-    from app.ui import healthy, start_temporary_server
+    from app.temporary_api import start_temporary_server
+    from app.ui import healthy
 
     code = ("import atexit, sys; from app.cli import main; atexit.register(lambda: print("
             "'heavy modules loaded:', [m for m in ('torch', 'pandas', 'sklearn', 'great_expectations',"
