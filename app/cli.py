@@ -15,6 +15,7 @@ import typing
 
 from app.commands import COMMANDS, WRITERS
 from app.parser import build_parser
+from app.signals import Stopped, raise_stopped, stopped
 from evergreen.errors import EvergreenError
 
 
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvergreenError as exc:
         print(f"evergreen {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:  # disk full, permissions: the environment, not the input (exit 1)
+    except OSError as exc:  # disk full, permissions: the environment, not the input
         print(f"evergreen {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
-        return 1
+        return EvergreenError.exit_code
     except (KeyboardInterrupt, Stopped) as exc:
         return stopped(args.command, getattr(exc, "signum", signal.SIGINT))
     except BaseException as exc:
@@ -72,24 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         if prefect_exceptions and isinstance(exc, prefect_exceptions.TerminationSignal):
             return stopped(args.command, exc.signal)  # SIGTERM inside a flow run: marked crashed
         raise
-
-
-class Stopped(BaseException):
-    """A stop signal (SIGTERM) outside a flow run: unwind, so the lock and servers are released."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def raise_stopped(signum, frame):
-    raise Stopped(signum)
-
-
-def stopped(command: str, signum: int) -> int:
-    """The shell's code for a command ended by a signal: 128 + its number (SIGINT 130, SIGTERM 143)."""
-    print(f"evergreen {command}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
-    return 128 + int(signum)
 
 
 def exit_now(rc: int) -> typing.NoReturn:

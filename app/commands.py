@@ -143,6 +143,7 @@ def cmd_watch(args, ws) -> int:
     from prefect.logging.configuration import setup_logging as prefect_logging
 
     from app.console import hide_user_errors
+    from app.signals import interrupt
     from app.watch import watch_folder
 
     prefect_logging()  # now, not at the first retrain: its console handler prints evergreen.* lines
@@ -156,10 +157,6 @@ def cmd_watch(args, ws) -> int:
           f"retrain(s), {len(summary.retrain_errors)} failed; {len(summary.events)} event(s) sent")
     return (BadInputError.exit_code if summary.failed
             else EvergreenError.exit_code if summary.retrain_errors else 0)
-
-
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def cmd_serve(args, ws) -> int:

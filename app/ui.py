@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.signals import interrupt
 from evergreen.config import UiConfig
 from evergreen.errors import BadInputError, EvergreenError
 from evergreen.workspace import Workspace, atomic_write_text
@@ -264,12 +265,12 @@ def run_ui(server: Server, background: bool = False) -> int:
 
 def foreground(server: Server, proc: subprocess.Popen) -> int:
     """Wait on the server until Ctrl-C (or SIGTERM), then stop it."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     print("Ctrl-C stops it.", flush=True)
     try:
         proc.wait()
         print(f"prefect server exited with code {proc.returncode}; its log: {server.log}")
-        return 1
+        return EvergreenError.exit_code
     except KeyboardInterrupt:
         print("stopping the Prefect server…", flush=True)
         stop_process(proc.pid)
@@ -277,10 +278,6 @@ def foreground(server: Server, proc: subprocess.Popen) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.state.unlink(missing_ok=True)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def stop_ui(server: Server) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -64,9 +65,16 @@ def batch_call(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return lambda: model(x)
 
 
+class Timing(Protocol):
+    """How latency is measured: evaluate's section, or compress.select when it picks a variant."""
+
+    latency_runs: int
+    throughput_batch: int
+
+
 @torch.no_grad()
 def measure_latencies(models: dict[str, nn.Module], in_shape: tuple[int, ...],
-                      cfg: EvaluateConfig) -> dict[str, dict]:
+                      cfg: Timing) -> dict[str, dict]:
     """Batch-1 latency p50/p95 (ms) and batch throughput (images/s) of each model on this CPU.
 
     Batch-1 calls go round-robin across the models, so a change in machine load hits them
@@ -101,7 +109,7 @@ def throughput(call: Callable[[], object], batch_size: int, reps: int = 5) -> fl
 
 
 def side_by_side_latency(champion: nn.Module, candidate: nn.Module, in_shape: tuple[int, ...],
-                         cfg: EvaluateConfig) -> dict:
+                         cfg: Timing) -> dict:
     """Batch-1 p50 of the candidate and the champion, their calls interleaved, and the ratio:
     a busy neighbour slows both alike, so the ratio holds where absolute times do not."""
     times = measure_latencies({"champion": champion, "candidate": candidate}, in_shape, cfg)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from evergreen.config import EvaluateConfig, SelectConfig
+from evergreen.config import SelectConfig
 from tasks.compress.variant import Split, Variant
 
 
@@ -35,12 +35,11 @@ def measure_variants(variants: dict[str, Variant], out: Path, val: Split, test: 
     from nets.io import ONNX, load_onnx
     from tasks.evaluate import classification_metrics, measure_latencies, predict_proba
 
-    speed_cfg = EvaluateConfig(latency_runs=cfg.latency_runs, throughput_batch=cfg.throughput_batch)
     in_shape = tuple(next(iter(variants.values())).card["in_shape"])
     served = {name: load_onnx(out / name) for name in variants}
-    speed = measure_latencies(served, in_shape, speed_cfg)
+    speed = measure_latencies(served, in_shape, cfg)
     eager = measure_latencies({n: v.model for n, v in variants.items() if not v.int8}, in_shape,
-                              speed_cfg)
+                              cfg)
     rows = {}
     for name, variant in variants.items():
         card = variant.card
