@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from evergreen.config import ValidateConfig
+from tasks.ingest.batches import META_COLUMNS
 
 if TYPE_CHECKING:
     import great_expectations as gx
 
 
-SAMPLE_COLUMNS = (
-    "content_hash", "label", "height", "width", "channels",
-    "pixel_min", "pixel_max", "pixel_mean", "source", "batch_id",
-)  # fmt: skip
+# the metadata columns the sample suite requires filled: all of ingest's but decoded_as
+SAMPLE_COLUMNS = tuple(c for c in META_COLUMNS if c != "decoded_as")
 
 
 # Sample results name the offending rows by hash; GX keeps the first 20 per expectation.
