@@ -29,7 +29,7 @@ NO_CHAMPION = ("no champion classifier in models/registry.json, so the train sta
                "(models/teacher) gives the features; run `evergreen run` to gate a champion")
 
 
-# ---- stage mains: workspace I/O around tasks/gan.py ------------------------------------
+# ---- stage mains: workspace I/O around tasks/gan/ --------------------------------------
 
 def run_gan_train(ws: Workspace, cfg: Config) -> dict:
     """Train the generator unless models/gan already holds this data + params' generator."""

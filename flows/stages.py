@@ -82,7 +82,7 @@ def checkpoint_for(ws: Workspace, stage: str, *parts) -> tuple:
 def run_train(ws: Workspace, cfg: Config, on_epoch=None) -> dict:
     from nets.io import save_model
     from tasks.report import plot_history
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     meta = read_json(ws.processed / "meta.json")
     ckpt, key = checkpoint_for(ws, "train", params_hash(cfg.train))
@@ -416,7 +416,7 @@ def run_promote(ws: Workspace, cfg: Config, run_id: str, data_version: str | Non
              # processes that trained the teacher (its card; 1 for cards from before DDP)
              "train_world_size": read_card(ws.model_dir("teacher")).get("training", {})
                                  .get("world_size", 1),
-             # what the data decided where params say auto (tasks.adapt)
+             # what the data decided where params say auto (tasks.train.adapt)
              "auto": read_card(ws.model_dir("teacher")).get("auto"),
              "git_commit": git_commit(ws.root), "time": now(), "champion_before": champion,
              "lineage": data_lineage(ws, cfg), **(extra or {})}

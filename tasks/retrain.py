@@ -181,8 +181,8 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
 def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig, card: dict):
     """The teacher's fit settings, with its augmentation and precision as its card records
     them, and the retrain section's epochs and learning rate."""
-    from tasks.adapt import settings_augment
     from tasks.train import FitSettings
+    from tasks.train.adapt import settings_augment
 
     recorded = card.get("auto", {}).get("augment")
     base = FitSettings.from_train(train_cfg.model_copy(update={"epochs": cfg.epochs}),
@@ -296,7 +296,7 @@ def warm_vs_scratch(teacher, card: dict, train: Split, is_new: np.ndarray, val: 
 
     `train`/`val` labels are class indices in card["classes"]; old_test labels are names.
     """
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     classes = list(card["classes"])
     target = float((predicted_names(teacher, card, val[0]) == np.asarray(classes)[val[1]]).mean())
