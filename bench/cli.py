@@ -1,4 +1,4 @@
-"""`evergreen bench`: the command's body, dispatched to by name from flows/cli.py."""
+"""`evergreen bench`: the command's body, dispatched to by name from app/cli.py."""
 
 from __future__ import annotations
 

@@ -89,14 +89,15 @@ def warm_vs_scratch(quick: bool, scratch: Path) -> dict:
     files = write_idx(scratch / "new_batch", images, y[src])
     # the ingest stage and its DVC version, as `evergreen ingest` runs them (without a flow:
     # the retraining below is what this measures)
+    from bench.warm_start import measure_warm_vs_scratch
+    from evergreen import dvcfile
     from evergreen.config import load_config
     from evergreen.workspace import Workspace
-    from flows import dvcfile
-    from flows.retraining import measure_warm_vs_scratch
-    from flows.stages import run_ingest
+    from mains import call_main
 
     workspace = Workspace(ws)
-    if run_ingest(workspace, load_config(workspace.params), tuple(map(str, files)))["batch_id"]:
+    landed = call_main("ingest", workspace, load_config(workspace.params), source=tuple(map(str, files)))
+    if landed["batch_id"]:
         dvcfile.track(ws, "data/batches")
 
     r = measure_warm_vs_scratch(str(ws))

@@ -99,7 +99,7 @@ def idx_set(folder: Path, n_train: int | None = None, n_test: int | None = None)
     """((x_train, y_train), (x_test, y_test)) from an MNIST-format folder, the first n of each
     (all when None): uint8 (N, C, H, W) and int64 labels (the IDX label bytes)."""
     from evergreen.config import IngestConfig
-    from tasks.readers import read_idx
+    from tasks.ingest import read_idx
 
     out = []
     for split, n in (("train", n_train), ("test", n_test)):

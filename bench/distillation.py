@@ -28,7 +28,7 @@ def test_accuracy(model, card: dict, test) -> float:
 
 def distillation_seeds(ws: Workspace, cfg: CompressConfig, seeds: list[int]) -> dict:
     """Train the distilled student and its control once per seed; test accuracy of each."""
-    from flows.stages import load_split
+    from mains.processed import load_split
     from nets.io import load_model
     from tasks.compress import train_student
 

@@ -37,8 +37,7 @@ def official_accuracy(model_dir: Path, onnx: bool, test: tuple) -> float:
 
 def official_test(root: Path, ws: Path, shape: tuple[int, ...]) -> tuple:
     from evergreen.config import load_config
-    from tasks.ingest import read_labelled
-    from tasks.reading import ReadLog
+    from tasks.ingest import ReadLog, read_labelled
 
     cfg = load_config(ws / "params.yaml").ingest.model_copy(
         update={"channels": "auto", "image_size": "auto"})
@@ -47,7 +46,7 @@ def official_test(root: Path, ws: Path, shape: tuple[int, ...]) -> tuple:
 
 
 def seconds_to(history_csv: Path, seconds: float, target: float) -> float | None:
-    from tasks.retrain import seconds_to_target
+    from bench.warm_start import seconds_to_target
 
     with history_csv.open() as fh:
         history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]

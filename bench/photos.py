@@ -43,7 +43,7 @@ def plain_loop(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
 
 def decode(quick: bool, scratch: Path) -> dict:
     from evergreen.config import IngestConfig
-    from tasks.readers import read_source
+    from tasks.ingest import read_source
 
     n = 1_500 if quick else 6_000
     root = scratch / "photos"

@@ -87,7 +87,7 @@ def noop_rerun(quick: bool, scratch: Path) -> dict:
     if quick:
         return {"noop_rerun": not_run(f"<= {GOAL_NOOP_S}", "not in --quick: it starts a Prefect "
                                       "server (15-25 s on 2 cores); run `evergreen bench`", "s")}
-    from flows.ui import Server, free_port, start_server, stop_process, wait_until_healthy
+    from app.ui import Server, free_port, start_server, stop_process, wait_until_healthy
 
     ws = scratch / "pipeline_ws"
     if not (ws / "dvc.lock").exists():

@@ -1,6 +1,6 @@
 """`evergreen run` with the stage mains timed: `python -m bench.timed_run WORKSPACE OUT.json [--set ...]`.
 
-It runs the same CLI entry as `evergreen run`, with each stage main (flows.stages: ingest,
+It runs the same CLI entry as `evergreen run`, with every stage main (mains.call_main: ingest,
 validate, preprocess, train, compress, evaluate, promote) wrapped by a timer, and writes
 their seconds to OUT.json. The Great Expectations runs inside ingest and validate are
 timed apart, so they can count as overhead (the issue lists GX with Prefect and DVC).
@@ -17,25 +17,23 @@ from pathlib import Path
 SECONDS: dict[str, float] = defaultdict(float)
 
 
-def timed(fn, name: str):
+def timed(fn, name: str | None = None):
+    """fn, adding its seconds to SECONDS[name] (default: its first argument, a stage name)."""
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            SECONDS[name] += time.perf_counter() - start
+            SECONDS[name or args[0]] += time.perf_counter() - start
     return wrapper
 
 
 def instrument() -> None:
     """Wrap the stage mains and GX validations; before flows.training imports them by name."""
-    import flows.stages as stages
+    import mains
     import tasks.validate as validate
 
-    for name in list(stages.STAGE_MAINS):
-        stages.STAGE_MAINS[name] = timed(stages.STAGE_MAINS[name], name)
-    stages.run_ingest = timed(stages.run_ingest, "ingest")
-    stages.run_promote = timed(stages.run_promote, "promote")
+    mains.call_main = timed(mains.call_main)
     for fn in ("validate_metadata", "validate_batch"):
         setattr(validate, fn, timed(getattr(validate, fn), "gx"))
 
@@ -43,7 +41,7 @@ def instrument() -> None:
 def main(argv: list[str]) -> int:
     workspace, out, sets = argv[0], Path(argv[1]), argv[2:]
     instrument()
-    from flows.cli import main as cli
+    from app.cli import main as cli
 
     rc = cli(["--workspace", workspace, "run", *sets])
     gx = SECONDS.pop("gx", 0.0)
@@ -52,6 +50,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from flows.cli import exit_now
+    from app.cli import exit_now
 
     exit_now(main(sys.argv[1:]))  # as the `evergreen` command exits

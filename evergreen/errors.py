@@ -1,4 +1,4 @@
-"""User-facing errors, mapped to exit codes in one place (flows/cli.py)."""
+"""User-facing errors, mapped to exit codes in one place (app/cli.py)."""
 
 
 class EvergreenError(Exception):

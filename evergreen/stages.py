@@ -11,6 +11,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from evergreen.config import Config, Section
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,7 @@ class Stage:
     name: str
     main: str  # "module:function", the workspace I/O around the stage's logic; imported when run
     changes_state: bool = False  # outside the pure DAG, so not in dvc.yaml
-    reads: tuple[str, ...] = ()  # params of other sections the stage needs, besides its own
+    reads: tuple[str, ...] = ()  # other params its main takes (a section, or section.key)
     deps: tuple[str, ...] = ()  # data it reads
     code: tuple[str, ...] = ()  # its code: a dvc.yaml dep where the code lives in the workspace
     outs: tuple[str, ...] = ()  # outputs kept in the DVC cache
@@ -31,39 +34,51 @@ class Stage:
     retries: int = 0  # Prefect retries, on errors that are not the user's
 
     @property
+    def code_deps(self) -> list[str]:
+        """Its code as dvc.yaml deps: the main's module, then the logic it calls."""
+        return [self.main.split(":")[0].replace(".", "/") + ".py", *self.code]
+
+    @property
+    def section(self) -> type[Section]:
+        """Its params.yaml section's config class (TrainConfig for train)."""
+        return next(f.annotation for n, f in Config.model_fields.items() if (f.alias or n) == self.name)
+
+    @property
     def params(self) -> list[str]:
         """The params.yaml keys it depends on: its own section and what it reads."""
         return [self.name, *self.reads]
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "flows.stages:run_ingest", changes_state=True, retries=1),
-    Stage("validate", "flows.stages:run_validate",
+    Stage("ingest", "mains.ingest:run_ingest", changes_state=True, reads=("validate",), retries=1),
+    Stage("validate", "mains.validate:run_validate",
           deps=("data/batches",), code=("tasks/validate",),
           reports=("reports/validation.json", "reports/validation.html")),
-    Stage("preprocess", "flows.stages:run_preprocess",
+    Stage("preprocess", "mains.preprocess:run_preprocess",
           deps=("data/batches", "reports/validation.json"),
-          code=("tasks/preprocess.py", "tasks/ingest.py"), outs=("data/processed",)),
-    Stage("train", "flows.stages:run_train", retries=1,
+          code=("tasks/preprocess.py", "tasks/groups.py", "tasks/ingest/batches.py"),
+          outs=("data/processed",)),
+    Stage("train", "mains.train:run_train", retries=1,
           deps=("data/processed",),
           code=("tasks/train", "nets"),
           outs=("models/teacher",), reports=("reports/plots/train.csv",),
           figures=("reports/figures/train_curves.png",)),
-    Stage("compress", "flows.stages:run_compress", reads=("promote.candidate",),
+    Stage("compress", "mains.compress:run_compress", reads=("promote.candidate",),
           deps=("data/processed", "models/teacher"),
           code=("tasks/compress", "tasks/export.py", "tasks/pareto.py", "tasks/evaluate.py",
                 "tasks/train", "nets"),
           outs=("models/student", "models/variants", "models/selected"),
           reports=("reports/compression.json", "reports/plots/compress.csv"),
           figures=("reports/figures/compress_curves.png", "reports/figures/pareto.png")),
-    Stage("evaluate", "flows.stages:run_evaluate", reads=("promote.candidate",),
+    Stage("evaluate", "mains.evaluate:run_evaluate", reads=("promote.candidate",),
           deps=("data/processed", "models/teacher", "models/student", "models/selected"),
           code=("tasks/evaluate.py", "nets/runtime.py", "nets/inputs.py"),
           reports=("reports/plots/confusion.csv", "reports/plots/roc.csv"),
           metrics=("reports/metrics.json",),
           figures=("reports/figures/confusion_matrix.png", "reports/figures/roc.png",
                    "reports/figures/predictions.png")),
-    Stage("promote", "flows.stages:run_promote", changes_state=True, retries=1),
+    Stage("promote", "mains.promote:run_promote", changes_state=True,
+          reads=("evaluate", "preprocess"), retries=1),
 )
 
 
@@ -82,6 +97,16 @@ def pure_stages() -> list[Stage]:
 
 def pure_names() -> list[str]:
     return [s.name for s in pure_stages()]
+
+
+def main_inputs(entry: Stage, cfg: Config) -> tuple[Section, dict[str, Any]]:
+    """The stage's own section, and each param it reads by its last name: `promote.candidate`
+    is passed as `candidate`, the section `validate` as `validate`."""
+    reads = {}
+    for param in entry.reads:
+        section, _, key = param.partition(".")
+        reads[key or section] = getattr(cfg.section(section), key) if key else cfg.section(section)
+    return cfg.section(entry.name), reads
 
 
 def load_main(entry: Stage) -> Callable:

@@ -92,7 +92,7 @@ def validation_markdown(results: dict, html_path: Path | None = None) -> str:
 
 def publish_reports(ws: Workspace, outcome: dict, stages: dict) -> None:
     """Write reports/run.html and publish a link to it (key `run-report`)."""
-    from flows.stages import write_run_report
+    from flows.run_report import write_run_report
 
     run_html = write_run_report(ws, outcome, stages)
     create_link_artifact(run_html.as_uri(), link_text=f"run report ({outcome['verdict']}, "

@@ -10,18 +10,19 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from evergreen import dvcfile
 from evergreen.config import Config, load_config, params_hash
 from evergreen.errors import DataValidationError, EvergreenError
 from evergreen.stages import pure_names, stage
 from evergreen.workspace import Workspace
-from flows import dvcfile
 from flows.artifacts import (
     TrainingProgress,
     publish_batch_drift,
     publish_run_artifacts,
     publish_validation,
 )
-from flows.stages import STAGE_MAINS, quarantine_batch, run_ingest, run_promote
+from mains import call_main
+from mains.ingest import quarantine_batch
 
 log = logging.getLogger("evergreen.flow")
 
@@ -55,7 +56,7 @@ def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool,
                       else dvcfile.stage_is_current(ws.root, name)):
         log.info("%s: unchanged (data, params and outputs match dvc.lock), skipped", name)
         return {"ran": False}
-    summary = STAGE_MAINS[name](ws, cfg, **hooks)
+    summary = call_main(name, ws, cfg, **hooks)
     if commit:
         dvcfile.commit_stage(ws.root, name)
     return {"ran": True, **summary}
@@ -64,7 +65,7 @@ def run_stage(name: str, ws: Workspace, cfg: Config, rerun: bool, commit: bool,
 @task(**task_options("ingest"))
 def ingest_task(ws: Workspace, cfg: Config, source: str | None) -> dict:
     """Land new data as a batch and version it with DVC."""
-    result = run_ingest(ws, cfg, source)
+    result = call_main("ingest", ws, cfg, source=source)
     if result["batch_id"]:
         dvcfile.track(ws.root, "data/batches")
     if result.get("drift"):
@@ -127,8 +128,9 @@ def report_task(ws: Workspace, outcome: dict, stages: dict) -> None:
 def promote_task(ws: Workspace, cfg: Config, data_version: str | None,
                  extra: dict | None = None) -> dict:
     """Gate the candidate; record it in the registry; move the champion if it passes."""
-    outcome = run_promote(ws, cfg, str(flow_run.id or "local"), data_version,
-                          params_hash(cfg.to_params()), extra)
+    outcome = call_main("promote", ws, cfg, run_id=str(flow_run.id or "local"),
+                        data_version=data_version, full_params_hash=params_hash(cfg.to_params()),
+                        extra=extra)
     if outcome.pop("new_version"):
         dvcfile.track(ws.root, "models/versions")
     return outcome

@@ -18,11 +18,18 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from evergreen import dvcfile
 from evergreen.config import Config, TrainConfig, load_config
-from evergreen.workspace import Workspace, atomic_write_bytes, atomic_write_text, read_json, write_json
-from flows import dvcfile
-from flows.stages import load_split, write_csv
+from evergreen.workspace import (
+    Workspace,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    write_csv,
+    write_json,
+)
 from flows.training import ingest_task, run_pipeline_stages
+from mains.processed import load_split
 from tasks.tune import (
     OBJECTIVE,
     Param,

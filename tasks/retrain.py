@@ -1,15 +1,13 @@
 """Retrain: what is new since the champion, label-noise screening, replay, warm start, paired tests.
 
-Plain functions; flows/retraining.py wires them and flows/stages.run_promote uses the paired
-comparison. Predictions are compared as class names, so a champion with another class set
+Plain functions; mains/retrain.py and flows/retraining.py wire them and mains/promote.py uses
+the paired comparison. Predictions are compared as class names, so a champion with another class set
 is still measured on the same samples.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,11 +17,10 @@ import numpy as np
 from evergreen.config import (
     EvaluateConfig,
     PreprocessConfig,
-    PromoteConfig,
     RetrainConfig,
     TrainConfig,
 )
-from tasks.promote import GateResult, ahead_gate, check, mcnemar
+from tasks.promote import paired_summary
 
 if TYPE_CHECKING:  # imported where a table is read: a no-op run never needs it
     import pandas as pd
@@ -211,26 +208,6 @@ def predicted_names(model, card: dict, x: np.ndarray) -> np.ndarray:
     return np.asarray(card["classes"])[predict_proba(model, card, x).argmax(1)]
 
 
-def class_recall(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    return {str(c): float((pred[truth == c] == c).mean()) for c in np.unique(truth)}
-
-
-def paired_summary(truth: np.ndarray, champion: np.ndarray, challenger: np.ndarray,
-                   alpha: float) -> dict:
-    """Both models on the same samples: accuracies, McNemar, per-class recall drop."""
-    ok_champ, ok_chal = champion == truth, challenger == truth
-    test = mcnemar(ok_champ, ok_chal)
-    recall_champ, recall_chal = class_recall(truth, champion), class_recall(truth, challenger)
-    drops = {c: recall_champ[c] - recall_chal[c] for c in recall_champ}
-    worst = max(drops, key=drops.get)
-    return {"samples": int(len(truth)), "champion_accuracy": float(ok_champ.mean()),
-            "challenger_accuracy": float(ok_chal.mean()), "mcnemar": test,
-            "improvement": test["challenger_only"] > test["champion_only"] and test["pvalue"] < alpha,
-            "regression": test["champion_only"] > test["challenger_only"] and test["pvalue"] < alpha,
-            "max_class_recall_drop": float(drops[worst]), "worst_class": worst,
-            "class_recall": {c: [recall_champ[c], recall_chal[c]] for c in recall_champ}}
-
-
 SPLIT_COMPARISONS = ("current_test", "old_test")  # the test splits a comparison holds
 
 
@@ -255,70 +232,4 @@ def compare_to_champion(champion_dir: Path, challenger_dir: Path, challenger_onn
         out[name] = paired_summary(truth, predicted_names(champ, champ_card, split[0]),
                                    predicted_names(chal, chal_card, split[0]), alpha)
     out["latency"] = side_by_side_latency(champ, chal, tuple(chal_card["in_shape"]), timing)
-    return out
-
-
-def challenger_gates(comparison: dict, cfg: PromoteConfig) -> list[GateResult]:
-    """Per-class recall drop, forgetting on the old test split, and (when required) a
-    significant improvement by McNemar's test."""
-    cur, old = comparison["current_test"], comparison["old_test"]
-    gates = [check("max_class_recall_drop", cur["max_class_recall_drop"], "<=",
-                   cfg.max_class_recall_drop, f"class {cur['worst_class']}, champion "
-                   f"{cur['class_recall'][cur['worst_class']][0]:.4f} -> challenger "
-                   f"{cur['class_recall'][cur['worst_class']][1]:.4f}", "promote.max_class_recall_drop")]
-    if old is not None:
-        gates.append(check("max_forgetting", old["champion_accuracy"] - old["challenger_accuracy"],
-                           "<=", cfg.max_forgetting,
-                           f"accuracy on the champion's old test split, {old['samples']} samples: "
-                           f"champion {old['champion_accuracy']:.4f}, challenger "
-                           f"{old['challenger_accuracy']:.4f}", "promote.max_forgetting"))
-    if cfg.require_improvement:
-        gates.append(ahead_gate("significant_improvement", cur["mcnemar"], cfg.mcnemar_alpha,
-                                "promote.require_improvement", "challenger", "champion"))
-    return gates
-
-
-# --- benchmark: warm start vs from scratch ----------------------------------------------
-
-def seconds_to_target(history: list[dict], seconds: float, target: float) -> float | None:
-    """Training time until the first epoch whose val accuracy reaches `target` (epochs of one
-    fit cost the same), or None if it never does."""
-    per_epoch = seconds / max(len(history), 1)
-    hit = next((i for i, row in enumerate(history) if row["val_acc"] >= target - 1e-9), None)
-    return None if hit is None else per_epoch * (hit + 1)
-
-
-def warm_vs_scratch(teacher, card: dict, train: Split, is_new: np.ndarray, val: Split,
-                    old_test: Split | None, train_cfg: TrainConfig, cfg: RetrainConfig) -> dict:
-    """Time for a warm start (with replay) and for training from scratch on all the data to
-    reach the champion teacher's accuracy on the current val split; and the warm model's
-    accuracy drop on the champion's old test split, in points.
-
-    `train`/`val` labels are class indices in card["classes"]; old_test labels are names.
-    """
-    from tasks.train import train_model
-
-    classes = list(card["classes"])
-    target = float((predicted_names(teacher, card, val[0]) == np.asarray(classes)[val[1]]).mean())
-    mixed, mix = replay_mix(train, is_new, cfg.replay_ratio, train_cfg.seed)
-    start = time.perf_counter()
-    warm, warm_hist = warm_start_fit(copy.deepcopy(teacher), card, mixed, val, train_cfg, cfg)
-    warm_s = time.perf_counter() - start
-    start = time.perf_counter()
-    _, _, scratch_hist = train_model(train, val, classes, (card["mean"], card["std"]), train_cfg)
-    scratch_s = time.perf_counter() - start
-    warm_to, scratch_to = (seconds_to_target(warm_hist, warm_s, target),
-                           seconds_to_target(scratch_hist, scratch_s, target))
-    out = {"target_val_accuracy": target, **mix,
-           "warm": {"seconds": warm_s, "epochs": len(warm_hist), "seconds_to_target": warm_to,
-                    "final_val_accuracy": warm_hist[-1]["val_acc"]},
-           "scratch": {"seconds": scratch_s, "epochs": len(scratch_hist),
-                       "seconds_to_target": scratch_to,
-                       "final_val_accuracy": scratch_hist[-1]["val_acc"]},
-           "time_ratio": warm_to / scratch_to if warm_to and scratch_to else None}
-    if old_test is not None and len(old_test[1]):
-        before = float((predicted_names(teacher, card, old_test[0]) == old_test[1]).mean())
-        after = float((predicted_names(warm, card, old_test[0]) == old_test[1]).mean())
-        out["old_test"] = {"samples": int(len(old_test[1])), "champion_accuracy": before,
-                           "warm_accuracy": after, "drop_points": 100 * (before - after)}
     return out

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from app.cli import main
 from bench import core
 from bench.report import entry, not_run, table
-from flows.cli import main
 
 NAMES = {"train_throughput_vs_plain_loop", "time_to_98_vs_reference", "pipeline_overhead",
          "noop_rerun", "peak_rss", "inference_batch1_p50", "inference_batch1_p95",
@@ -72,7 +72,7 @@ def test_compression_ratios_from_the_report(tmp_path):
 def test_mnist_like_set_is_28x28_idx_with_test_digits_unseen(tmp_path):
     from bench.data import digits_sources, mnist_like, write_idx
     from evergreen.config import IngestConfig
-    from tasks.readers import read_idx
+    from tasks.ingest import read_idx
 
     (x, y), (xt, yt) = mnist_like(60, 20)
     assert x.shape == (60, 1, 28, 28) and xt.shape == (20, 1, 28, 28) and x.dtype == np.uint8
@@ -145,7 +145,7 @@ def test_cli_bench_unknown_group_is_bad_input(tmp_path, capsys):
 def test_bench_quick_smoke(tmp_path):
     """CI's smoke run: every benchmark reported (measured, skipped with a reason, or an error
     entry), valid JSON on stdout; no goals asserted, they are for BENCHMARKS.md."""
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "bench",
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "--workspace", str(tmp_path), "bench",
                            "--quick", "--json"], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)

@@ -32,7 +32,7 @@ WAIT_MS = 120_000
 
 
 def evergreen(root: Path, *args: str, env: dict | None = None, timeout: float = 300):
-    return subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "app.cli", "--workspace", str(root), *args],
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 

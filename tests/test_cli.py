@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from app.cli import main
 from tests.conftest import TINY_PARAMS, write_idx_pair, write_params, write_png_folder
 
 BIN = Path(sys.executable).parent
@@ -22,7 +22,7 @@ def run_cli(*args, cwd, env=None, timeout=600):
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys, flows.cli; flows.cli.build_parser().format_help(); "
+    code = ("import sys, app.cli; app.cli.build_parser().format_help(); "
             "print(sorted(m for m in ('torch', 'prefect', 'great_expectations', 'dvc', 'sklearn')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -112,9 +112,9 @@ def test_truncated_idx_exits_2_naming_the_file(workspace, tmp_path, capsys):
 def noop_rerun_against_a_server(root: Path) -> subprocess.CompletedProcess:
     """`evergreen run` in a process of its own against a running Prefect server; it prints
     which heavy modules it loaded."""
-    from flows.ui import healthy, start_temporary_server
+    from app.ui import healthy, start_temporary_server
 
-    code = ("import atexit, sys; from flows.cli import main; atexit.register(lambda: print("
+    code = ("import atexit, sys; from app.cli import main; atexit.register(lambda: print("
             "'heavy modules loaded:', [m for m in ('torch', 'pandas', 'sklearn', 'great_expectations',"
             f" 'matplotlib') if m in sys.modules])); sys.exit(main(['--workspace', {str(root)!r}, 'run']))")
     server, proc, log = start_temporary_server()
@@ -162,7 +162,7 @@ def test_the_command_makes_openmp_wait_without_spinning_unless_told(preset, expe
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if preset:
         env["OMP_WAIT_POLICY"] = preset
-    code = ("import os, sys\nfrom flows import cli\nsys.argv = ['evergreen', '--help']\n"
+    code = ("import os, sys\nfrom app import cli\nsys.argv = ['evergreen', '--help']\n"
             "try:\n    cli.console()\nexcept SystemExit:\n    pass\n"
             "print('policy', os.environ.get('OMP_WAIT_POLICY'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

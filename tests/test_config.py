@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from evergreen.config import Config, apply_overrides, default_params_yaml, load_config, parse_config
+from evergreen.dvcfile import dvc_yaml
 from evergreen.errors import ConfigError
-from flows.dvcfile import dvc_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,6 +97,69 @@ def test_every_config_section_can_be_overridden(tmp_path):
         apply_overrides({}, ["validate_.min_batch_size=3"])
 
 
+RUNTIME_COMMANDS = {"ui": ["ui", "--stop"], "watch": ["watch", "DROPS", "--once"], "serve": ["serve"]}
+
+
+@pytest.mark.parametrize("section", RUNTIME_COMMANDS)
+def test_ui_watch_and_serve_refuse_an_unknown_key_naming_it(workspace, tmp_path, capsys, section):
+    from app.cli import main
+
+    (tmp_path / "drops").mkdir()
+    args = [str(tmp_path / "drops") if a == "DROPS" else a for a in RUNTIME_COMMANDS[section]]
+    assert main(["--workspace", str(workspace.root), *args, "--set", f"{section}.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{section}.nope: unknown key" in err
+
+
+def test_ui_applies_its_set(workspace, monkeypatch):
+    from app.cli import main
+
+    seen = []
+    monkeypatch.delenv("EVERGREEN_UI_PORT", raising=False)
+    monkeypatch.setattr("app.ui.stop_ui", lambda server: seen.append(server.port) or 0)
+    assert main(["--workspace", str(workspace.root), "ui", "--stop", "--set", "ui.port=4301"]) == 0
+    assert seen == [4301]
+
+
+def test_watch_applies_its_set(workspace, tmp_path, monkeypatch):
+    from app import watch
+    from app.cli import main
+
+    seen = []
+
+    class Tracker(watch.DropTracker):
+        def __init__(self, folder, marker, quiet_seconds):
+            seen.append((marker, quiet_seconds))
+            super().__init__(folder, marker, quiet_seconds)
+
+    monkeypatch.setattr("app.watch.DropTracker", Tracker)
+    (tmp_path / "drops").mkdir()
+    sets = ["watch.quiet_seconds=7", "watch.marker=_DONE", "watch.poll_seconds=0.1", "watch.retrain=local"]
+    argv = ["--workspace", str(workspace.root), "watch", str(tmp_path / "drops"), "--once"]
+    assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert seen == [("_DONE", 7.0)]
+
+
+def test_serve_applies_its_set_and_its_runs_get_it(workspace, monkeypatch):
+    import prefect
+
+    from app.cli import main
+    from app.serve import SERVED_ENV
+
+    served = []
+    monkeypatch.setenv(SERVED_ENV, "")  # serve sets it; monkeypatch puts it back
+    monkeypatch.setattr("app.serve.check_server", lambda: "http://127.0.0.1:1/api")
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, limit: served.extend(deployments))
+    sets = ["serve.timezone=Europe/Paris", "serve.retrain_cron='30 * * * *'"]
+    assert main(["--workspace", str(workspace.root), "serve",
+                 *(a for s in sets for a in ("--set", s))]) == 0
+    training, retraining = served
+    assert [s.schedule.timezone for s in training.schedules] == ["Europe/Paris"]
+    assert [s.schedule.cron for s in retraining.schedules] == ["30 * * * *"]
+    params = {"workspace": str(workspace.root), "overrides": sets}
+    assert training.parameters == retraining.parameters == retraining.triggers[0].parameters == params
+
+
 def test_a_date_in_params_yaml_survives_an_override(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train:\n  seed: 2024-01-01\n")
@@ -128,7 +191,7 @@ BAD_PARAMS = [
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "app.cli", "--workspace", str(root), *args],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

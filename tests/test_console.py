@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.console import HideUserErrors, error_names, hide_user_errors
 from evergreen.errors import BadInputError, DataValidationError, EvergreenError
-from flows.console import HideUserErrors, error_names, hide_user_errors
 from tests.conftest import TINY_PARAMS, write_params
 
 BIN = Path(sys.executable).parent

@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from evergreen.config import IngestConfig
-from tasks.readers import read_source
-from tasks.reading import ReadLog
+from tasks.ingest import ReadLog, read_source
 
 RNG = np.random.default_rng(0)
 GRAY = RNG.integers(0, 256, (6, 10), dtype=np.uint8)  # H=6, W=10: non-square on purpose

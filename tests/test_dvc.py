@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evergreen import dvcfile
 from evergreen.workspace import Workspace
-from flows import dvcfile
 from tasks.ingest import dedupe, write_batch
 from tests.conftest import TINY_PARAMS, write_params
 

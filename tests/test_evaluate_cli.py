@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from app.cli import main
+from evergreen import dvcfile
 from evergreen.config import Config
 from evergreen.workspace import Workspace
-from flows import dvcfile
-from flows.cli import main
 from tests.conftest import TINY_PARAMS, copy_workspace, write_params, write_png_folder
 
 UNSEEN = np.arange(1000, 1300)  # digits the champion never saw
@@ -20,11 +20,12 @@ UNSEEN = np.arange(1000, 1300)  # digits the champion never saw
 def champion_ws(tmp_path_factory, digits):
     """A workspace whose champion v1 is a tiny teacher trained on the first 1000 digits, with
     its ONNX export (how champions are served)."""
-    from flows.stages import STAGE_MAINS
+    from mains import call_main
+    from mains.versions import save_registry, store_version
     from nets.io import ONNX, file_sha256, load_model
     from tasks.export import export_onnx
     from tasks.ingest import Batch, dedupe, write_batch
-    from tasks.promote import empty_registry, now, record, save_registry, store_version
+    from tasks.promote import empty_registry, now, record
 
     root = tmp_path_factory.mktemp("evaluate") / "ws"
     root.mkdir()
@@ -37,7 +38,7 @@ def champion_ws(tmp_path_factory, digits):
     write_batch(batch, hashes, ws.batches)
     cfg = Config.model_validate(TINY_PARAMS)
     for stage in ("validate", "preprocess", "train"):
-        STAGE_MAINS[stage](ws, cfg)
+        call_main(stage, ws, cfg)
     model, card = load_model(ws.model_dir("teacher"))
     export_onnx(model, tuple(card["in_shape"]), ws.model_dir("teacher") / ONNX)
     registry = empty_registry()
@@ -68,10 +69,10 @@ def tree_digest(root) -> dict[str, str]:
 
 def expected_metrics(ws, x, labels) -> dict:
     """classification_metrics of the served champion on the same arrays."""
+    from mains.versions import load_registry
     from nets.io import load_model
     from nets.runtime import OnnxModel
     from tasks.evaluate import classification_metrics, predict_proba
-    from tasks.promote import load_registry
 
     registry = load_registry(ws.registry)
     model, card = load_model(ws.root / registry["versions"]["v1"]["path"], prefer_onnx=True)

@@ -2,10 +2,10 @@
 
 import pytest
 
+from evergreen import dvcfile
 from evergreen.errors import DataValidationError
-from flows import dvcfile
 from flows.training import PIPELINE, training_pipeline
-from tasks.promote import load_registry
+from mains.versions import load_registry
 from tests.conftest import copy_workspace, write_png_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]

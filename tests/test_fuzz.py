@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from tasks.readers import read_idx, read_source
+from tasks.ingest import read_idx, read_source
 
 # small caps keep hostile sizes cheap; the caps themselves are what a bomb runs into
 CFG = IngestConfig(max_archive_bytes=200_000, max_archive_members=40, max_image_pixels=4096)

@@ -302,9 +302,8 @@ def test_sample_grid_is_a_png_of_the_tiles():
 @pytest.fixture(scope="module")
 def digit_splits():
     from evergreen.config import PreprocessConfig
-    from tasks.ingest import content_hash, metadata_table
+    from tasks.ingest import content_hash, load_digits_batch, metadata_table
     from tasks.preprocess import preprocess
-    from tasks.readers import load_digits_batch
 
     batch = load_digits_batch()
     meta = metadata_table(batch, [content_hash(img) for img in batch.x], "b0")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen.workspace import Workspace, read_json, write_json
-from flows.cli import main
 from tests.conftest import TINY_PARAMS, write_params, write_png_folder
 
 TINY_GAN = {"steps": 8, "batch_size": 16, "latent_dim": 16, "width": 8, "samples": 60}

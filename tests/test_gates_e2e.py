@@ -4,9 +4,9 @@ promotes; an absolute threshold the user sets blocks, and the last line names it
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen.workspace import Workspace, read_json
-from flows.cli import main
-from tasks.promote import load_registry
+from mains.versions import load_registry
 from tests.conftest import TINY_PARAMS, write_params, write_png_folder
 
 SHAPES = ("disc", "square", "triangle", "ring")

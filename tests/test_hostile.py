@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows import dvcfile
-from flows.cli import main
+from app.cli import main
+from evergreen import dvcfile
 from tests.conftest import TINY_PARAMS, copy_workspace, lock_is_free, write_params, write_png_folder
 
 SECRET = "EVERGREEN-PRIVATE-e1f0c3"  # planted in files a reader must never quote or copy
@@ -45,8 +45,9 @@ def template(tmp_path_factory, digits):
     """A workspace with one landed batch (250 digits as PNG) and a champion (untrained)."""
     import nets
     from evergreen.workspace import Workspace
+    from mains.versions import save_registry
     from nets.io import save_model
-    from tasks.promote import empty_registry, save_registry
+    from tasks.promote import empty_registry
 
     base = tmp_path_factory.mktemp("template")
     ws = Workspace(base / "ws")
@@ -386,7 +387,7 @@ def test_predict_without_a_champion_is_exit_2(tmp_path, capsys):
 def test_the_read_deadline_stops_a_slow_read(tmp_path):
     import time
 
-    from tasks.safe_files import UnreadableFile, deadline
+    from tasks.ingest.safe_files import UnreadableFile, deadline
 
     signal.setitimer(signal.ITIMER_REAL, 0)  # this test's own timer, not the suite's
     with pytest.raises(UnreadableFile, match="slow.png: reading took longer"), deadline(0.2, "slow.png"):
@@ -394,7 +395,7 @@ def test_the_read_deadline_stops_a_slow_read(tmp_path):
 
 
 def test_display_names_escape_controls_and_raw_bytes_unambiguously():
-    from tasks.safe_files import csv_cell, display_name, from_csv_cell
+    from tasks.ingest import csv_cell, display_name, from_csv_cell
 
     assert display_name("a\nb") == "a\\x0ab"
     assert display_name("caf\udce9") == "caf\\xe9"  # a raw byte that was not UTF-8

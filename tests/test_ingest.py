@@ -8,7 +8,7 @@ import pytest
 from evergreen.config import Config
 from evergreen.errors import BadInputError, DataValidationError
 from evergreen.workspace import Workspace
-from flows.stages import run_ingest
+from mains import call_main
 from tasks.ingest import content_hash, read_batches
 from tests.conftest import write_idx_pair, write_png_folder
 
@@ -20,7 +20,7 @@ NO_DRIFT = Config.model_validate({"validate": {"min_label_shift_pvalue": 0.0, "n
 def ingest(source, cfg, batches_dir):
     """The ingest path of the flow and the CLI, on a workspace holding `batches_dir`."""
     ws = Workspace(batches_dir.parent.parent)
-    return SimpleNamespace(**run_ingest(ws, NO_DRIFT, str(source)))
+    return SimpleNamespace(**call_main("ingest", ws, NO_DRIFT, source=str(source)))
 
 IMAGES = "train-images-idx3-ubyte"
 
@@ -143,7 +143,7 @@ def test_batch_of_another_shape_follows_the_dataset_or_is_refused(workspace, tmp
     forced = NO_DRIFT.model_copy(deep=True)
     forced.ingest.channels, forced.ingest.image_size = "rgb", [16, 16]
     with pytest.raises(DataValidationError) as err:  # asked for 3x16x16: the shape gate refuses
-        run_ingest(ws, forced, str(root))
+        call_main("ingest", ws, forced, source=str(root))
     assert "3x16x16" in str(err.value) and "1x8x8" in str(err.value)
     assert {p.name: p.read_bytes() for p in workspace.batches.iterdir()} == before
 
@@ -188,7 +188,7 @@ def test_bad_sample_dropped_and_listed_when_policy_says_drop(workspace, tmp_path
     root = three_pngs_one_broken(tmp_path, tiny_batch)
     cfg = NO_DRIFT.model_copy(deep=True)
     cfg.ingest.on_bad_sample = "drop"
-    result = run_ingest(workspace, cfg, str(root))
+    result = call_main("ingest", workspace, cfg, source=str(root))
     assert result["added"] == 3
     assert [d["source"] for d in result["dropped"]] == [f"{tiny_batch.labels[0]}/broken.png"]
     report = (workspace.reports / "ingest" / f"{result['batch_id']}.json").read_text()

@@ -8,8 +8,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from flows import dvcfile
-from flows.cli import main
+from app.cli import main
+from evergreen import dvcfile
 from tests.conftest import write_idx_pair, write_png_folder
 
 

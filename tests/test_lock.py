@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
 from evergreen.errors import WorkspaceBusyError
 from evergreen.workspace import workspace_lock
-from flows.cli import main
 from tests.conftest import hold_workspace_lock
 
 

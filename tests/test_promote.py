@@ -7,10 +7,12 @@ import pytest
 
 from evergreen.config import Config, PromoteConfig
 from evergreen.errors import EvergreenError
+from evergreen.stages import pure_names
 from evergreen.workspace import Workspace, read_json, write_json
-from flows.stages import STAGE_MAINS, run_promote
+from mains import call_main
+from mains.versions import load_registry
 from tasks.ingest import dedupe, write_batch
-from tasks.promote import load_registry, run_gates
+from tasks.promote import run_gates
 from tests.conftest import TINY_PARAMS, copy_workspace, fail_registry_writes
 
 
@@ -28,8 +30,8 @@ def trained(tmp_path_factory, digits):
                                        [digits.sources[i] for i in keep]), set())
     write_batch(batch, hashes, ws.batches)
     cfg = Config.model_validate(TINY_PARAMS)
-    for stage in STAGE_MAINS.values():
-        stage(ws, cfg)
+    for name in pure_names():
+        call_main(name, ws, cfg)
     return ws
 
 
@@ -49,7 +51,8 @@ def set_metrics(ws, role="student", vs_null=None, **values):
 def promote(ws, **promote_params):
     promote_params.setdefault("candidate", "student")
     params = {**TINY_PARAMS, "promote": {**TINY_PARAMS["promote"], **promote_params}}
-    return run_promote(ws, Config.model_validate(params), "test-run", "data-v", "params-h")
+    return call_main("promote", ws, Config.model_validate(params), run_id="test-run",
+                     data_version="data-v", full_params_hash="params-h")
 
 
 def vs_null(null_only: int, model_only: int) -> dict:

@@ -17,8 +17,8 @@ import pytest
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from tasks.readers import Rejected, _Sink, load_digits_batch, read_idx, read_source
-from tasks.reading import ReadLog
+from tasks.ingest import ReadLog, Rejected, load_digits_batch, read_idx, read_source
+from tasks.ingest.archive import Sink
 from tests.conftest import write_idx_pair, write_png_folder
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -561,7 +561,7 @@ def test_archive_limits_are_checked_from_the_headers_and_while_extracting(tmp_pa
 
     assert "max_archive_members 4" in refused(archive, max_archive_members=4)
     assert "max_archive_bytes 4999" in refused(archive, max_archive_bytes=4999)
-    sink = _Sink(private_tmp, IngestConfig(max_archive_bytes=10), "lies.zip")
+    sink = Sink(private_tmp, IngestConfig(max_archive_bytes=10), "lies.zip")
     with pytest.raises(BadInputError, match="lies.zip: more than ingest.max_archive_bytes 10"):
         sink.write(PurePosixPath("f"), io.BytesIO(b"x" * (2 << 20)))  # more than its header said
     (private_tmp / "f").unlink()

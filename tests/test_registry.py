@@ -4,18 +4,11 @@ import json
 
 import pytest
 
+from app.cli import main
 from evergreen.errors import BadInputError, EvergreenError
 from evergreen.workspace import Workspace, write_json
-from flows.cli import main
-from tasks.promote import (
-    champion_entry,
-    empty_registry,
-    force_promote,
-    load_registry,
-    record,
-    rollback,
-    store_version,
-)
+from mains.versions import load_registry, store_version
+from tasks.promote import champion_entry, empty_registry, force_promote, record, rollback
 from tests.conftest import fail_registry_writes
 
 

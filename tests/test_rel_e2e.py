@@ -123,7 +123,7 @@ def test_sigkill_in_the_second_epoch_then_run_resumes_and_finishes(story):
 
 
 def test_status_shows_one_consistent_champion(story):
-    from tasks.promote import load_registry
+    from mains.versions import load_registry
 
     champion = story.status["champion"]
     registry = load_registry(story.root / "models" / "registry.json")
@@ -146,7 +146,7 @@ def test_resumed_run_matches_an_uninterrupted_run(story):
 
 
 def test_fresh_clone_with_data_from_the_dvc_remote_reproduces_the_champion(story):
-    from tasks.promote import load_registry
+    from mains.versions import load_registry
 
     repro = story.outputs[-1].stdout
     for stage in ("preprocess", "train", "compress", "evaluate"):  # validate's report is in git

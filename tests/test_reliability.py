@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.cli import main
 from evergreen.config import Config, PromoteConfig
+from evergreen.stages import pure_names
 from evergreen.workspace import Workspace, read_json, write_json
-from flows.cli import main
-from flows.stages import STAGE_MAINS, run_promote
+from mains import call_main
 from tests.conftest import TINY_PARAMS
 
 CODE = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def lean_config(**promote) -> Config:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits):
     """A git + DVC workspace where validate..evaluate ran on 300 digits (lean params)."""
-    from flows import dvcfile
+    from evergreen import dvcfile
     from tasks.ingest import Batch, dedupe, write_batch
     from tests.conftest import write_params
 
@@ -56,8 +57,8 @@ def trained(tmp_path_factory, digits):
     batch, hashes, _, _ = dedupe(Batch(digits.x[keep], digits.labels[keep],
                                        [digits.sources[i] for i in keep]), set())
     write_batch(batch, hashes, ws.batches)
-    for stage in STAGE_MAINS.values():
-        stage(ws, lean_config())
+    for name in pure_names():
+        call_main(name, ws, lean_config())
     return ws
 
 
@@ -78,7 +79,8 @@ def passing_metrics(ws: Workspace, candidate: str) -> None:
 
 
 def promote(ws: Workspace, candidate: str) -> dict:
-    return run_promote(ws, lean_config(candidate=candidate), "test-run", "data-v", "params-h")
+    return call_main("promote", ws, lean_config(candidate=candidate), run_id="test-run",
+                     data_version="data-v", full_params_hash="params-h")
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ class WriteSteps:
 
 
 def registry_summary(ws: Workspace) -> tuple:
-    from tasks.promote import load_registry
+    from mains.versions import load_registry
 
     reg = load_registry(ws.registry)
     return reg["champion"], sorted(reg["versions"]), len(reg["candidates"])
@@ -122,8 +124,8 @@ def registry_summary(ws: Workspace) -> tuple:
 
 def assert_versions_complete(ws: Workspace) -> None:
     """Every version the registry names is on disk, whole (its model file's hash matches)."""
+    from mains.versions import load_registry
     from nets.io import file_sha256, model_file
-    from tasks.promote import load_registry
 
     for version, info in load_registry(ws.registry)["versions"].items():
         folder = ws.root / info["path"]
@@ -230,7 +232,7 @@ def test_os_error_outside_the_write_helper_is_named_not_a_traceback(ws, monkeypa
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(ws.reports / "metrics.json"))
 
-    monkeypatch.setattr("flows.stages.write_json", refuse)
+    monkeypatch.setattr("mains.evaluate.write_json", refuse)
     assert main(["--workspace", str(ws.root), "stage", "evaluate"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("evergreen stage: error: ") and "Traceback" not in err
@@ -319,7 +321,7 @@ def test_model_pt_with_a_payload_is_never_loaded(with_champion, tmp_path, where)
 def test_checkpoint_with_a_payload_is_refused_and_training_starts_fresh(ws, tmp_path):
     import torch
 
-    from flows.stages import load_split
+    from mains.processed import load_split
     from tasks.train import train_model
 
     marker = tmp_path / "pwned"

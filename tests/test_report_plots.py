@@ -96,7 +96,7 @@ def test_run_report_without_optional_parts():
 
 def test_write_run_report_reads_the_workspace(tmp_path):
     from evergreen.workspace import Workspace, write_json
-    from flows.stages import write_run_report
+    from flows.run_report import write_run_report
 
     ws = Workspace(tmp_path)
     write_json(ws.reports / "metrics.json", METRICS)
@@ -112,7 +112,7 @@ def test_write_run_report_reads_the_workspace(tmp_path):
 
 def write_plot_inputs(reports, digits):
     """Every file dvc.yaml declares as a plot, from the real plot writers."""
-    from flows.stages import write_csv
+    from evergreen.workspace import write_csv
     from tasks.report import plot_history, write_evaluation_plots
 
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_acc": 1 - 0.1 / e, "lr": 0.01}
@@ -132,8 +132,8 @@ def write_plot_inputs(reports, digits):
 def test_dvc_plots_show_renders_every_declared_plot(tmp_path, digits):
     import yaml
 
+    from evergreen import dvcfile
     from evergreen.workspace import Workspace
-    from flows import dvcfile
 
     ws = Workspace(tmp_path / "ws")
     dvcfile.init_workspace(ws)

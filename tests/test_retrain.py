@@ -6,17 +6,15 @@ import math
 import numpy as np
 import pytest
 
+from bench.warm_start import seconds_to_target
 from evergreen.config import PreprocessConfig, PromoteConfig, RetrainConfig, TrainConfig
+from tasks.promote import challenger_gates, mcnemar, paired_summary
 from tasks.retrain import (
     batches_of_version,
-    challenger_gates,
     landed_batches,
-    mcnemar,
     new_batches,
-    paired_summary,
     replay_mix,
     score_label_noise,
-    seconds_to_target,
     split_of_batches,
     warm_start_fit,
     warm_start_plan,

@@ -5,12 +5,12 @@ hand-made champion); then as a user: train on part of digits, ingest more, retra
 import numpy as np
 import pytest
 
+from app.cli import main
+from evergreen import dvcfile
 from evergreen.config import Config
 from evergreen.errors import DataValidationError
 from evergreen.workspace import Workspace, read_json
-from flows import dvcfile
-from flows.cli import main
-from tasks.promote import load_registry
+from mains.versions import load_registry
 from tests.conftest import TINY_PARAMS, copy_workspace, write_params
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
@@ -28,10 +28,12 @@ def land(ws, digits, idx, labels=None):
 
 def register_teacher_as_champion(ws, cfg):
     """The trained teacher becomes v1, with its test accuracy and data lineage."""
-    from flows.stages import data_lineage, load_split
+    from mains.processed import load_split
+    from mains.promote import data_lineage
+    from mains.versions import save_registry, store_version
     from nets.io import file_sha256, load_model
     from tasks.evaluate import predict_proba
-    from tasks.promote import empty_registry, now, record, save_registry, store_version
+    from tasks.promote import empty_registry, now, record
 
     model, card = load_model(ws.model_dir("teacher"))
     x, y = load_split(ws, "test")
@@ -49,7 +51,7 @@ def register_teacher_as_champion(ws, cfg):
 @pytest.fixture(scope="module")
 def champion_ws(tmp_path_factory, digits):
     """A workspace whose champion (a tiny teacher) was trained on the first 1000 digits."""
-    from flows.stages import STAGE_MAINS
+    from mains import call_main
 
     root = tmp_path_factory.mktemp("retrain") / "ws"
     root.mkdir()
@@ -59,7 +61,7 @@ def champion_ws(tmp_path_factory, digits):
     land(ws, digits, np.arange(1000))
     cfg = Config.model_validate(TINY_PARAMS)
     for stage in ("validate", "preprocess", "train"):
-        STAGE_MAINS[stage](ws, cfg)
+        call_main(stage, ws, cfg)
     register_teacher_as_champion(ws, cfg)
     return ws
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.cli import main
+from app.watch import EVENT, resource_id
 from evergreen.config import ServeConfig
 from evergreen.errors import BadInputError, ConfigError, WorkspaceBusyError
 from evergreen.workspace import Workspace, workspace_lock
-from flows.cli import main
-from flows.watch import EVENT, resource_id
 from tests.conftest import TINY_PARAMS, write_params
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ def ingest_event(ws: Workspace):
 
 
 def test_deployments_have_their_names_schedules_and_trigger(workspace):
-    from flows.serve import build_deployments
+    from app.serve import build_deployments
 
     cfg = ServeConfig(retrain_cron="30 * * * *", timezone="Europe/Paris")
     training, retraining = build_deployments(workspace, cfg)
@@ -41,11 +41,11 @@ def test_deployments_have_their_names_schedules_and_trigger(workspace):
     assert not trigger.match.matches(ingest_event(Workspace(workspace.root.parent / "other")))
     assert trigger.parameters == {"workspace": str(workspace.root)}
     assert training.parameters == retraining.parameters == {"workspace": str(workspace.root)}
-    assert training.entrypoint.endswith("flows/serve.py:deployed_training")
+    assert training.entrypoint.endswith("app/serve.py:deployed_training")
 
 
 def test_no_cron_means_no_schedule_and_a_bad_cron_names_its_key(workspace):
-    from flows.serve import build_deployments
+    from app.serve import build_deployments
 
     training, retraining = build_deployments(workspace, ServeConfig(training_cron=None))
     assert training.schedules == [] and retraining.schedules == []
@@ -64,7 +64,7 @@ def test_serve_without_a_server_says_how_to_get_one(workspace, monkeypatch, caps
 
 
 def test_a_deployed_run_waits_for_the_workspace_lock(workspace):
-    from flows.serve import deployed_retraining, deployed_training
+    from app.serve import deployed_retraining, deployed_training
 
     write_params(workspace.root, {**TINY_PARAMS, "serve": {"lock_wait_seconds": 1.0}})
     with workspace_lock(workspace, "evergreen run", 0):
@@ -131,8 +131,8 @@ def test_an_ingest_event_starts_the_retraining_deployment(prefect_harness, works
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from flows.serve import build_deployments
-    from flows.watch import announce
+    from app.serve import build_deployments
+    from app.watch import announce
 
     _, retraining = build_deployments(workspace, ServeConfig(training_cron=None))
     deployment_id = retraining.apply()
@@ -156,7 +156,7 @@ def test_an_ingest_event_starts_the_retraining_deployment(prefect_harness, works
 
 
 def test_served_runs_refuse_parameters_outside_the_served_workspace(workspace, tmp_path, monkeypatch):
-    from flows.serve import SERVED_ENV, check_parameters
+    from app.serve import SERVED_ENV, check_parameters
 
     check_parameters(str(tmp_path / "elsewhere"), None)  # not under `evergreen serve`: no check
     monkeypatch.setenv(SERVED_ENV, str(workspace.root))
@@ -171,7 +171,7 @@ def test_served_runs_refuse_parameters_outside_the_served_workspace(workspace, t
 
 
 def test_a_served_training_run_for_another_workspace_touches_nothing(workspace, tmp_path, monkeypatch):
-    from flows.serve import SERVED_ENV, deployed_training
+    from app.serve import SERVED_ENV, deployed_training
 
     other = tmp_path / "other"
     other.mkdir()
@@ -201,7 +201,7 @@ def test_evergreen_serve_refuses_a_flow_run_for_another_workspace(prefect_harnes
     before = sorted(p.name for p in workspace.root.iterdir())
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "flows.cli", "--workspace", str(workspace.root), "serve"]
+    command = [sys.executable, "-m", "app.cli", "--workspace", str(workspace.root), "serve"]
     server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                               start_new_session=True, preexec_fn=default_sigint)
     deployment = None

@@ -1,6 +1,7 @@
 """The stage registry: dvc.yaml, the CLI, the flows and the config sections all follow it."""
 
 import dataclasses
+import inspect
 
 import pytest
 import yaml
@@ -13,15 +14,16 @@ from evergreen.stages import STAGES, Stage, load_main, pure_names, stage
 def test_every_stage_is_a_config_section_and_reads_real_params():
     for entry in STAGES:
         assert entry.name in SECTIONS
-        for param in entry.reads:
-            section, key = param.split(".", 1)
-            assert key in type(Config().section(section)).model_fields, param
+        for param in entry.reads:  # a whole section, or one of its keys
+            section, _, key = param.partition(".")
+            assert section in SECTIONS and (not key or key in type(Config().section(section))
+                                            .model_fields), param
     assert [s.name for s in STAGES if s.changes_state] == ["ingest", "promote"]
     assert pure_names() == ["validate", "preprocess", "train", "compress", "evaluate"]
 
 
 def test_dvc_yaml_is_the_registry(tmp_path):
-    from flows.dvcfile import dvc_yaml
+    from evergreen.dvcfile import dvc_yaml
 
     declared = yaml.safe_load(dvc_yaml(tmp_path))["stages"]
     assert list(declared) == pure_names()
@@ -34,8 +36,7 @@ def test_dvc_yaml_is_the_registry(tmp_path):
 
 
 def test_cli_flows_and_mains_are_the_registry():
-    from flows.cli import build_parser
-    from flows.stages import STAGE_MAINS
+    from app.cli import build_parser
     from flows.training import PIPELINE, ingest_task, promote_task
 
     assert [name for name, _ in PIPELINE] == pure_names()
@@ -43,21 +44,39 @@ def test_cli_flows_and_mains_are_the_registry():
         assert task.name == name and task.retries == stage(name).retries
     assert (ingest_task.name, promote_task.name) == ("ingest", "promote")
     assert ingest_task.retries == stage("ingest").retries
-    assert STAGE_MAINS == {
-        s.name: load_main(s) for s in STAGES if not s.changes_state}
-    assert callable(load_main(stage("ingest"))) and callable(load_main(stage("promote")))
+    for entry in STAGES:  # one main per stage, in mains/<stage>.py, taking its own section
+        main = load_main(entry)
+        assert main.__module__ == f"mains.{entry.name}" and main.__name__ == f"run_{entry.name}"
+        params = list(inspect.signature(main).parameters.values())
+        assert params[1].name == "section" and params[1].annotation == entry.section.__name__
+        assert {p.name for p in params} >= {read.split(".")[-1] for read in entry.reads}
     parser = build_parser()
     assert parser.parse_args(["stage", "compress"]).name == "compress"
     with pytest.raises(SystemExit):
         parser.parse_args(["stage", "promote"])  # changes state: not a dvc.yaml stage
 
 
+def test_a_main_receives_its_own_section_and_what_it_declares(monkeypatch):
+    from evergreen.config import Config
+    from mains import call_main
+
+    seen = {}
+    monkeypatch.setattr(registry, "load_main", lambda entry: lambda ws, section, **kw: seen.update(
+        ws=ws, section=section, **kw) or {})
+    cfg = Config()
+    call_main("compress", "WS", cfg)
+    assert seen == {"ws": "WS", "section": cfg.compress, "candidate": cfg.promote.candidate}
+    seen.clear()
+    call_main("ingest", "WS", cfg, source="digits")
+    assert seen == {"ws": "WS", "section": cfg.ingest, "validate": cfg.validate_, "source": "digits"}
+
+
 def test_adding_a_stage_is_one_entry(monkeypatch, tmp_path):
     """A new pure stage in the registry alone reaches dvc.yaml, the CLI and the override plan."""
-    from flows.cli import build_parser
-    from flows.dvcfile import dvc_yaml
+    from app.cli import build_parser
+    from evergreen.dvcfile import dvc_yaml
 
-    extra = Stage("report", "flows.stages:run_evaluate", deps=("reports/metrics.json",),
+    extra = Stage("report", "mains.evaluate:run_evaluate", deps=("reports/metrics.json",),
                   reports=("reports/extra.json",))
     monkeypatch.setattr(registry, "STAGES", (*STAGES[:-1], extra, STAGES[-1]))
     declared = yaml.safe_load(dvc_yaml(tmp_path))["stages"]

@@ -23,7 +23,7 @@ def start(root: Path, log: Path, *command: str, api: str | None) -> subprocess.P
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     if api:
         env["PREFECT_API_URL"] = api
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "--workspace", str(root), *command],
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "--workspace", str(root), *command],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True,  # its own group, as a terminal's job is
                             preexec_fn=default_sigint)

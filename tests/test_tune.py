@@ -151,7 +151,7 @@ def test_the_study_is_the_same_until_the_data_space_or_untuned_params_change():
 
 
 def test_cli_bad_space_key_exits_2_with_one_line(workspace, capsys):
-    from flows.cli import main
+    from app.cli import main
 
     write_params(workspace.root, {**TINY_PARAMS, "tune": {"space": {"train.nope": {"low": 1, "high": 2}}}})
     assert main(["--workspace", str(workspace.root), "tune"]) == 2

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
+from app.cli import main
+from app.ui import Server, healthy, port_free, resolve_server, server_env, start_server, stop_ui
 from evergreen.config import UiConfig
 from evergreen.errors import BadInputError
 from evergreen.workspace import Workspace
-from flows.cli import main
-from flows.ui import Server, healthy, port_free, resolve_server, server_env, start_server, stop_ui
 from tests.conftest import TINY_PARAMS, default_sigint, write_params
 
 
@@ -127,7 +127,7 @@ def read_until(proc: subprocess.Popen, needle: str, timeout: float) -> str:
 def test_foreground_ui_answers_then_ctrl_c_stops_the_server(tmp_path):
     port = free_port()
     env = {**os.environ, "EVERGREEN_UI_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "ui"],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--workspace", str(tmp_path), "ui"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             preexec_fn=default_sigint)
     try:
@@ -156,13 +156,13 @@ def test_foreground_ui_answers_then_ctrl_c_stops_the_server(tmp_path):
                                             ("localhost", True), ("0.0.0.0", False),
                                             ("192.168.1.4", False), ("myhost", False)])
 def test_only_loopback_addresses_are_private(host, loopback):
-    from flows.ui import is_loopback
+    from app.ui import is_loopback
 
     assert is_loopback(host) is loopback
 
 
 def test_a_public_host_warns_before_the_server_starts(tmp_path, monkeypatch, capsys):
-    import flows.ui as ui
+    import app.ui as ui
 
     monkeypatch.delenv("PREFECT_SERVER_API_AUTH_STRING", raising=False)
     monkeypatch.setattr(ui, "start_server", lambda server: (_ for _ in ()).throw(SystemExit(9)))
@@ -177,7 +177,7 @@ def test_a_public_host_warns_before_the_server_starts(tmp_path, monkeypatch, cap
 
 
 def test_the_database_is_private_to_its_user(tmp_path):
-    from flows.ui import private_database
+    from app.ui import private_database
 
     home = tmp_path / "home"
     home.mkdir(mode=0o755)
@@ -198,7 +198,7 @@ def test_with_an_auth_string_anonymous_writes_are_refused(tmp_path):
     port = free_port()
     env = {**os.environ, "EVERGREEN_UI_PORT": str(port),
            "PREFECT_SERVER_API_AUTH_STRING": "admin:s3cret"}
-    ui = [sys.executable, "-m", "flows.cli", "--workspace", str(tmp_path), "ui"]
+    ui = [sys.executable, "-m", "app.cli", "--workspace", str(tmp_path), "ui"]
     started = subprocess.run([*ui, "--background"], env=env, capture_output=True, text=True,
                              timeout=240)
     try:
@@ -226,7 +226,7 @@ def test_with_an_auth_string_anonymous_writes_are_refused(tmp_path):
         write_params(ws, TINY_PARAMS)
         client = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
                   "PREFECT_API_AUTH_STRING": "admin:s3cret"}
-        run = subprocess.run([sys.executable, "-m", "flows.cli", "--workspace", str(ws), "run"],
+        run = subprocess.run([sys.executable, "-m", "app.cli", "--workspace", str(ws), "run"],
                              env=client, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
         listed = urllib.request.Request(f"http://127.0.0.1:{port}/api/flow_runs/filter", data=b"{}",

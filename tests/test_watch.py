@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.cli import main
+from app.watch import DONE, EVENT, FAILED, DropTracker, resource_id, watch_folder
 from evergreen.workspace import workspace_lock
-from flows.cli import main
-from flows.watch import DONE, EVENT, FAILED, DropTracker, resource_id, watch_folder
 from tests.conftest import TINY_PARAMS, write_params, write_png_folder
 
 
@@ -40,11 +40,11 @@ def retrains(monkeypatch):
     """Record in-process retrains (workspace and the batches present) instead of training."""
     calls = []
 
-    def record(ws):
+    def record(ws, overrides=None):
         calls.append(sorted(p.stem for p in ws.batches.glob("*.npz")))
         return {"status": "retrained", "message": "recorded"}
 
-    monkeypatch.setattr("flows.watch.retrain_here", record)
+    monkeypatch.setattr("app.watch.retrain_here", record)
     return calls
 
 
@@ -218,7 +218,7 @@ def test_watch_retrains_a_dropped_batch_end_to_end(tmp_path, digits):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # a busy CI box starts it slowly
     first = write_npz(tmp_path / "first.npz", *chunk(digits, 0, per_class=100))
-    cli = [sys.executable, "-m", "flows.cli", "--workspace", str(ws)]
+    cli = [sys.executable, "-m", "app.cli", "--workspace", str(ws)]
     subprocess.run([*cli, "run", "--data", str(first)], env=env, check=True, timeout=600)
     watcher = subprocess.Popen([*cli, "watch", str(drops)], env=env)
     try:

@@ -13,15 +13,15 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from evergreen.errors import BadInputError
-from tasks.reading import Rejected
-from tasks.safe_files import display_name, text_lines
+from tasks.ingest.names import display_name
+from tasks.ingest.reading import MAX_LABEL, Rejected
+from tasks.ingest.safe_files import text_lines
 
 FILE_COLUMNS = ("filename", "file_name", "file", "fname", "image", "image_name", "image_id",
                 "imageid", "img", "path", "filepath", "name", "id")
 LABEL_COLUMNS = ("label", "labels", "classid", "class_id", "class", "category", "target", "y")
 ROI_COLUMNS = ("x1", "y1", "x2", "y2")
 DELIMITERS = (",", ";", "\t", "|")
-MAX_LABEL = 200
 
 
 @dataclass(frozen=True)

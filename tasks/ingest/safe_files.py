@@ -13,7 +13,6 @@ import os
 import signal
 import stat
 import threading
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,47 +20,11 @@ from typing import IO
 
 from evergreen.errors import BadInputError
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")  # spreadsheets run cells starting so
 MAX_DEADLINE_S = 86_400.0  # setitimer's range is bounded; ingest.read_timeout_s is capped here
 
 
 class UnreadableFile(BadInputError):
     """One file that cannot be opened safely: a special file, a link out, a slow read."""
-
-
-def display_name(text: str) -> str:
-    """A name as shown and stored: control, format and undecodable characters escaped.
-
-    A newline cannot forge a line in a record, and a name that was not valid UTF-8 on disk
-    (surrogate-escaped by Python) becomes `\\xNN` for each raw byte; other characters that are
-    escaped are `\\xNN` below 0x80 (same byte in UTF-8) and `\\uNNNN` above. Backslashes are
-    doubled, so the display form maps back to exactly one name on disk.
-    """
-    if text.isprintable() and "\\" not in text:  # the common case, at C speed
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if ch == "\\":
-            out.append("\\\\")
-        elif 0xDC80 <= code <= 0xDCFF:  # a raw byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn"):
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code <= 0xFFFF
-                       else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def csv_cell(text: str) -> str:
-    """A text cell safe in a spreadsheet: a leading = + - @ (or ') gets a ' in front."""
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
-
-
-def from_csv_cell(text: str) -> str:
-    """Undo `csv_cell`: exactly one leading ' is removed."""
-    return text[1:] if text.startswith("'") else text
 
 
 @dataclass

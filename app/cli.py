@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the training-pipeline flow")
     run.add_argument("--data", help="ingest this source first: image folder or IDX files")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                     help="override a params.yaml key for this run (repeatable)")
+    add_overrides(run)
     ingest = sub.add_parser("ingest", help="check and land a batch (new data version), or quarantine it")
     ingest.add_argument("source", nargs="+", metavar="SRC",
                         help="image folder, IDX folder/file (or IMAGES LABELS), NPZ, CSV, zip/tar")
@@ -82,6 +81,7 @@ def add_ui_parser(sub) -> None:
     mode.add_argument("--background", action="store_true",
                       help="return once the server answers, leaving it running")
     mode.add_argument("--stop", action="store_true", help="stop this workspace's background server")
+    add_overrides(ui, "ui.port=4300")
 
 
 def add_gan_parser(sub) -> None:
@@ -90,8 +90,7 @@ def add_gan_parser(sub) -> None:
     run = gan_sub.add_parser("run", help="run the gan-pipeline flow: ingest, validate, preprocess, "
                              "train, evaluate and promote the generator")
     run.add_argument("--data", help="ingest this source first: image folder, IDX, NPZ, CSV, archive")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                     help="override a params.yaml key for this run (repeatable), e.g. gan.steps=500")
+    add_overrides(run, "gan.steps=500")
 
 
 def add_tune_parser(sub) -> None:
@@ -103,15 +102,13 @@ def add_tune_parser(sub) -> None:
                       help="start no trial after S seconds (default tune.timeout_s)")
     tune.add_argument("--no-apply", dest="apply", action="store_false",
                       help="leave params.yaml as it is (best params only in reports/tune/best.json)")
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
-                      help="override a params.yaml key for this run (repeatable)")
+    add_overrides(tune)
 
 
 def add_registry_parsers(sub) -> None:
     retrain = sub.add_parser("retrain", help="continual-retraining flow on the batches landed "
                              "since the champion's data")
-    retrain.add_argument("--set", dest="overrides", action="append", default=[],
-                         metavar="SEC.KEY=VAL", help="override a params.yaml key for this run")
+    add_overrides(retrain)
     promote = sub.add_parser("promote", help="make VERSION the champion past the gates (audited)")
     promote.add_argument("version", metavar="VERSION", help="a version in the registry, e.g. v3")
     promote.add_argument("--force", action="store_true", help="required: the gates are bypassed")
@@ -125,8 +122,17 @@ def add_trigger_parsers(sub) -> None:
     watch.add_argument("folder", metavar="DIR", help="the drop folder: each file or sub-folder is a batch")
     watch.add_argument("--once", action="store_true",
                        help="process the drops there now (waiting for each to be complete), then exit")
-    sub.add_parser("serve", help="serve the deployments: training-pipeline on a cron schedule, "
-                   "continual-retraining on ingest events (needs PREFECT_API_URL)")
+    add_overrides(watch, "watch.quiet_seconds=10")
+    serve = sub.add_parser("serve", help="serve the deployments: training-pipeline on a cron "
+                           "schedule, continual-retraining on ingest events (needs PREFECT_API_URL)")
+    add_overrides(serve, "serve.training_cron='0 3 * * *'")
+
+
+def add_overrides(parser, example: str | None = None) -> None:
+    """`--set SEC.KEY=VAL`, repeatable: any params.yaml key, for this command only."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SEC.KEY=VAL",
+                        help="override a params.yaml key for this run (repeatable)"
+                        + (f", e.g. {example}" if example else ""))
 
 
 def setup_logging() -> None:
@@ -149,11 +155,11 @@ RUN_MODULES = ("prefect.flow_engine", "prefect.task_engine", "pandas", "great_ex
 
 
 def cmd_run(args, ws) -> int:
+    from app.report import print_outcome
     from evergreen.config import load_config
-    from flows.report import print_outcome
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
         from flows.training import training_pipeline
@@ -165,9 +171,9 @@ def cmd_run(args, ws) -> int:
 
 
 def cmd_ingest(args, ws) -> int:
+    from evergreen import dvcfile
     from evergreen.config import load_config
-    from flows import dvcfile
-    from flows.stages import run_ingest
+    from mains import call_main
 
     if len(args.source) > 2:
         raise BadInputError(f"ingest: one source, or an IDX images file and its labels file; "
@@ -175,7 +181,7 @@ def cmd_ingest(args, ws) -> int:
     cfg = load_config(ws.params)
     dvcfile.init_workspace(ws)
     source = tuple(args.source) if len(args.source) == 2 else args.source[0]
-    result = run_ingest(ws, cfg, source)
+    result = call_main("ingest", ws, cfg, source=source)
     if result["batch_id"]:
         dvcfile.track(ws.root, "data/batches")
         print(f"landed batch {result['batch_id']}: {result['added']} new samples "
@@ -206,11 +212,11 @@ def print_read_log(notes: list[str], skipped: list[dict], shown: int = 10) -> No
 
 def cmd_stage(args, ws) -> int:
     from evergreen.config import load_config
-    from flows.stages import STAGE_MAINS
+    from mains import call_main
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    summary = STAGE_MAINS[args.name](ws, load_config(ws.params))
+    summary = call_main(args.name, ws, load_config(ws.params))
     print(json.dumps({"stage": args.name, **summary}, default=str))
     return 0
 
@@ -219,13 +225,15 @@ def cmd_gan(args, ws) -> int:
     from evergreen.config import load_config
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
-        from flows.gan import gan_pipeline, print_gan_outcome
+        from flows.gan import gan_pipeline
 
         ready()
         outcome = gan_pipeline(str(ws.root), data=args.data, overrides=args.overrides)
+    from app.report import print_gan_outcome
+
     print_gan_outcome(outcome)
     return 0
 
@@ -239,7 +247,7 @@ def cmd_tune(args, ws) -> int:
             raise BadInputError(f"tune {flag} {value}: expected a positive number")
     cfg = load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
     parse_space(cfg.tune.space, cfg, str(ws.params) + (" with --set" if args.overrides else ""))
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
         from flows.tune import print_tune_outcome, tune_flow
@@ -252,7 +260,7 @@ def cmd_tune(args, ws) -> int:
 
 
 def cmd_status(args, ws) -> int:
-    from flows.report import print_status, status_view
+    from app.report import print_status, status_view
 
     view = status_view(ws)
     print(json.dumps(view, indent=2) if args.json else print_status(view))
@@ -260,10 +268,10 @@ def cmd_status(args, ws) -> int:
 
 
 def cmd_ui(args, ws) -> int:
+    from app.ui import resolve_server, run_ui, stop_ui
     from evergreen.config import load_config
-    from flows.ui import resolve_server, run_ui, stop_ui
 
-    server = resolve_server(ws, load_config(ws.params).ui, args.host, args.port)
+    server = resolve_server(ws, load_config(ws.params, args.overrides).ui, args.host, args.port)
     return stop_ui(server) if args.stop else run_ui(server, background=args.background)
 
 
@@ -272,15 +280,15 @@ def cmd_watch(args, ws) -> int:
 
     from prefect.logging.configuration import setup_logging as prefect_logging
 
-    from flows.console import hide_user_errors
-    from flows.watch import watch_folder
+    from app.console import hide_user_errors
+    from app.watch import watch_folder
 
     prefect_logging()  # now, not at the first retrain: its console handler prints evergreen.* lines
-    hide_user_errors()  # a retrain failed by our error is logged in one line (flows/watch.py)
+    hide_user_errors()  # a retrain failed by our error is logged in one line (app/watch.py)
     # a service manager stops a watcher with SIGTERM: stop as on Ctrl-C, so the exit handlers
     # run (Prefect's temporary server is stopped, not left running) and the lock is released
     signal.signal(signal.SIGTERM, interrupt)
-    summary = watch_folder(ws, Path(args.folder), once=args.once)
+    summary = watch_folder(ws, Path(args.folder), once=args.once, overrides=args.overrides)
     print(f"landed {len(summary.landed)} batch(es), {len(summary.unchanged)} drop(s) with nothing "
           f"new, {len(summary.failed)} refused (see DIR/.failed/); {len(summary.retrains)} "
           f"retrain(s), {len(summary.retrain_errors)} failed; {len(summary.events)} event(s) sent")
@@ -293,18 +301,18 @@ def interrupt(signum, frame):
 
 
 def cmd_serve(args, ws) -> int:
-    from flows.serve import serve_workspace
+    from app.serve import serve_workspace
 
-    serve_workspace(ws)
+    serve_workspace(ws, args.overrides)
     return 0
 
 
 def cmd_retrain(args, ws) -> int:
+    from app.report import print_retrain
     from evergreen.config import load_config
-    from flows.report import print_retrain
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
-    from flows.ui import temporary_api
+    from app.ui import temporary_api
 
     with temporary_api() as ready:
         from flows.retraining import continual_retraining
@@ -316,7 +324,8 @@ def cmd_retrain(args, ws) -> int:
 
 
 def cmd_promote(args, ws) -> int:
-    from tasks.promote import force_promote, load_registry, save_registry
+    from mains.versions import load_registry, save_registry
+    from tasks.promote import force_promote
 
     if not args.force:
         raise BadInputError(f"promote {args.version}: a manual promotion bypasses the gates; "
@@ -329,7 +338,8 @@ def cmd_promote(args, ws) -> int:
 
 
 def cmd_rollback(args, ws) -> int:
-    from tasks.promote import load_registry, rollback, save_registry
+    from mains.versions import load_registry, save_registry
+    from tasks.promote import rollback
 
     registry = load_registry(ws.registry)
     before = registry["champion"]
@@ -341,7 +351,7 @@ def cmd_rollback(args, ws) -> int:
 
 
 def cmd_predict(args, ws) -> int:
-    from flows.report import predict_paths, predictions_csv
+    from app.report import predict_paths, predictions_csv
 
     out = checked_output(args.csv) if args.csv else None
     rows, errors = predict_paths(ws, args.paths)
@@ -361,7 +371,7 @@ def cmd_predict(args, ws) -> int:
 
 
 def cmd_evaluate(args, ws) -> int:
-    from flows.report import evaluate_source, evaluation_lines
+    from app.report import evaluate_source, evaluation_lines
 
     if len(args.data) > 2:
         raise BadInputError(f"evaluate --data: one source, or an image folder and its labels CSV, "

@@ -21,10 +21,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.console import hide_user_errors
 from evergreen.config import UiConfig
 from evergreen.errors import BadInputError, EvergreenError
 from evergreen.workspace import Workspace, atomic_write_text
-from flows.console import hide_user_errors
 
 STATE_FILE = "server.json"
 
@@ -328,7 +328,7 @@ def temporary_api():
     own temporary server would start only when the flow starts, after loading its whole
     server app into this process, and wait up to 5 s for it to stop. Together that is ~10 s
     of every `evergreen run` (issue 8). The console no longer shows Prefect's traceback of
-    an EvergreenError, which the command prints as one line (flows/console.py).
+    an EvergreenError, which the command prints as one line (app/console.py).
     """
     # a fresh process with no URL in its environment starts the server at once; if Prefect's
     # settings (a profile) name a server after all, that one is used and this one stopped

@@ -20,10 +20,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from app.watch import EVENT, resource_id
 from evergreen.config import ServeConfig, load_config
 from evergreen.errors import BadInputError, ConfigError, EvergreenError
 from evergreen.workspace import Workspace, workspace_lock
-from flows.watch import EVENT, resource_id
 
 log = logging.getLogger("evergreen.serve")
 TAGS = ["evergreen"]
@@ -49,12 +49,12 @@ def check_parameters(workspace: str, data: str | None) -> None:
 
 
 @contextlib.contextmanager
-def held(workspace: str, command: str, data: str | None = None):
+def held(workspace: str, command: str, data: str | None = None, overrides: list[str] | None = None):
     """The workspace lock, waiting as long as params.yaml's serve.lock_wait_seconds, once the
     parameters are checked against the served workspace."""
     check_parameters(workspace, data)
     ws = Workspace(Path(workspace))
-    with workspace_lock(ws, command, load_config(ws.params).serve.lock_wait_seconds):
+    with workspace_lock(ws, command, load_config(ws.params, overrides).serve.lock_wait_seconds):
         yield
 
 
@@ -64,7 +64,7 @@ def deployed_training(workspace: str, data: str | None = None,
     """training-pipeline as its deployment runs it: holding the workspace lock."""
     from flows.training import training_pipeline
 
-    with held(workspace, "training-pipeline deployment", data):
+    with held(workspace, "training-pipeline deployment", data, overrides):
         return training_pipeline.fn(workspace, data=data, overrides=overrides)
 
 
@@ -73,7 +73,7 @@ def deployed_retraining(workspace: str, overrides: list[str] | None = None) -> d
     """continual-retraining as its deployment runs it: holding the workspace lock."""
     from flows.retraining import continual_retraining
 
-    with held(workspace, "continual-retraining deployment"):
+    with held(workspace, "continual-retraining deployment", overrides=overrides):
         return continual_retraining.fn(workspace, overrides=overrides)
 
 
@@ -93,24 +93,24 @@ def cron_schedules(expr: str | None, timezone: str, key: str) -> list:
     return [Cron(expr, timezone=timezone)]
 
 
-def retrain_trigger(ws: Workspace):
+def retrain_trigger(ws: Workspace, params: dict):
     """Run continual-retraining for this workspace on each batch `evergreen watch` lands."""
     from prefect.events import DeploymentEventTrigger
 
     return DeploymentEventTrigger(
         name=f"continual-retraining on {EVENT} ({ws.root.name})", expect={EVENT},
-        match={"prefect.resource.id": resource_id(ws)}, parameters={"workspace": str(ws.root)})
+        match={"prefect.resource.id": resource_id(ws)}, parameters=params)
 
 
-def build_deployments(ws: Workspace, cfg: ServeConfig) -> list:
-    """The two RunnerDeployments `evergreen serve` serves for this workspace."""
-    params = {"workspace": str(ws.root)}
+def build_deployments(ws: Workspace, cfg: ServeConfig, overrides: list[str] | None = None) -> list:
+    """The two RunnerDeployments `evergreen serve` serves for this workspace (its --set in each run)."""
+    params = {"workspace": str(ws.root), **({"overrides": list(overrides)} if overrides else {})}
     training = deployed_training.to_deployment(
         name="training-pipeline", parameters=params, tags=TAGS,
         schedules=cron_schedules(cfg.training_cron, cfg.timezone, "serve.training_cron"),
         description=f"The full pipeline on {ws.root}, on a schedule.")
     retraining = deployed_retraining.to_deployment(
-        name="continual-retraining", parameters=params, tags=TAGS, triggers=[retrain_trigger(ws)],
+        name="continual-retraining", parameters=params, tags=TAGS, triggers=[retrain_trigger(ws, params)],
         schedules=cron_schedules(cfg.retrain_cron, cfg.timezone, "serve.retrain_cron"),
         description=f"Retrain {ws.root} on newly ingested batches (event {EVENT}).")
     return [training, retraining]
@@ -133,12 +133,13 @@ def check_server() -> str:
     return url
 
 
-def serve_workspace(ws: Workspace) -> None:
+def serve_workspace(ws: Workspace, overrides: list[str] | None = None) -> None:
     """Register the deployments and run them as they come due, one at a time, until Ctrl-C."""
     from prefect import serve
 
+    cfg = load_config(ws.params, overrides).serve  # a bad --set is refused before the server check
     url = check_server()
-    deployments = build_deployments(ws, load_config(ws.params).serve)
+    deployments = build_deployments(ws, cfg, overrides)
     os.environ[SERVED_ENV] = str(ws.root.resolve())  # the runs it starts check against it
     log.info("serving %s for %s on %s", ", ".join(d.name for d in deployments), ws.root, url)
     serve(*deployments, limit=1)

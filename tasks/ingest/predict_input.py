@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.config import IngestConfig
-from tasks.decode import DecodeError, Target, decode, probe
-from tasks.image_folder import walk
-from tasks.reading import Names, Reading, ReadLog
-from tasks.safe_files import SourceFiles, UnreadableFile, display_name, kind_of
+from tasks.ingest.decode import DecodeError, Target, decode, probe
+from tasks.ingest.folder import walk
+from tasks.ingest.names import Names, display_name
+from tasks.ingest.reading import Reading, ReadLog
+from tasks.ingest.safe_files import SourceFiles, UnreadableFile, kind_of
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.errors import BadInputError
-from tasks.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, decode, probe
-from tasks.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
-from tasks.reading import Batch, Reading, Rejected, choose_target, relative
-from tasks.safe_files import SourceFiles, UnreadableFile, display_name
+from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, decode, probe
+from tasks.ingest.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
+from tasks.ingest.names import display_name, relative
+from tasks.ingest.reading import Batch, Reading, Rejected
+from tasks.ingest.safe_files import SourceFiles, UnreadableFile
+from tasks.ingest.shape import choose_target
 
 OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".AppleDouble", ".Spotlight-V100",
             ".Trashes", ".fseventsd", "@eaDir", "Icon\r"}

@@ -45,7 +45,7 @@ def dvc_yaml(root: Path) -> str:
     prefix = CODE_ROOT.relative_to(root) if code_deps_for(root) else None
     stages = {}
     for entry in pure_stages():
-        code_paths = [str(prefix / c) for c in entry.code] if prefix is not None else []
+        code_paths = [str(prefix / c) for c in entry.code_deps] if prefix is not None else []
         stage = {"cmd": f"evergreen stage {entry.name}", "deps": [*entry.deps, *code_paths],
                  "params": entry.params}
         outs = [*entry.outs, *({path: NOCACHE} for path in entry.reports)]

@@ -135,13 +135,13 @@ def shelve(folder: Path, drop: Path, where: str, reason: str | None = None) -> P
 
 def ingest_drop(ws: Workspace, cfg: Config, folder: Path, drop: Path, marker: str) -> dict | None:
     """Ingest one complete drop and shelve it; None when it was refused (quarantined)."""
-    from flows import dvcfile
-    from flows.stages import run_ingest
+    from evergreen import dvcfile
+    from mains import call_main
 
     marked = drop / marker if drop.is_dir() else drop.with_name(drop.name + marker)
     marked.unlink(missing_ok=True)  # not a sample: a reader would take it for data
     try:
-        result = run_ingest(ws, cfg, str(drop))
+        result = call_main("ingest", ws, cfg, source=str(drop))
         if result["batch_id"]:
             dvcfile.track(ws.root, "data/batches")
     except BadInputError as exc:
@@ -162,11 +162,11 @@ def ingest_drop(ws: Workspace, cfg: Config, folder: Path, drop: Path, marker: st
     return result
 
 
-def retrain_here(ws: Workspace) -> dict:
+def retrain_here(ws: Workspace, overrides: list[str] | None = None) -> dict:
     """The continual-retraining flow in this process (the caller holds the workspace lock)."""
     from flows.retraining import continual_retraining
 
-    return continual_retraining(str(ws.root))
+    return continual_retraining(str(ws.root), overrides=overrides)
 
 
 def announce(ws: Workspace, landed: list[dict], data_version: str | None) -> list[str]:
@@ -204,11 +204,11 @@ def retrain_mode(setting: str) -> str:
 
 
 def run_cycle(ws: Workspace, folder: Path, drops: list[Path], wcfg: WatchConfig, mode: str,
-              summary: WatchSummary) -> None:
+              summary: WatchSummary, overrides: list[str] | None = None) -> None:
     """Ingest the complete drops under the lock, then retrain once for all that landed."""
-    from flows import dvcfile
+    from evergreen import dvcfile
 
-    cfg = load_config(ws.params)  # re-read: a params edit applies from the next drop on
+    cfg = load_config(ws.params, overrides)  # re-read: a params edit applies from the next drop on
     with workspace_lock(ws, f"evergreen watch {folder}", wcfg.lock_wait_seconds):
         dvcfile.init_workspace(ws)
         results = [ingest_drop(ws, cfg, folder, d, wcfg.marker) for d in drops]
@@ -217,18 +217,18 @@ def run_cycle(ws: Workspace, folder: Path, drops: list[Path], wcfg: WatchConfig,
         landed = [r for r in results if r and r["batch_id"]]
         summary.landed += [r["batch_id"] for r in landed]
         if landed and mode == "local":
-            retrain_logged(ws, summary)
+            retrain_logged(ws, summary, overrides)
     if landed and mode == "event":
         summary.events += announce(ws, landed, dvcfile.data_version(ws.root))
         log.info("sent %s for %d batch(es): the continual-retraining deployment takes it from here",
                  EVENT, len(landed))
 
 
-def retrain_logged(ws: Workspace, summary: WatchSummary) -> None:
+def retrain_logged(ws: Workspace, summary: WatchSummary, overrides: list[str] | None = None) -> None:
     """Retrain in-process; a failed retrain is logged and the watcher goes on."""
     log.info("retraining on the new data (continual-retraining, in this process)")
     try:
-        result = retrain_here(ws)
+        result = retrain_here(ws, overrides)
     except Exception as exc:  # the next landed drop retrains on everything new
         summary.retrain_errors.append(f"{type(exc).__name__}: {exc}")
         log.error("retrain failed: %s", exc, exc_info=not isinstance(exc, EvergreenError))
@@ -251,11 +251,12 @@ def check_folder(folder: Path, ws: Workspace) -> Path:
     return folder
 
 
-def watch_folder(ws: Workspace, folder: Path, once: bool = False, stop_event=None) -> WatchSummary:
+def watch_folder(ws: Workspace, folder: Path, once: bool = False, stop_event=None,
+                 overrides: list[str] | None = None) -> WatchSummary:
     """Watch `folder` until stopped (Ctrl-C, `stop_event`), or with `once` until it is empty."""
     import watchfiles
 
-    folder, wcfg = check_folder(folder, ws), load_config(ws.params).watch
+    folder, wcfg = check_folder(folder, ws), load_config(ws.params, overrides).watch
     mode, summary = retrain_mode(wcfg.retrain), WatchSummary()
     tracker, ms = DropTracker(folder, wcfg.marker, wcfg.quiet_seconds), int(wcfg.poll_seconds * 1000)
     log.info("watching %s (a drop is complete with %s or after %.0f s quiet); retrain: %s",
@@ -267,7 +268,7 @@ def watch_folder(ws: Workspace, folder: Path, once: bool = False, stop_event=Non
         ready = tracker.ready()
         if ready:
             try:
-                run_cycle(ws, folder, ready, wcfg, mode, summary)
+                run_cycle(ws, folder, ready, wcfg, mode, summary, overrides)
             except EvergreenError as exc:  # busy workspace, no event sent: the watcher goes on
                 if once:
                     raise

@@ -24,7 +24,8 @@ def print_outcome(result: dict) -> None:
 
 def status_view(ws: Workspace) -> dict:
     """Champion (version, metrics, data version) and every candidate with its verdict."""
-    from tasks.promote import champion_entry, load_registry
+    from mains.versions import load_registry
+    from tasks.promote import champion_entry
 
     registry = load_registry(ws.registry)
     candidates = [{k: c.get(k) for k in ("version", "verdict", "reasons", "run_id", "time",
@@ -98,11 +99,11 @@ def predict_paths(ws: Workspace, paths: list[str]) -> tuple[list[dict], list[str
     """The champion's class probabilities for each image file (folders: every image in them),
     and one error line per file that could not be read; files are decoded as ingest does."""
     from evergreen.config import load_config
+    from mains.versions import load_registry
     from nets.io import load_model
     from nets.runtime import OnnxModel
     from tasks.evaluate import predict_proba
-    from tasks.predict_input import collect_inputs, load_inputs
-    from tasks.promote import load_registry
+    from tasks.ingest import collect_inputs, load_inputs
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:
@@ -133,7 +134,7 @@ def predictions_csv(rows: list[dict]) -> bytes:
     import csv
     import io
 
-    from tasks.safe_files import csv_cell
+    from tasks.ingest import csv_cell
 
     classes = list(rows[0]["probabilities"]) if rows else []
     buf = io.StringIO()
@@ -147,8 +148,8 @@ def predictions_csv(rows: list[dict]) -> bytes:
 
 def champion_served(ws: Workspace) -> tuple[str, object, dict]:
     """The champion's version, model as served (its ONNX export when it has one) and card."""
+    from mains.versions import load_registry
     from nets.io import load_model
-    from tasks.promote import load_registry
 
     registry = load_registry(ws.registry)
     if not registry["champion"]:
@@ -167,8 +168,7 @@ def evaluate_source(ws: Workspace, source: str | tuple[str, str]) -> tuple[dict,
     from evergreen.config import load_config
     from nets.runtime import OnnxModel
     from tasks.evaluate import label_indices, predict_proba, source_metrics
-    from tasks.ingest import read_labelled, shown_source
-    from tasks.reading import ReadLog
+    from tasks.ingest import ReadLog, read_labelled, shown_source
 
     version, model, card = champion_served(ws)
     # the champion's channels and size, whatever ingest.channels / image_size say for new data
@@ -213,3 +213,17 @@ def evaluation_lines(result: dict, worst: int = 5) -> list[str]:
              f"  worst classes by recall: {'class':<12} {'recall':>7} {'samples':>8}"]
     lines += [f"  {'':<25}{c:<12} {r:>7.4f} {result['support'][c]:>8}" for c, r in lowest]
     return lines
+
+
+def print_gan_outcome(result: dict) -> None:
+    """What `evergreen gan run` prints: verdict, distance against floor and ceiling, files."""
+    report, outcome = result["report"], result["promote"]
+    print(f"generator {outcome['version']}: {outcome['verdict']}")
+    print(f"  {report['metric']}: {report['distance']:.4g} (floor {report['floor']:.4g}, "
+          f"ceiling {report['ceiling']:.4g}; {report['distance_to_ceiling']:.1%} of the ceiling)")
+    low = min(report["coverage"], key=report["coverage"].get)
+    print(f"  class coverage: {len(report['coverage'])} classes, lowest {low} at "
+          f"{report['coverage'][low]:.1%}")
+    for reason in outcome["reasons"]:
+        print(f"  - {reason}")
+    print("  reports/gan.json, reports/figures/gan_samples.png, models/gan_registry.json")

@@ -1,25 +1,22 @@
-"""Ingest: read a source into a packed, content-addressed batch plus per-sample metadata."""
+"""The dataset's batches: packed, content-addressed shards (.npz) with per-sample metadata
+(.csv); a source read and deduplicated into a Candidate, then landed."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evergreen.config import IngestConfig
 from evergreen.errors import BadInputError
-from evergreen.workspace import atomic_write_bytes, atomic_write_text
-from tasks.readers import load_digits_batch as load_digits_batch  # re-exported
-from tasks.readers import read_idx, read_source
-from tasks.reading import Batch, ReadLog, Rejected, Shape, canonical_labels
-from tasks.safe_files import Opened, SourceFiles, csv_cell, display_name, from_csv_cell
+from evergreen.workspace import atomic_write_bytes
+from tasks.ingest.names import csv_cell, from_csv_cell
+from tasks.ingest.reading import Batch, ReadLog, Rejected, Shape
+from tasks.ingest.source import read_labelled
 
 if TYPE_CHECKING:  # pandas costs 0.6 s to import: loaded where a table is built or read
     import pandas as pd
@@ -173,25 +170,8 @@ def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir:
     return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present, log)
 
 
-def read_labelled(source: str | tuple[str, str], cfg: IngestConfig, workspace: Path | None,
-                  log: ReadLog, shape: Shape | None) -> tuple[Batch, list[Rejected]]:
-    """Read a labelled source as ingest does: a path, (image folder, labels CSV) or (IDX images,
-    IDX labels); images conform to `shape` (C, H, W) when given; zero-padded labels as integers."""
-    if isinstance(source, tuple) and Path(source[0]).expanduser().is_dir():
-        cfg = cfg.model_copy(update={"labels_csv": source[1]})
-        batch, rejected = read_source(source[0], cfg, workspace, log, shape)
-    elif isinstance(source, tuple):
-        batch, rejected = read_idx(Path(source[0]), Path(source[1]), cfg, workspace, log, shape)
-    else:
-        batch, rejected = read_source(source, cfg, workspace, log, shape)
-    labels, note = canonical_labels(batch.labels)
-    if note:
-        batch = Batch(batch.x, labels, batch.sources, batch.decoded)
-        log.notes.append(note)
-    return batch, rejected
-
-
 def pack_shard(batch: Batch) -> bytes:
+    """The batch as a compressed .npz (x, labels), as landed and quarantined."""
     buf = io.BytesIO()
     np.savez_compressed(buf, x=batch.x, labels=batch.labels.astype(str))
     return buf.getvalue()
@@ -201,101 +181,3 @@ def land_batch(candidate: Candidate, batches_dir: Path) -> None:
     """Write the shard (.npz), then the metadata (.csv), which marks the batch as landed."""
     atomic_write_bytes(batches_dir / f"{candidate.batch_id}.npz", pack_shard(candidate.batch))
     atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv", metadata_csv(candidate.meta))
-
-
-def shown_source(source: str | tuple[str, str]) -> str:
-    """A source as shown in messages and records: escaped, a pair joined by ' + '."""
-    return " + ".join(display_name(str(s)) for s in (source if isinstance(source, tuple) else (source,)))
-
-
-def private_folder(quarantine_dir: Path, name: str) -> Path:
-    """quarantine/<name>/, mode 0700 (the workspace's .gitignore lists data/quarantine/)."""
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    target = quarantine_dir / name
-    target.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(target, 0o700)
-    return target
-
-
-def quarantine_candidate(candidate: Candidate, reasons: list[str], quarantine_dir: Path) -> Path:
-    """Keep a rejected batch whole in quarantine/<batch-id>/ with its reasons; never delete it."""
-    target = private_folder(quarantine_dir, candidate.batch_id)
-    if len(candidate.batch):
-        atomic_write_bytes(target / "batch.npz", pack_shard(candidate.batch), private=True)
-        atomic_write_bytes(target / "metadata.csv", metadata_csv(candidate.meta), private=True)
-    lines = [f"source: {shown_source(candidate.source)}", *reasons]
-    lines += [f"rejected sample {r.source}: {r.reason}" for r in candidate.rejected]
-    atomic_write_text(target / "reasons.txt", "\n".join(lines) + "\n", private=True)
-    return target
-
-
-def quarantine_source(source: str | tuple[str, str], reason: str, quarantine_dir: Path,
-                      max_bytes: int, opened: list[Opened]) -> Path | None:
-    """A source that could not be read: a manifest of the files ingest opened (size, sha256)
-    and, when they total at most max_bytes, copies of exactly those files (mode 0600).
-
-    Nothing else is copied: not the rest of the folder, not hidden files, not files a link
-    points to outside the source. Nothing at all when no file was opened.
-    """
-    files = list({o.path: o for o in opened}.values())
-    if not files:
-        return None
-    stamp = "".join(f"{o.path}:{o.size}" for o in files) + reason
-    target = private_folder(quarantine_dir, "source-" + hashlib.sha256(
-        stamp.encode("utf-8", "surrogateescape")).hexdigest()[:12])
-    copy = sum(o.size for o in files) <= max_bytes
-    rows = [_quarantine_file(o, i, target / "files" if copy else None) for i, o in enumerate(files)]
-    atomic_write_text(target / "manifest.json", json.dumps(
-        {"source": shown_source(source), "reason": reason, "files": rows}, indent=2) + "\n",
-        private=True)
-    atomic_write_text(target / "reasons.txt", f"source: {shown_source(source)}\n{reason}\n",
-                      private=True)
-    return target
-
-
-def _quarantine_file(opened: Opened, index: int, folder: Path | None) -> dict:
-    """Hash (and copy into folder, streamed) one file ingest opened, through the same safe
-    opener; at most the size it had when read."""
-    files = SourceFiles(opened.path.parent)
-    name = None
-    if folder is not None:
-        parts = PurePosixPath(opened.shown).parts
-        name = opened.shown if parts and not opened.shown.startswith("/") and ".." not in parts \
-            and ":" not in opened.shown else f"{index:05d}-{display_name(opened.path.name)}"
-    try:
-        with files.open(opened.path, opened.shown) as fh:
-            digest = _copy_private(fh, opened.size, folder / name if name else None)
-    except BadInputError as exc:  # gone or changed since: say so, copy nothing
-        return {"file": opened.shown, "size": opened.size, "sha256": None, "copied": None,
-                "note": str(exc)}
-    return {"file": opened.shown, "size": opened.size, "sha256": digest, "copied": name}
-
-
-def _copy_private(src, size: int, dest: Path | None) -> str:
-    """sha256 of the first `size` bytes of src, written to dest (0600, folders 0700) if given."""
-    digest = hashlib.sha256()
-    out, tmp = None, None
-    if dest is not None:
-        for parent in reversed(dest.parents):  # the folders it needs, private like the file
-            if not parent.exists():
-                parent.mkdir(mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:50]}.", suffix=".tmp")
-        out = os.fdopen(fd, "wb")
-    try:
-        left = size
-        while left > 0 and (chunk := src.read(min(1 << 20, left))):
-            digest.update(chunk)
-            left -= len(chunk)
-            if out is not None:
-                out.write(chunk)
-        if out is not None:
-            out.flush()
-            os.fsync(out.fileno())
-            out.close()
-            os.replace(tmp, dest)
-    except BaseException:
-        if out is not None:
-            out.close()
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest.hexdigest()

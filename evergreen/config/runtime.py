@@ -1,0 +1,58 @@
+"""The ui, watch and serve sections: the long-running commands."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from evergreen.config.section import Section
+
+
+class UiConfig(Section):
+    """`evergreen ui`: the local Prefect server (EVERGREEN_UI_HOST / EVERGREEN_UI_PORT win)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="bind address; loopback keeps it local")
+    port: int = Field(4200, ge=1, le=65535)
+
+
+class WatchConfig(Section):
+    """`evergreen watch DIR`: when a drop is complete, and how its retrain starts."""
+
+    marker: str = Field("_READY", min_length=1, pattern=r"^[^/\\]+$",
+                        description="a folder drop is complete when it holds this file, "
+                                    "a file drop when <file><marker> sits beside it")
+    quiet_seconds: float = Field(30.0, gt=0.0, description="...or when nothing in it changed "
+                                 "for this long")
+    poll_seconds: float = Field(1.0, gt=0.0, description="how often pending drops are re-checked")
+    force_polling: bool = Field(False, description="poll the folder instead of OS change "
+                                "notifications (network mounts)")
+    retrain: Literal["auto", "event", "local"] = Field(
+        "auto", description="event: emit evergreen.batch.ingested for the served "
+        "continual-retraining deployment; local: retrain in this process; auto: event when "
+        "a Prefect server is configured (PREFECT_API_URL), else local")
+    lock_wait_seconds: float = Field(3600.0, ge=0.0, description="wait this long for a busy "
+                                     "workspace, then leave the drops for the next try")
+
+
+class ServeConfig(Section):
+    """`evergreen serve`: schedules of the training-pipeline and continual-retraining deployments."""
+
+    training_cron: str | None = Field("0 2 * * *", description="training-pipeline schedule "
+                                      "(cron); null: none")
+    retrain_cron: str | None = Field(None, description="continual-retraining on a schedule too, "
+                                     "besides its event trigger")
+    timezone: str = Field("UTC", description="IANA zone the cron schedules are read in")
+    lock_wait_seconds: float = Field(3600.0, ge=0.0, description="a deployment run waits this "
+                                     "long for a busy workspace, then fails (exit 75)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError("not an IANA zone name (e.g. UTC, Europe/Paris)") from None
+        return value

@@ -1,0 +1,131 @@
+"""compress's main: build, export and measure the variants of the teacher, select one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from evergreen.config import CompressConfig, SelectConfig, params_hash
+from evergreen.workspace import Workspace, write_csv, write_json
+from mains.processed import checkpoint_for, load_split
+
+log = logging.getLogger("evergreen.stages")
+
+
+class VariantShelf:
+    """The variants built so far, exported once to models/variants and measured side by side."""
+
+    def __init__(self, out: Path, val, test, select: SelectConfig):
+        import shutil
+
+        self.out, self.val, self.test, self.select = out, val, test, select
+        self.variants, self.exports = {}, {}
+        shutil.rmtree(out, ignore_errors=True)
+
+    def add(self, variants: dict, check) -> None:
+        from tasks.compress import save_variant
+
+        for name, variant in variants.items():
+            self.exports[name] = save_variant(variant, self.out / name, check)
+        self.variants.update(variants)
+
+    def rows(self) -> list[dict]:
+        """Every variant's row, all timed again together (latency is only fair side by side)."""
+        from tasks.compress import measure_variants
+
+        measured = measure_variants(self.variants, self.out, self.val, self.test, self.select)
+        return [{**measured[name], **self.exports[name]} for name in self.variants]
+
+
+def run_compress(ws: Workspace, section: CompressConfig, candidate: str) -> dict:
+    """Build, export and measure the variants round by round, mildest first, until one fits the
+    budget (compress.build lazy); copy the selected one to models/selected."""
+    from nets.io import file_sha256, load_model
+    from tasks.compress import (
+        Inputs,
+        build_rounds,
+        build_variants,
+        building_stops,
+        calibration_batch,
+        distillation_gain,
+        planned_names,
+        pruned_name,
+        resolve_prune,
+        select_variant,
+    )
+    from tasks.pareto import plot_pareto
+
+    teacher, card = load_model(ws.model_dir("teacher"))
+    teacher_sha = file_sha256(ws.model_dir("teacher") / "model.safetensors")
+    ckpt, key = checkpoint_for(ws, "compress", params_hash(section), teacher_sha)
+    train, val, test = (load_split(ws, name) for name in ("train", "val", "test"))
+    ccfg, ratio_why = resolve_prune(section, card)
+    inputs = Inputs(teacher, card, train, val, ckpt.parent, key, ratio_why)
+    shelf = VariantShelf(ws.models / "variants", val, test, section.select)
+    check = calibration_batch(val, card, len(val[0]), 0)
+    for ratio, why in ratio_why.items():
+        log.info("compress: %s: %s", pruned_name(ratio), why)
+    skipped, stopped = {}, None
+    for kinds, round_cfg in build_rounds(ccfg):
+        if stopped is not None:
+            skipped.update((name, stopped) for name in sorted(planned_names(kinds, round_cfg)))
+            continue
+        variants, failed = build_variants(inputs, round_cfg, kinds)
+        shelf.add(variants, check)
+        skipped.update(failed)
+        rows = shelf.rows()
+        selected, reason = select_variant(rows, section.select)
+        stopped = building_stops(ccfg, rows, candidate)
+        if stopped is None:  # say why each round did not end the build, while it goes on
+            log.info("compress: after building %s, %s", ", ".join(sorted(variants)), reason)
+    if stopped is not None:
+        log.info("compress: %s", stopped)
+    log.info("compress: %s", reason)
+    save_selection(ws, shelf.out, rows, selected, reason)
+    write_json(ws.reports / "compression.json",
+               {"variants": rows, "selected": selected, "reason": reason,
+                "budget": section.select.model_dump(), "skipped": skipped,
+                "prune_ratios": {pruned_name(r): why for r, why in ratio_why.items()},
+                "distillation_gain": distillation_gain(rows)})
+    plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
+    trained = "distilled" in shelf.variants
+    save_student(ws, shelf.variants, None if trained else skipped.get("distilled", "not built"))
+    for path in ckpt.parent.glob("compress-*.pt"):
+        path.unlink()
+    return {"variants": len(rows), "selected": selected, "reason": reason,
+            "student": "trained" if trained else "skipped"}
+
+
+def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | None,
+                   reason: str) -> None:
+    """models/selected: the chosen variant (or the teacher) with why, so promote can judge it."""
+    import shutil
+
+    shutil.rmtree(ws.model_dir("selected"), ignore_errors=True)
+    shutil.copytree(out / (selected or "teacher"), ws.model_dir("selected"))
+    chosen = next(r for r in rows if r["name"] == (selected or "teacher"))
+    write_json(ws.model_dir("selected") / "selection.json",
+               {"variant": selected, "fits_budget": selected is not None, "reason": reason,
+                "params": chosen["params"]})
+
+
+def save_student(ws: Workspace, variants: dict, not_trained: str | None) -> None:
+    """models/student: the distilled student, or a note of why none was trained; and the
+    training curves of the student (or, without one, of the pruned fine-tunes)."""
+    import shutil
+
+    from nets.io import save_model
+    from tasks.report import plot_history
+
+    shutil.rmtree(ws.model_dir("student"), ignore_errors=True)
+    if not_trained is None:
+        student = variants["distilled"]
+        save_model(student.model, student.card, ws.model_dir("student"))
+        history, title = student.history, f"student ({student.card['arch']}, distilled)"
+    else:
+        write_json(ws.model_dir("student") / "skipped.json", {"reason": not_trained})
+        tuned = next((v for v in variants.values() if v.history), None)  # the mildest pruning
+        history = tuned.history if tuned else []
+        title = f"{tuned.name} fine-tune (no student trained)" if tuned else "no training in compress"
+    write_csv(ws.reports / "plots" / "compress.csv", history)
+    plot_history(history, ws.reports / "figures" / "compress_curves.png", title)
