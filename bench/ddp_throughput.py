@@ -47,7 +47,7 @@ def one_process(data, cfg: TrainConfig) -> float:
 
 def processes(data, cfg: TrainConfig) -> float:
     """images/s of fit in DDP workers, as the leader measured it."""
-    from tasks.distributed import run_job
+    from tasks.train.launcher import run_job
 
     result = run_job(*data, cfg)
     return result["throughput"]["images"] / result["throughput"]["seconds"]

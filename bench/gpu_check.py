@@ -29,7 +29,7 @@ def synthetic(samples: int, size: int, classes: int = 10, seed: int = 0):
 
 
 def check(nproc: int, backend: str, samples: int, size: int, epochs: int, batch_size: int) -> dict:
-    from tasks.distributed import run_job
+    from tasks.train.launcher import run_job
 
     cfg = TrainConfig.model_validate({"epochs": epochs, "batch_size": batch_size,
                                       "early_stopping": {"patience": epochs + 1},

@@ -104,8 +104,8 @@ def train_throughput(quick: bool, scratch=None) -> dict:
     """Images/s of the train stage vs the plain loop on the default data, alternated A/B."""
     from bench.ddp_throughput import digits_splits
     from nets import build_model
-    from tasks.adapt import configured_augment
     from tasks.train import model_options
+    from tasks.train.adapt import configured_augment
 
     threads = torch.get_num_threads()
     epochs, rounds = (1, 1) if quick else (3, 3)

@@ -64,7 +64,7 @@ def warm_vs_scratch(teacher, card: dict, train: Split, is_new: np.ndarray, val: 
 
     `train`/`val` labels are class indices in card["classes"]; old_test labels are names.
     """
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     classes = list(card["classes"])
     target = float((predicted_names(teacher, card, val[0]) == np.asarray(classes)[val[1]]).mean())

@@ -15,7 +15,7 @@ from mains.processed import checkpoint_for, load_split, read_meta
 
 def run_train(ws: Workspace, section: TrainConfig, on_epoch=None) -> dict:
     """Train the teacher; models/teacher, its curves, and the run's throughput."""
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     meta = read_meta(ws)
     ckpt, key = checkpoint_for(ws, "train", params_hash(section))

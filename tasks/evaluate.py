@@ -22,7 +22,7 @@ from sklearn.metrics import (
 from torch import nn
 
 from evergreen.config import EvaluateConfig
-from tasks.train import normalize
+from nets.inputs import normalize
 
 
 @torch.no_grad()

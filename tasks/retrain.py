@@ -178,8 +178,8 @@ def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | Non
 def warm_settings(train_cfg: TrainConfig, cfg: RetrainConfig, card: dict):
     """The teacher's fit settings, with its augmentation and precision as its card records
     them, and the retrain section's epochs and learning rate."""
-    from tasks.adapt import settings_augment
     from tasks.train import FitSettings
+    from tasks.train.adapt import settings_augment
 
     recorded = card.get("auto", {}).get("augment")
     base = FitSettings.from_train(train_cfg.model_copy(update={"epochs": cfg.epochs}),

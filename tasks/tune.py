@@ -267,7 +267,7 @@ def run_trial(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nd
 
     A TrialPruned raised by `on_epoch` passes through (fit has no handler of its own)."""
     from tasks.evaluate import predict_proba
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     start = time.perf_counter()
     model, card, history = train_model(train, val, classes, norm, cfg, on_epoch=on_epoch)

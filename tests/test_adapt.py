@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from evergreen.config import TrainConfig
-from tasks.adapt import image_kind, mirror_twins, resolve_train
-from tasks.augment import PRESETS, augment_batch
+from tasks.train.adapt import image_kind, mirror_twins, resolve_train
+from tasks.train.augment import PRESETS, augment_batch
 
 
 def arrows(n: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +76,7 @@ def test_stem_epochs_and_user_settings():
 
 def test_teacher_depth_follows_the_image_size():
     from nets import build_model
-    from tasks.adapt import auto_channels
+    from tasks.train.adapt import auto_channels
 
     cfg = TrainConfig()
     assert auto_channels(cfg, (3, 32, 32), 1)[0] == [32, 64, 128]
@@ -104,7 +104,7 @@ def test_photo_augmentation_crops_jitters_and_stays_finite():
 
 
 def test_precision_follows_the_setting_the_cpu_and_the_network_cost(monkeypatch):
-    import tasks.adapt as adapt
+    import tasks.train.adapt as adapt
     from nets import build_model
 
     photos = build_model("cnn", (3, 32, 32), 43, channels=[32, 64, 128], stem_stride=1)
@@ -123,7 +123,7 @@ def test_precision_follows_the_setting_the_cpu_and_the_network_cost(monkeypatch)
 
 def test_counting_flops_leaves_batchnorm_statistics_and_mode_alone():
     from nets import build_model
-    from tasks.adapt import forward_mflops
+    from tasks.train.adapt import forward_mflops
 
     model = build_model("cnn", (3, 32, 32), 43, channels=[32, 64, 128], stem_stride=1).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

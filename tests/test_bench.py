@@ -113,7 +113,7 @@ def test_cli_bench_mnist_folder_without_the_test_files_exits_2_naming_one(tmp_pa
 def test_plain_loop_learns_and_reports_each_epoch(data):
     from bench.training import plain_fit
     from nets import build_model
-    from tasks.augment import Augment
+    from tasks.train.augment import Augment
 
     train, val, classes, norm = data
     torch.manual_seed(0)

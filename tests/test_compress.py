@@ -10,9 +10,9 @@ from torch import nn
 from evergreen.config import CompressConfig, TrainConfig
 from nets import build_model
 from nets.cnn import SeedCNN
+from nets.inputs import normalize
 from tasks.compress import distill, distillation_loss
-from tasks.teacher import train_model
-from tasks.train import normalize
+from tasks.train import train_model
 from tests.conftest import TINY_PARAMS
 
 

@@ -6,6 +6,7 @@ import torch
 
 from evergreen.config import CompressConfig, SelectConfig, TrainConfig
 from nets import build_model
+from nets.inputs import normalize
 from nets.io import load_model
 from tasks.compress import (
     Inputs,
@@ -18,8 +19,7 @@ from tasks.compress import (
     select_variant,
 )
 from tasks.export import PARITY_ATOL, parity
-from tasks.teacher import train_model
-from tasks.train import normalize
+from tasks.train import train_model
 from tests.conftest import TINY_PARAMS
 
 
@@ -260,7 +260,7 @@ def test_the_auto_student_is_never_larger_than_its_teacher(in_shape):
     import nets
     from evergreen.config import TrainConfig
     from tasks.compress import student_arch
-    from tasks.train import model_options
+    from tasks.train.adapt import model_options
 
     options = model_options(TrainConfig(), in_shape)
     card = {"arch": "cnn", "options": options, "in_shape": list(in_shape)}

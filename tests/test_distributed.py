@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from evergreen.config import DistributedConfig, TrainConfig
-from tasks.distributed import FAULT_ENV, launcher_command, launcher_env, threads_per_rank
-from tasks.replica import CpuSyncBatchNorm, Replica, convert_to_cpu_sync_bn
-from tasks.teacher import train_model
+from tasks.train import train_model
+from tasks.train.launcher import launcher_command, launcher_env, threads_per_rank
+from tasks.train.replica import Replica
+from tasks.train.sync_batchnorm import CpuSyncBatchNorm, convert_to_cpu_sync_bn
+from tasks.train.worker import FAULT_ENV
 
 # dropout 0: the masks are per rank and cannot match one process's (documented)
 BASE = {"epochs": 2, "batch_size": 32, "dropout": 0.0, "threads": 1, "augment": {"enabled": False},
@@ -78,10 +80,10 @@ def test_cpu_sync_batchnorm_keeps_state_and_matches_batchnorm_alone():
 
 def test_launcher_command_single_and_multi_node():
     single = launcher_command(DistributedConfig(nproc_per_node=2, max_restarts=1), None)
-    assert single[1:3] == ["-m", "tasks.loopback"] and "--standalone" in single
+    assert single[1:3] == ["-m", "tasks.train.loopback"] and "--standalone" in single
     assert single[single.index("--nproc_per_node") + 1] == "2"
     assert single[single.index("--max_restarts") + 1] == "1"
-    assert single[-4:] == ["-m", "tasks.distributed", "--backend", "gloo"]
+    assert single[-4:] == ["-m", "tasks.train.worker", "--backend", "gloo"]
 
     node1 = launcher_command(DistributedConfig(nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500"),
                              None)
@@ -238,7 +240,7 @@ LISTENERS = """
 import json, os, sys
 from pathlib import Path
 import psutil, torch.distributed as dist
-from tasks.distributed import join_job
+from tasks.train.worker import join_job
 
 job = Path(sys.argv[1])
 replica = join_job("gloo", job)
@@ -251,7 +253,7 @@ dist.barrier()
 """
 
 
-@pytest.mark.parametrize("launcher, loopback_only", [("tasks.loopback", True),
+@pytest.mark.parametrize("launcher, loopback_only", [("tasks.train.loopback", True),
                                                      ("torch.distributed.run", False)])
 def test_one_machine_job_listens_on_loopback_only(tmp_path, launcher, loopback_only):
     """The launcher the train stage uses on one machine binds every store (the agent's and

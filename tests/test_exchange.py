@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nets import build_model
-from tasks.exchange import rebuild, skeleton
+from tasks.train.exchange import rebuild, skeleton
 
 
 def round_trip(value):

@@ -6,25 +6,14 @@ import torch
 
 from evergreen.config import GanConfig, TrainConfig
 from nets.gan import build_discriminator, build_generator, load_generator, plan
-from tasks.gan import (
-    class_loss,
-    coverage,
-    cutout,
-    diff_augment,
-    discriminator_loss,
-    ema_update,
-    evaluate_generator,
-    frechet_distance,
-    gan_gates,
-    gan_plan,
-    mode_seeking_loss,
-    paired,
-    recalibrate_batchnorm,
-    sample_grid_png,
-    sample_images,
-    train_gan,
-    translate,
-)
+from tasks.gan.augment import cutout, diff_augment, translate
+from tasks.gan.ema import ema_update, recalibrate_batchnorm
+from tasks.gan.gates import gan_gates
+from tasks.gan.loop import train_gan
+from tasks.gan.losses import class_loss, discriminator_loss, mode_seeking_loss, paired
+from tasks.gan.metrics import coverage, evaluate_generator, frechet_distance
+from tasks.gan.plan import gan_plan
+from tasks.gan.samples import sample_grid_png, sample_images
 
 SIZES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
 
@@ -323,7 +312,7 @@ def digit_splits():
 
 def test_conditional_generator_makes_the_requested_classes(digit_splits):
     """A tiny run: a small classifier and a few hundred GAN steps on digits; the classifier agrees."""
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     torch.set_num_threads(1)
     p = digit_splits
@@ -344,7 +333,7 @@ CONDITIONAL_STEPS = 600
 
 
 def test_balanced_batches_draw_every_class_alike_however_rare():
-    from tasks.gan import balanced_indices, real_batch
+    from tasks.gan.batches import balanced_indices, real_batch
 
     y = torch.tensor([0] * 900 + [1] * 90 + [3] * 10)  # class 2 absent, class 3 rare
     x = torch.arange(len(y)).float().view(-1, 1, 1, 1)

@@ -131,7 +131,7 @@ def test_a_cnn_card_from_before_stem_stride_rebuilds_the_stride_1_network(tmp_pa
 
 def test_train_options_record_the_resolved_stem_stride():
     from evergreen.config import TrainConfig
-    from tasks.train import model_options
+    from tasks.train.adapt import model_options
 
     assert model_options(TrainConfig(), (1, 28, 28))["stem_stride"] == 2
     assert model_options(TrainConfig(), (1, 8, 8))["stem_stride"] == 1

@@ -322,7 +322,7 @@ def test_checkpoint_with_a_payload_is_refused_and_training_starts_fresh(ws, tmp_
     import torch
 
     from mains.processed import load_split
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     marker = tmp_path / "pwned"
     ckpt = ws.state / "checkpoints" / "train.pt"
@@ -412,12 +412,12 @@ def test_the_scan_finds_what_it_looks_for(tmp_path):
 @pytest.mark.usefixtures("prefect_harness")
 def test_prefect_retry_of_train_resumes_from_the_epoch_checkpoint(ws, monkeypatch):
     """The first attempt fails after epoch 1's checkpoint (an I/O error); the retry resumes."""
-    import tasks.train as train_mod
+    import tasks.train.checkpoint as checkpoint_mod
     from flows.training import train_task
 
 
     reference = (ws.reports / "plots" / "train.csv").read_text()  # the uninterrupted run's epochs
-    real, calls = train_mod.save_checkpoint, []
+    real, calls = checkpoint_mod.save_checkpoint, []
 
     def save_then_fail_once(path, state):
         real(path, state)
@@ -425,7 +425,7 @@ def test_prefect_retry_of_train_resumes_from_the_epoch_checkpoint(ws, monkeypatc
         if len(calls) == 1:
             raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_fail_once)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_fail_once)
     with logged("evergreen.train") as lines:
         summary = train_task(ws, lean_config(), rerun=True, commit=False)
     assert summary["ran"] and calls == [1, 2, 3]  # epoch 1 was not trained twice

@@ -49,7 +49,7 @@ def test_progress_artifact_moves_with_each_epoch():
 
 def test_train_calls_on_epoch_once_per_epoch(data):
     from evergreen.config import TrainConfig
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     train, val, classes, norm = data
     rows = []

@@ -215,7 +215,7 @@ def test_warm_start_fine_tunes_from_where_the_champion_left_off(data):
     import torch
 
     from evergreen.config import Config
-    from tasks.teacher import train_model
+    from tasks.train import train_model
 
     train, val, classes, norm = data
     cfg = Config.model_validate(TINY_PARAMS)

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import tasks.train as train_mod
+import tasks.train.checkpoint as checkpoint_mod
+import tasks.train.losses as losses_mod
 from evergreen.config import TrainConfig
 from nets import build_model
-from tasks.augment import Augment
-from tasks.teacher import train_model
-from tasks.train import FitSettings, augment_batch, fit, l1_penalty, normalize
+from nets.inputs import normalize
+from tasks.train import FitSettings, fit, train_model
+from tasks.train.augment import Augment, augment_batch
+from tasks.train.losses import l1_penalty
 from tests.conftest import TINY_PARAMS
 
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_acc", "lr"}
@@ -102,7 +104,7 @@ def test_zero_strength_augment_is_identity(tiny_batch):
 @pytest.mark.parametrize("patience", [1, 2])
 def test_early_stopping_when_val_loss_cannot_improve(data, monkeypatch, patience):
     train, val, _, norm = data
-    monkeypatch.setattr(train_mod, "evaluate_loss", lambda model, x, y: (1.0, 0.1))
+    monkeypatch.setattr(losses_mod, "evaluate_loss", lambda model, x, y: (1.0, 0.1))
 
     _, history = fit(small_cnn(), train, val, norm,
                      settings(epochs=6, patience=patience, augment=None))
@@ -114,7 +116,7 @@ def test_early_stopping_when_val_loss_cannot_improve(data, monkeypatch, patience
 def test_min_delta_counts_small_gains_as_stale(data, monkeypatch):
     train, val, _, norm = data
     losses = iter([1.0, 0.99, 0.98, 0.97, 0.96, 0.95])
-    monkeypatch.setattr(train_mod, "evaluate_loss", lambda model, x, y: (next(losses), 0.1))
+    monkeypatch.setattr(losses_mod, "evaluate_loss", lambda model, x, y: (next(losses), 0.1))
 
     _, history = fit(small_cnn(), train, val, norm,
                      settings(epochs=6, patience=2, min_delta=0.05, augment=None))
@@ -130,7 +132,7 @@ def test_fit_returns_the_best_epoch_weights(data, monkeypatch):
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return [0.5, 0.1, 0.9][len(seen) - 1], 0.1  # epoch 2 is best
 
-    monkeypatch.setattr(train_mod, "evaluate_loss", fake_eval)
+    monkeypatch.setattr(losses_mod, "evaluate_loss", fake_eval)
     model, _ = fit(small_cnn(), train, val, norm, settings(epochs=3, augment=None))
 
     final = model.state_dict()
@@ -188,7 +190,7 @@ def run3(data, checkpoint=None, key="", seed=0):
 
 def interrupt_after_epoch(monkeypatch, stop_at: int, saved: list):
     """Make the run die right after writing epoch `stop_at`'s checkpoint."""
-    original = train_mod.save_checkpoint
+    original = checkpoint_mod.save_checkpoint
 
     def save_then_maybe_die(path, state):
         original(path, state)
@@ -196,7 +198,7 @@ def interrupt_after_epoch(monkeypatch, stop_at: int, saved: list):
         if state["epoch"] == stop_at:
             raise Interrupted
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_maybe_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_maybe_die)
 
 
 def test_checkpoint_written_every_epoch(data, tmp_path, monkeypatch):
@@ -268,7 +270,7 @@ def test_lr_schedule_is_visible_in_history(data):
 def test_resume_after_early_stop_trains_no_further(data, tmp_path, monkeypatch):
     train, val, _, norm = data
     ckpt = tmp_path / "train.pt"
-    monkeypatch.setattr(train_mod, "evaluate_loss", lambda model, x, y: (1.0, 0.1))
+    monkeypatch.setattr(losses_mod, "evaluate_loss", lambda model, x, y: (1.0, 0.1))
     stopped = settings(epochs=5, patience=1, augment=None)
     first, history = fit(small_cnn(), train, val, norm, stopped, checkpoint=ckpt,
                          checkpoint_key="k")

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nets.inputs import normalize
 from tasks.compress.variant import Split, Variant
-from tasks.train import normalize
 
 
 def calibration_batch(train: Split, card: dict, n: int, seed: int) -> torch.Tensor:

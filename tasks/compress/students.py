@@ -12,10 +12,10 @@ from torch import nn
 
 from evergreen.config import CompressConfig
 from nets import build_model
-from tasks.adapt import settings_augment
-from tasks.augment import PRESETS, Augment
 from tasks.compress.variant import Split
 from tasks.train import FitSettings, LossFn, cross_entropy_loss, fit
+from tasks.train.adapt import settings_augment
+from tasks.train.augment import PRESETS, Augment
 
 
 def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:

@@ -4,7 +4,7 @@ torch's TCPStore server binds every interface and has no option to choose one, s
 `--standalone` job would accept store writes from the whole network for as long as it
 trains. Given a socket already bound to loopback (`master_listen_fd`), the store listens
 there instead. `bind_stores_to_loopback` swaps such a store in for every TCPStore that
-torch.distributed creates in this process: torchrun's agent (`python -m tasks.loopback`)
+torch.distributed creates in this process: torchrun's agent (`python -m tasks.train.loopback`)
 and, through LOOPBACK_ENV, its workers. Gloo's own connections follow GLOO_SOCKET_IFNAME,
 which `launcher_env` sets to the loopback interface.
 
@@ -48,12 +48,12 @@ def loopback_interface() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tasks.loopback ARGS`: torch.distributed.run ARGS, stores on loopback."""
+    """`python -m tasks.train.loopback ARGS`: torch.distributed.run ARGS, stores on loopback."""
     import torch.distributed.elastic.rendezvous.c10d_rendezvous_backend  # noqa: F401  names TCPStore
     import torch.distributed.elastic.rendezvous.static_tcp_rendezvous  # noqa: F401
     from torch.distributed import run
 
-    os.environ[LOOPBACK_ENV] = "1"  # the workers bind theirs too (tasks.distributed.join_job)
+    os.environ[LOOPBACK_ENV] = "1"  # the workers bind theirs too (tasks.train.worker.join_job)
     bind_stores_to_loopback()
     run.main(argv)
 

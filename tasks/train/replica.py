@@ -1,7 +1,7 @@
 """One process's place in a data-parallel job (Replica) and what makes N processes train as one:
-the global-batch slice, sums over ranks, BatchNorm over the global batch on CPU, and the
-process-group backend. `tasks.train.fit` takes a Replica (the default: a job of one process);
-`tasks.distributed` starts the workers that pass theirs.
+the global-batch slice, sums over ranks, BatchNorm over the global batch (on CPU:
+tasks.train.sync_batchnorm), and the process-group backend. `tasks.train.loop.fit` takes a
+Replica (the default: a job of one process); `tasks.train.worker` runs the workers that pass theirs.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from tasks.train.sync_batchnorm import convert_to_cpu_sync_bn
 
 # --- one process's place in the job ---------------------------------------------------
 
@@ -41,15 +43,16 @@ class Replica:
         return t.tolist()
 
     def share(self, obj):
-        """The leader's `obj`, on every rank: JSON and tensors, never a pickle (tasks.exchange)."""
+        """The leader's `obj`, on every rank: JSON and tensors, never a pickle (tasks.train.exchange)."""
         if self.world == 1:
             return obj
-        from tasks.exchange import broadcast_value
+        from tasks.train.exchange import broadcast_value
 
         return broadcast_value(obj, self.leader_rank, self.device, self.leader)
 
     @property
     def leader(self) -> bool:
+        """Whether this rank reads the job and writes checkpoints and results."""
         return self.rank == self.leader_rank
 
     def seed_epoch(self, seed: int, epoch: int) -> None:
@@ -64,6 +67,7 @@ class Replica:
         return t.pin_memory().to(self.device, non_blocking=True)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory layout the prepared model expects."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -98,82 +102,10 @@ class Replica:
         return loss_fn(logits, y, x) * (len(x) * self.world / n_global)
 
 
-# --- BatchNorm over the global batch on CPU -------------------------------------------
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the gradient of a sum is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        t = t.clone()
-        dist.all_reduce(t)
-        return t
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics span all ranks' inputs, like nn.SyncBatchNorm.
-
-    torch's SyncBatchNorm runs only on GPU. This one sums (x, x^2, count) over ranks in one
-    autograd all-reduce (float64, so E[x^2] - E[x]^2 loses nothing), one more in backward:
-    forward, gradients and running stats equal one process's BatchNorm over the global
-    batch. Same parameters and buffers as BatchNorm, so state dicts load either way.
-    """
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, ...) -> same
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        dims, c = [0, *range(2, x.dim())], x.size(1)
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        xd = x.double()
-        count = torch.full((1,), x.numel() / max(c, 1), dtype=torch.float64)
-        stats = _AllReduceSum.apply(torch.cat([xd.sum(dims), (xd * xd).sum(dims), count]))  # (2C + 1,)
-        n = stats[-1].detach()
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as BN normalizes
-        scale = torch.rsqrt(var + self.eps)
-        out = ((xd - mean.view(shape)) * scale.view(shape)).to(x.dtype)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            self._update_running_stats(mean.detach().to(x.dtype), var.detach().to(x.dtype), n.item())
-        return out
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
-        self.num_batches_tracked.add_(1)
-        momentum = (1.0 / self.num_batches_tracked.item() if self.momentum is None
-                    else self.momentum)
-        unbiased = var * (n / max(n - 1, 1))
-        self.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-        self.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-
-
-def convert_to_cpu_sync_bn(module: nn.Module) -> nn.Module:
-    """Swap every BatchNorm layer for a CpuSyncBatchNorm holding the same tensors."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CpuSyncBatchNorm):
-        synced = CpuSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                  module.track_running_stats)
-        synced.load_state_dict(module.state_dict())
-        synced.train(module.training)
-        return synced
-    for name, child in module.named_children():
-        module.add_module(name, convert_to_cpu_sync_bn(child))
-    return module
-
-
-# --- the launcher side (the train stage) ----------------------------------------------
+# --- the process group's backend -------------------------------------------------------
 
 def resolve_backend(backend: str) -> str:
+    """train.distributed.backend made concrete: auto is nccl with a GPU, else gloo."""
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():

@@ -1,11 +1,10 @@
-"""Distributed training: DDP workers started by torch's elastic launcher (torchrun).
+"""A DDP worker, one per process, started by torch's elastic launcher (tasks.train.launcher).
 
-The train stage calls `launch`, which starts `python -m torch.distributed.run ... -m
-tasks.distributed --job DIR` (through `tasks.loopback` on one machine) and waits. Every
-worker runs `main`: it joins the process group, the leader (the lowest rank that can read
-the job folder, so node 0 even without a shared filesystem) shares the data and config,
-all ranks run `tasks.train.fit` on their part of every global batch, and the leader alone
-writes checkpoints and the result.
+`python -m tasks.train.worker --job DIR` runs `main`: it joins the process group, the leader
+(the lowest rank that can read the job folder, so node 0 even without a shared filesystem)
+shares the data and config, all ranks run `tasks.train.loop.fit` on their part of every global
+batch, and the leader alone writes checkpoints and the result. EVERGREEN_FAULT_INJECT kills a
+rank mid-epoch (tests of the elastic restart).
 
 Rules, so that N processes train the same model as one:
 - `train.batch_size` is the GLOBAL batch; each rank takes a contiguous 1/N slice of it
@@ -13,11 +12,11 @@ Rules, so that N processes train the same model as one:
   gradient average equals the global batch's mean gradient. Hence the learning rate needs
   no scaling with the world size (the effective batch never changes).
 - BatchNorm: with `sync_batchnorm` it normalizes with the global batch's statistics (torch's
-  SyncBatchNorm on GPU, `CpuSyncBatchNorm` (tasks/replica.py) on CPU, where torch's refuses to run) and
-  the weights match one process's to ~1e-6. That costs a blocking all-reduce per BatchNorm
-  layer in forward and in backward, which halves CPU throughput on a small net, so the
-  default is DDP's usual behaviour: each rank normalizes with its own slice, and the running
-  statistics are rank 0's (DDP broadcasts them).
+  SyncBatchNorm on GPU, `CpuSyncBatchNorm` (tasks/train/sync_batchnorm.py) on CPU, where
+  torch's refuses to run) and the weights match one process's to ~1e-6. That costs a
+  blocking all-reduce per BatchNorm layer in forward and in backward, which halves CPU
+  throughput on a small net, so the default is DDP's usual behaviour: each rank normalizes
+  with its own slice, and the running statistics are rank 0's (DDP broadcasts them).
 - Augmentation draws its random warps for the whole global batch from the shared
   generator and applies each rank's slice, so data order and augmentations are the same
   as in one process. Dropout masks come from a per-rank, per-epoch seed (they cannot match
@@ -31,119 +30,28 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from tasks.loopback import LOOPBACK_ENV, bind_stores_to_loopback, loopback_interface
-from tasks.replica import Replica, resolve_backend
+from evergreen.config import TrainConfig
+from nets import build_model
+from tasks.train.adapt import model_options
+from tasks.train.augment import Augment
+from tasks.train.launcher import threads_per_rank
+from tasks.train.loop import fit
+from tasks.train.loopback import LOOPBACK_ENV, bind_stores_to_loopback
+from tasks.train.losses import cross_entropy_loss
+from tasks.train.replica import Replica, resolve_backend
+from tasks.train.settings import FitSettings
 
 log = logging.getLogger("evergreen.distributed")
 FAULT_ENV = "EVERGREEN_FAULT_INJECT"  # "RANK:EPOCH": that rank kills itself mid-epoch (tests)
 
-
-def launcher_env(threads: int, one_machine: bool = False) -> dict[str, str]:
-    """The launcher's environment: threads per worker, and a fresh store per restart.
-
-    With the rendezvous TCPStore shared with the workers (torch's default since 2.4), restarted
-    workers read the dead attempt's gloo addresses from it and fail to connect; opting out
-    gives every rendezvous round its own store. Every node's launcher needs this setting.
-    On one machine gloo connects over the loopback interface (unless GLOO_SOCKET_IFNAME is set).
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-    if one_machine and (loopback := loopback_interface()):
-        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
-    return env
-
-
-def launcher_command(dcfg, job_dir: Path | None) -> list[str]:
-    """`python -m torch.distributed.run ... -m tasks.distributed` for train.distributed; on one
-    machine `tasks.loopback` runs it with the rendezvous listening on 127.0.0.1 only."""
-    launcher = "tasks.loopback" if dcfg.nnodes == 1 else "torch.distributed.run"
-    cmd = [sys.executable, "-m", launcher, "--nproc_per_node", str(dcfg.nproc_per_node),
-           "--max_restarts", str(dcfg.max_restarts)]
-    if dcfg.nnodes == 1:
-        cmd += ["--standalone"]  # rendezvous on a free local port
-    else:
-        is_host = "true" if dcfg.node_rank == 0 else "false"
-        cmd += ["--nnodes", str(dcfg.nnodes), "--rdzv_backend", "c10d",
-                "--rdzv_endpoint", dcfg.rdzv_endpoint, "--rdzv_conf", f"is_host={is_host}"]
-    cmd += ["-m", "tasks.distributed", "--backend", resolve_backend(dcfg.backend)]
-    if job_dir is not None:
-        cmd += ["--job", str(job_dir)]
-    return cmd
-
-
-def write_job(job_dir: Path, train, val, classes, norm, cfg, augment, checkpoint,
-              checkpoint_key) -> None:
-    np.savez(job_dir / "data.npz", train_x=train[0], train_y=train[1], val_x=val[0], val_y=val[1])
-    job = {"train": cfg.model_dump(mode="json"),
-           "augment": augment.as_dict() if augment is not None else None,
-           "classes": list(classes), "norm": [list(norm[0]), list(norm[1])],
-           "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_key": checkpoint_key}
-    (job_dir / "job.json").write_text(json.dumps(job))
-
-
-def run_launcher(cmd: list[str], env: dict[str, str]) -> None:
-    """Run the elastic launcher, streaming its output to the log; raise with the tail on failure."""
-    tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          cwd=Path(__file__).resolve().parent.parent) as proc:
-        for line in proc.stdout:
-            if line.strip():
-                tail.append(line.rstrip())
-                log.info("%s", line.rstrip())
-    if proc.returncode != 0:
-        shown = "\n  ".join(tail)
-        raise RuntimeError(f"distributed training failed (launcher exit {proc.returncode}):\n  {shown}")
-
-
-def launch(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,
-           checkpoint_key: str = ""):
-    """Train with train.distributed.world_size processes; returns (model, card, history) like
-    train_model. `cfg` is resolved (tasks.adapt.resolve_train), `augment` its augmentation."""
-    from nets import build_model
-    from tasks.train import model_options
-
-    result = run_job(train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
-    in_shape = tuple(int(d) for d in train[0].shape[1:])
-    model = build_model(cfg.model, in_shape, len(classes), **model_options(cfg, in_shape))
-    model.load_state_dict(result["state"])
-    return model.eval(), result["card"], result["history"]
-
-
-def run_job(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,
-            checkpoint_key: str = "") -> dict:
-    """Start the launcher on this node and wait; the leader's result (state, card, history, throughput)."""
-    from safetensors.torch import load_file
-
-    dcfg = cfg.distributed
-    with tempfile.TemporaryDirectory(prefix="evergreen-ddp-") as tmp:
-        job_dir = Path(tmp)
-        write_job(job_dir, train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
-        log.info("launching %d process(es) on this node (world size %d, nnodes %d, max_restarts %d)",
-                 dcfg.nproc_per_node, dcfg.world_size, dcfg.nnodes, dcfg.max_restarts)
-        run_launcher(launcher_command(dcfg, job_dir),
-                     launcher_env(threads_per_rank(cfg.threads, dcfg.nproc_per_node), dcfg.nnodes == 1))
-        result = json.loads((job_dir / "out" / "result.json").read_text())
-        result["state"] = load_file(str(job_dir / "out" / "model.safetensors"))
-    return result
-
-
-def threads_per_rank(threads: int, nproc_per_node: int) -> int:
-    """train.threads if set, else this machine's cores shared among its processes."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return threads or max(1, cores // nproc_per_node)
-
-
-# --- the worker side (one per process) -------------------------------------------------
 
 def join_job(backend: str, job_dir: Path | None, sync_batchnorm: bool = False) -> Replica:
     """Join the process group torchrun set up; elect the leader (lowest rank holding the job)."""
@@ -168,6 +76,7 @@ def join_job(backend: str, job_dir: Path | None, sync_batchnorm: bool = False) -
 
 
 def read_job(job_dir: Path) -> dict:
+    """The job the train stage wrote: its config (job.json) and the splits (data.npz)."""
     job = json.loads((job_dir / "job.json").read_text())
     with np.load(job_dir / "data.npz") as npz:
         job["data"] = {k: npz[k] for k in npz.files}
@@ -195,11 +104,6 @@ def counting_loss(loss_fn, replica: Replica, steps_per_epoch: int, counter: list
 
 def run_worker(replica: Replica, job: dict) -> dict | None:
     """Fit this rank's share; the leader returns the result (card, history, throughput)."""
-    from evergreen.config import TrainConfig
-    from nets import build_model
-    from tasks.augment import Augment
-    from tasks.train import FitSettings, cross_entropy_loss, fit, model_options
-
     cfg = TrainConfig.model_validate(job["train"])
     augment = Augment(**job["augment"]) if job.get("augment") else None
     data, classes, norm = job["data"], job["classes"], tuple(job["norm"])
@@ -230,6 +134,7 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
 
 
 def write_result(out: Path, result: dict) -> None:
+    """The leader's result for the launcher: the weights (safetensors) and the rest as JSON."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +144,7 @@ def write_result(out: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m tasks.train.worker`: join the job, fit this rank's share, the leader writes."""
     parser = argparse.ArgumentParser(description="An Evergreen DDP worker (start it with torchrun).")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     parser.add_argument("--job", type=Path, help="job folder written by the train stage (node 0)")

@@ -1,5 +1,5 @@
 """Train the teacher: resolve the auto defaults from the data, build the configured network for
-its shape, and fit it in this process or in DDP workers (tasks.distributed)."""
+its shape, and fit it in this process or in DDP workers (tasks.train.launcher)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 
 from evergreen.config import TrainConfig
 from nets import build_model
-from tasks.adapt import resolve_precision, resolve_train
-from tasks.replica import resolve_backend
-from tasks.train import FitSettings, fit, model_options
+from tasks.train.adapt import model_options, resolve_precision, resolve_train
+from tasks.train.loop import fit
+from tasks.train.replica import resolve_backend
+from tasks.train.settings import FitSettings
 
 log = logging.getLogger("evergreen.train")
 
@@ -44,7 +45,7 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
              describe_augment(decided["augment"]), decided["progressive"]["why"], precision,
              decided["precision_why"])
     if distributed:
-        from tasks.distributed import launch  # starts torchrun: imported only for a DDP run
+        from tasks.train.launcher import launch  # starts torchrun: imported only for a DDP run
 
         model, card, history = launch(train, val, classes, norm, cfg, augment, checkpoint,
                                       checkpoint_key)
@@ -58,6 +59,7 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
 
 
 def describe_augment(record: dict) -> str:
+    """The augmentation decision in a few words, for the log line."""
     if not record.get("enabled", True):
         return "off"
     return f"{record['preset']} (hflip {record['hflip_why']})"

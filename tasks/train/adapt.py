@@ -3,7 +3,8 @@
 Each decision comes with the reason the model card, the registry entry and the run summary
 record: the kind of image (which augmentation preset), whether a horizontal flip keeps the
 label, the teacher's stem and widths, how many epochs the sample budget buys, whether the
-early epochs see smaller images, and the precision training runs in.
+early epochs see smaller images, and the precision training runs in. `model_options` gives the
+network builder's options, all resolved, for the card to record.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from evergreen.config import AugmentConfig, TrainConfig
-from tasks.augment import PRESETS, Augment
+from nets.cnn import auto_stem_stride
+from tasks.train.augment import PRESETS, Augment
 
 SAMPLE = 4000  # images looked at to decide; the decisions are statistics, not per-sample
 INK_SHARE = 0.5  # characters: at least this share of pixels near the darkest or lightest level
@@ -60,6 +62,7 @@ def mirror_twins(x: np.ndarray, y: np.ndarray, classes: list[str],
 
 
 def twins_by_means(x: np.ndarray, y: np.ndarray, present: list[int]) -> set[tuple[int, int]]:
+    """Class pairs whose mirrored means are each other's nearest (the first test of mirror_twins)."""
     means = np.stack([standardized(x[y == c][:SAMPLE // 4]).mean(0) for c in present])
     flat = means.reshape(len(present), -1)
     mirrored = means[..., ::-1].reshape(len(present), -1)
@@ -72,6 +75,7 @@ def twins_by_means(x: np.ndarray, y: np.ndarray, present: list[int]) -> set[tupl
 
 def twins_by_images(x: np.ndarray, y: np.ndarray, present: list[int], seed: int,
                     per_class: int = 200, rounds: int = 5) -> set[tuple[int, int]]:
+    """Class pairs whose mirrored held-out images fall nearest each other's mean (the second test)."""
     rng = np.random.default_rng(seed)
     k = len(present)
     share = np.zeros((k, k))  # share[i, j]: i's mirrored held-out images nearest j's mean
@@ -263,3 +267,15 @@ def settings_augment(record: dict | None) -> Augment | None:
         return None
     names = {f.name for f in dataclasses.fields(Augment)}
     return Augment(**{k: v for k, v in record.items() if k in names})
+
+
+def model_options(cfg: TrainConfig, in_shape: tuple[int, ...]) -> dict:
+    """The builder options for the configured architecture and these inputs, all resolved (the
+    card records them, so the network rebuilds the same whatever the defaults become)."""
+    options = {"dropout": cfg.dropout}
+    if cfg.model == "cnn":
+        options["stem_stride"] = cfg.cnn.stem_stride or auto_stem_stride(in_shape)
+        options["channels"] = auto_channels(cfg, in_shape, options["stem_stride"])[0]
+    elif cfg.model == "vit":
+        options.update(cfg.vit.model_dump())
+    return options

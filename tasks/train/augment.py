@@ -25,6 +25,7 @@ class Augment:
     vflip: bool = False
 
     def as_dict(self) -> dict:
+        """The ranges as the card and a DDP job record them."""
         return dataclasses.asdict(self)
 
 
@@ -32,13 +33,14 @@ PRESETS = {
     # digits and letters: small affine warps; a flip turns a 2 into an S
     "characters": Augment(shift=0.1, rotation=10.0, scale=0.1),
     # photos: random-resized crop (zoom and framing), a little rotation, mild colour jitter;
-    # hflip is decided from the data (tasks.adapt.mirror_twins)
+    # hflip is decided from the data (tasks.train.adapt.mirror_twins)
     "photos": Augment(shift=0.0, rotation=5.0, scale=0.0, crop=0.6, jitter=0.2, hflip=True),
 }
 
 
 def _warp(x: torch.Tensor, aug: Augment, gen: torch.Generator, n: int, part: slice,
           size: tuple[int, int] | None = None) -> torch.Tensor:
+    """One random rotation, zoom, shift and crop per sample, resampled at `size` when given."""
     rand = lambda: torch.rand(n, generator=gen) * 2 - 1  # noqa: E731 - uniform in [-1, 1)
     angle = rand() * math.radians(aug.rotation)
     zoom = 1 + rand() * aug.scale
@@ -59,6 +61,7 @@ def _warp(x: torch.Tensor, aug: Augment, gen: torch.Generator, n: int, part: sli
 
 
 def _flip(out: torch.Tensor, gen: torch.Generator, n: int, part: slice, dim: int) -> torch.Tensor:
+    """Flip half the samples (drawn for the global batch) along `dim`."""
     flip = (torch.rand(n, generator=gen) < 0.5)[part].to(out.device)
     out[flip] = out[flip].flip(dim)
     return out
