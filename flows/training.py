@@ -28,11 +28,12 @@ log = logging.getLogger("evergreen.flow")
 
 
 def transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups, never a user error (bad data would fail again the same way)."""
+    """Retry I/O hiccups and crashed training, never a user error (bad data would fail again
+    the same way)."""
     try:
         state.result()
-    except EvergreenError:
-        return False
+    except EvergreenError as exc:
+        return exc.transient
     except Exception:
         return True
     return False

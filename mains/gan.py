@@ -111,7 +111,7 @@ def run_gan_promote(ws: Workspace, section: GanConfig, report: dict, extractor: 
                     data_version: str | None) -> dict:
     """Gate the generator; record it in the generator registry; move its champion if it passes."""
     from nets.io import WEIGHTS, file_sha256
-    from tasks.gan import gan_gates
+    from tasks.promote import gan_gates
 
     metrics = {k: report[k] for k in ("distance", "floor", "ceiling", "distance_to_ceiling",
                                       "coverage", "min_class_share_vs_uniform")}

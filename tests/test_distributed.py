@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from evergreen.config import DistributedConfig, TrainConfig
+from evergreen.errors import TrainingCrashedError
 from tasks.train import train_model
 from tasks.train.launcher import launcher_command, launcher_env, threads_per_rank
 from tasks.train.replica import Replica
@@ -219,7 +220,7 @@ def test_a_worker_that_unpickles_fails_under_the_same_guard(tmp_path):
 def test_failure_without_restarts_is_reported(data, monkeypatch):
     train, val, classes, norm = data
     monkeypatch.setenv(FAULT_ENV, "0:1")
-    with pytest.raises(RuntimeError, match="distributed training failed"):
+    with pytest.raises(TrainingCrashedError, match="distributed training failed"):
         train_model(train, val, classes, norm, config(nproc_per_node=2, epochs=1))
 
 

@@ -8,12 +8,12 @@ from evergreen.config import GanConfig, TrainConfig
 from nets.gan import build_discriminator, build_generator, load_generator, plan
 from tasks.gan.augment import cutout, diff_augment, translate
 from tasks.gan.ema import ema_update, recalibrate_batchnorm
-from tasks.gan.gates import gan_gates
 from tasks.gan.loop import train_gan
 from tasks.gan.losses import class_loss, discriminator_loss, mode_seeking_loss, paired
 from tasks.gan.metrics import coverage, evaluate_generator, frechet_distance
 from tasks.gan.plan import gan_plan
 from tasks.gan.samples import sample_grid_png, sample_images
+from tasks.promote import gan_gates
 
 SIZES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64)]
 

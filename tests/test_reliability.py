@@ -456,3 +456,19 @@ def test_run_and_retrain_exclude_each_other(workspace, lock_held_by, holder, sec
     assert main(["--workspace", str(workspace.root), second]) == 75
     assert f"workspace busy: {holder}" in capsys.readouterr().err
     assert not (workspace.root / "data").exists() and not workspace.registry.exists()
+
+
+def test_crashed_training_is_retried_but_user_errors_are_not():
+    from types import SimpleNamespace
+
+    from evergreen.errors import BadInputError, TrainingCrashedError
+    from flows.training import transient
+
+    def state(exc):
+        def result():
+            raise exc
+        return SimpleNamespace(result=result)
+
+    assert transient(None, None, state(TrainingCrashedError("rank 1 killed")))
+    assert transient(None, None, state(OSError("connection reset")))
+    assert not transient(None, None, state(BadInputError("bad.png: not an image")))

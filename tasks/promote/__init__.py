@@ -8,6 +8,7 @@ from tasks.promote.challenger import challenger_gates, class_recall, paired_summ
 from tasks.promote.classifier import run_gates, summary_row, verdict_line
 from tasks.promote.entry import CandidateEntry, Judgement
 from tasks.promote.gate import GateResult, check, gate_table
+from tasks.promote.generator import gan_gates
 from tasks.promote.registry import (
     champion_entry,
     empty_registry,
@@ -21,7 +22,8 @@ from tasks.promote.registry import (
 )
 from tasks.promote.significance import ahead_gate, mcnemar, null_model_gate
 
-__all__ = ["CandidateEntry", "GateResult", "Judgement", "ahead_gate", "challenger_gates", "champion_entry",
-           "check", "class_recall", "empty_registry", "find_version", "force_promote", "gate_table",
-           "mcnemar", "now", "null_model_gate", "paired_summary", "record", "rollback",
-           "rollback_target", "run_gates", "summary_row", "switch_champion", "verdict_line"]
+__all__ = ["CandidateEntry", "GateResult", "Judgement", "ahead_gate", "challenger_gates",
+           "champion_entry", "check", "class_recall", "empty_registry", "find_version",
+           "force_promote", "gan_gates", "gate_table", "mcnemar", "now", "null_model_gate",
+           "paired_summary", "record", "rollback", "rollback_target", "run_gates", "summary_row",
+           "switch_champion", "verdict_line"]

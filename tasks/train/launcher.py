@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evergreen.errors import TrainingCrashedError
 from tasks.train.loopback import loopback_interface
 from tasks.train.replica import resolve_backend
 
@@ -81,7 +82,8 @@ def run_launcher(cmd: list[str], env: dict[str, str]) -> None:
                 log.info("%s", line.rstrip())
     if proc.returncode != 0:
         shown = "\n  ".join(tail)
-        raise RuntimeError(f"distributed training failed (launcher exit {proc.returncode}):\n  {shown}")
+        raise TrainingCrashedError(f"distributed training failed (launcher exit "
+                                   f"{proc.returncode}):\n  {shown}")
 
 
 def launch(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,

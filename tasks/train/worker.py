@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from evergreen.config import TrainConfig
+from evergreen.errors import EvergreenError
 from nets import build_model
 from tasks.train.adapt import model_options
 from tasks.train.augment import Augment
@@ -69,7 +70,7 @@ def join_job(backend: str, job_dir: Path | None, sync_batchnorm: bool = False) -
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     leader = int(flag.item())
     if leader == world:
-        raise RuntimeError("no rank can read the job folder: start node 0 through the train stage "
+        raise EvergreenError("no rank can read the job folder: start node 0 through the train stage "
                            "(evergreen), and the other nodes with the launcher alone")
     gpu = device.type == "cuda"
     return Replica(rank, world, leader, device, sync_batchnorm, amp=gpu, channels_last=gpu)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evergreen.config import GanConfig
-from tasks.promote import GateResult, check
+from tasks.promote.gate import GateResult, check
 
 
 def gan_gates(report: dict, champion: float | None, cfg: GanConfig) -> list[GateResult]:
