@@ -25,7 +25,7 @@ test: setup chromium
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not gpu"
 
-# Debian's chromium for the browser test (tests/test_browser.py); it skips, saying why, without it.
+# Debian's chromium for the browser test (tests/app/test_browser.py); it skips, saying why, without it.
 chromium:
 	@test -x $(CHROMIUM) || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \

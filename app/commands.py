@@ -17,7 +17,7 @@ RUN_MODULES = ("prefect.flow_engine", "prefect.task_engine", "pandas", "great_ex
 
 
 def cmd_run(args, ws) -> int:
-    from app.report import print_outcome
+    from app.printing import print_outcome
     from evergreen.config import load_config
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
@@ -94,7 +94,7 @@ def cmd_gan(args, ws) -> int:
 
         ready()
         outcome = gan_pipeline(str(ws.root), data=args.data, overrides=args.overrides)
-    from app.report import print_gan_outcome
+    from app.printing import print_gan_outcome
 
     print_gan_outcome(outcome)
     return 0
@@ -122,7 +122,7 @@ def cmd_tune(args, ws) -> int:
 
 
 def cmd_status(args, ws) -> int:
-    from app.report import print_status, status_view
+    from app.printing import print_status, status_view
 
     view = status_view(ws)
     print(json.dumps(view, indent=2) if args.json else print_status(view))
@@ -167,7 +167,7 @@ def cmd_serve(args, ws) -> int:
 
 
 def cmd_retrain(args, ws) -> int:
-    from app.report import print_retrain
+    from app.printing import print_retrain
     from evergreen.config import load_config
 
     load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
@@ -210,7 +210,7 @@ def cmd_rollback(args, ws) -> int:
 
 
 def cmd_predict(args, ws) -> int:
-    from app.report import predict_paths, predictions_csv
+    from app.printing import predict_paths, predictions_csv
 
     out = checked_output(args.csv) if args.csv else None
     rows, errors = predict_paths(ws, args.paths)
@@ -230,7 +230,7 @@ def cmd_predict(args, ws) -> int:
 
 
 def cmd_evaluate(args, ws) -> int:
-    from app.report import evaluate_source, evaluation_lines
+    from app.printing import evaluate_source, evaluation_lines
 
     if len(args.data) > 2:
         raise BadInputError(f"evaluate --data: one source, or an image folder and its labels CSV, "

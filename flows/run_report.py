@@ -23,7 +23,7 @@ def report_links(ws: Workspace) -> dict[str, str]:
 
 def write_run_report(ws: Workspace, outcome: dict, stages: dict | None = None) -> Path:
     """reports/run.html: the run's verdict, gates, metrics and plots in one self-contained page."""
-    from tasks.run_report import read_figures, render_run_report
+    from tasks.run_page import read_figures, render_run_report
 
     compression = ws.reports / "compression.json"
     page = render_run_report(outcome, read_json(ws.reports / "metrics.json"),

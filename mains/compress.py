@@ -115,7 +115,7 @@ def save_student(ws: Workspace, variants: dict, not_trained: str | None) -> None
     import shutil
 
     from nets.io import save_model
-    from tasks.report import plot_history
+    from tasks.plots import plot_history
 
     shutil.rmtree(ws.model_dir("student"), ignore_errors=True)
     if not_trained is None:

@@ -62,7 +62,7 @@ def save_teacher(ws: Workspace, model, card: dict, history: list[dict], title: s
                  checkpoint: Path) -> None:
     """models/teacher, its training curves (CSV and figure); the epoch checkpoint goes."""
     from nets.io import save_model
-    from tasks.report import plot_history
+    from tasks.plots import plot_history
 
     save_model(model, card, ws.model_dir("teacher"))
     write_csv(ws.reports / "plots" / "train.csv", history)

@@ -18,7 +18,7 @@ def pareto_front(rows: list[dict]) -> set[str]:
 
 def plot_pareto(rows: list[dict], selected: str | None, path: Path) -> None:
     """Test accuracy vs batch-1 latency; marker area grows with file size; the front is joined."""
-    from tasks.report import _figure_bytes, _pyplot
+    from tasks.plots import _figure_bytes, _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -191,7 +191,7 @@ def default_sigint() -> None:
 
 
 def lock_is_free(root: Path) -> bool:
-    """Whether no process holds the workspace lock (the file itself stays: tests/test_lock.py)."""
+    """Whether no process holds the workspace lock (the file itself stays: tests/evergreen/test_lock.py)."""
     import fcntl
 
     path = root / ".evergreen" / "lock"

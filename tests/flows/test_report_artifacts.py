@@ -78,7 +78,7 @@ def test_reports_and_validation_are_published_with_stable_keys(tmp_path):
     from prefect import flow
 
     from evergreen.workspace import Workspace, write_json
-    from tests.test_report_plots import METRICS, OUTCOME
+    from tests.tasks.test_report_plots import METRICS, OUTCOME
 
     ws = Workspace(tmp_path)
     write_json(ws.reports / "metrics.json", METRICS)

@@ -15,7 +15,7 @@ from evergreen.errors import BadInputError, ConfigError, WorkspaceBusyError
 from evergreen.workspace import Workspace, workspace_lock
 from tests.conftest import TINY_PARAMS, write_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ingest_event(ws: Workspace):

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tasks.report import pick_samples, roc_curves, roc_rows, write_prediction_plots
-from tasks.run_report import FIGURES, render_run_report
+from tasks.plots import pick_samples, roc_curves, roc_rows, write_prediction_plots
+from tasks.run_page import FIGURES, render_run_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = [str(c) for c in range(10)]
@@ -113,7 +113,7 @@ def test_write_run_report_reads_the_workspace(tmp_path):
 def write_plot_inputs(reports, digits):
     """Every file dvc.yaml declares as a plot, from the real plot writers."""
     from evergreen.workspace import write_csv
-    from tasks.report import plot_history, write_evaluation_plots
+    from tasks.plots import plot_history, write_evaluation_plots
 
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_acc": 1 - 0.1 / e, "lr": 0.01}
                for e in range(1, 4)]

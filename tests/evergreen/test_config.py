@@ -11,7 +11,7 @@ from evergreen.config import Config, apply_overrides, default_params_yaml, load_
 from evergreen.dvcfile import dvc_yaml
 from evergreen.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_params_load_and_match_defaults():

@@ -25,7 +25,7 @@ from evergreen.workspace import Workspace, read_json, write_json
 from mains import call_main
 from tests.conftest import TINY_PARAMS
 
-CODE = Path(__file__).resolve().parent.parent
+CODE = Path(__file__).resolve().parents[2]
 
 # TINY_PARAMS, leaner still: no pruning, int8 or control student (their own tests cover them)
 LEAN = copy.deepcopy(TINY_PARAMS)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,6 +20,9 @@ def test_every_stage_is_a_config_section_and_reads_real_params():
             assert section in SECTIONS and (not key or key in type(Config().section(section))
                                             .model_fields), param
     assert [s.name for s in STAGES if s.changes_state] == ["ingest", "promote"]
+    code = Path(__file__).resolve().parents[2]
+    for entry in STAGES:  # dvc.yaml's code deps name real files and folders of the repository
+        assert all((code / dep).exists() for dep in entry.code_deps), entry.code_deps
     assert pure_names() == ["validate", "preprocess", "train", "compress", "evaluate"]
 
 

@@ -264,7 +264,7 @@ def test_one_machine_job_listens_on_loopback_only(tmp_path, launcher, loopback_o
     script.write_text(LISTENERS)
     job.mkdir()
     (job / "job.json").write_text("{}")
-    env = {**launcher_env(1, one_machine=True), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**launcher_env(1, one_machine=True), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", launcher, "--standalone", "--nproc_per_node", "2", str(script), str(job)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -144,7 +144,7 @@ def test_new_user_run_twice_then_dvc_is_clean(tmp_path):
     assert "stages run: none" in second.stdout and "verdict: unchanged" in second.stdout
     # quick (issue 8: <= 5 s against a running server): none of the heavy libraries loads
     assert "heavy modules loaded: []" in second.stdout
-    from tests.test_dvc import dvc as run_dvc
+    from tests.evergreen.test_dvc import dvc as run_dvc
 
     dvc = lambda *a: run_dvc(root, *a)  # noqa: E731
     assert "up to date" in dvc("status").stdout
