@@ -41,19 +41,7 @@ def run_compress(ws: Workspace, section: CompressConfig, candidate: str) -> dict
     """Build, export and measure the variants round by round, mildest first, until one fits the
     budget (compress.build lazy); copy the selected one to models/selected."""
     from nets.io import file_sha256, load_model
-    from tasks.compress import (
-        Inputs,
-        build_rounds,
-        build_variants,
-        building_stops,
-        calibration_batch,
-        distillation_gain,
-        planned_names,
-        pruned_name,
-        resolve_prune,
-        select_variant,
-    )
-    from tasks.pareto import plot_pareto
+    from tasks.compress import Inputs, calibration_batch, pruned_name, resolve_prune
 
     teacher, card = load_model(ws.model_dir("teacher"))
     teacher_sha = file_sha256(ws.model_dir("teacher") / "model.safetensors")
@@ -62,9 +50,32 @@ def run_compress(ws: Workspace, section: CompressConfig, candidate: str) -> dict
     ccfg, ratio_why = resolve_prune(section, card)
     inputs = Inputs(teacher, card, train, val, ckpt.parent, key, ratio_why)
     shelf = VariantShelf(ws.models / "variants", val, test, section.select)
-    check = calibration_batch(val, card, len(val[0]), 0)
     for ratio, why in ratio_why.items():
         log.info("compress: %s: %s", pruned_name(ratio), why)
+    rows, selected, reason, skipped = build_until_one_fits(
+        shelf, inputs, ccfg, candidate, calibration_batch(val, card, len(val[0]), 0))
+    save_selection(ws, shelf.out, rows, selected, reason)
+    write_report(ws, rows, selected, reason, skipped, section, ratio_why)
+    trained = "distilled" in shelf.variants
+    save_student(ws, shelf.variants, None if trained else skipped.get("distilled", "not built"))
+    for path in ckpt.parent.glob("compress-*.pt"):
+        path.unlink()
+    return {"variants": len(rows), "selected": selected, "reason": reason,
+            "student": "trained" if trained else "skipped"}
+
+
+def build_until_one_fits(shelf: VariantShelf, inputs, ccfg: CompressConfig, candidate: str,
+                         check) -> tuple[list[dict], str | None, str, dict[str, str]]:
+    """The build rounds, mildest first; after each, every variant so far is measured and one
+    selected; the rounds stop as compress.build says. Returns rows, selection, why, skipped."""
+    from tasks.compress import (
+        build_rounds,
+        build_variants,
+        building_stops,
+        planned_names,
+        select_variant,
+    )
+
     skipped, stopped = {}, None
     for kinds, round_cfg in build_rounds(ccfg):
         if stopped is not None:
@@ -74,26 +85,28 @@ def run_compress(ws: Workspace, section: CompressConfig, candidate: str) -> dict
         shelf.add(variants, check)
         skipped.update(failed)
         rows = shelf.rows()
-        selected, reason = select_variant(rows, section.select)
+        selected, reason = select_variant(rows, ccfg.select)
         stopped = building_stops(ccfg, rows, candidate)
         if stopped is None:  # say why each round did not end the build, while it goes on
             log.info("compress: after building %s, %s", ", ".join(sorted(variants)), reason)
     if stopped is not None:
         log.info("compress: %s", stopped)
     log.info("compress: %s", reason)
-    save_selection(ws, shelf.out, rows, selected, reason)
+    return rows, selected, reason, skipped
+
+
+def write_report(ws: Workspace, rows: list[dict], selected: str | None, reason: str,
+                 skipped: dict[str, str], section: CompressConfig, ratio_why: dict) -> None:
+    """reports/compression.json and the Pareto figure."""
+    from tasks.compress import distillation_gain, pruned_name
+    from tasks.pareto import plot_pareto
+
     write_json(ws.reports / "compression.json",
                {"variants": rows, "selected": selected, "reason": reason,
                 "budget": section.select.model_dump(), "skipped": skipped,
                 "prune_ratios": {pruned_name(r): why for r, why in ratio_why.items()},
                 "distillation_gain": distillation_gain(rows)})
     plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
-    trained = "distilled" in shelf.variants
-    save_student(ws, shelf.variants, None if trained else skipped.get("distilled", "not built"))
-    for path in ckpt.parent.glob("compress-*.pt"):
-        path.unlink()
-    return {"variants": len(rows), "selected": selected, "reason": reason,
-            "student": "trained" if trained else "skipped"}
 
 
 def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | None,

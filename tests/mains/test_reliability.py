@@ -193,26 +193,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def test_disk_full_on_reports_names_the_path_and_keeps_the_metrics(ws, monkeypatch, capsys):
-    before = snapshot(ws.reports)
-    fail_writes_under(monkeypatch, ws.reports, errno.ENOSPC)
-    code = main(["--workspace", str(ws.root), "stage", "evaluate"])
+@pytest.mark.parametrize("folder, stage, errno_, named, message", [
+    ("reports", "evaluate", errno.ENOSPC, "reports", "No space left on device"),  # metrics kept
+    ("models", "train", errno.EACCES, "models/teacher", "Permission denied"),  # teacher kept
+])
+def test_a_failed_write_names_the_path_and_keeps_what_was_there(ws, monkeypatch, capsys, folder,
+                                                                stage, errno_, named, message):
+    before = snapshot(ws.root / folder)
+    fail_writes_under(monkeypatch, ws.root / folder, errno_)
+    code = main(["--workspace", str(ws.root), "stage", stage])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert str(ws.reports) in err and "No space left on device" in err
+    assert str(ws.root / named) in err and message in err
     monkeypatch.undo()
-    assert snapshot(ws.reports) == before  # every report as it was, no temp files
-
-
-def test_read_only_models_names_the_path_and_keeps_the_teacher(ws, monkeypatch, capsys):
-    before = snapshot(ws.models)
-    fail_writes_under(monkeypatch, ws.models, errno.EACCES)
-    code = main(["--workspace", str(ws.root), "stage", "train"])
-    err = capsys.readouterr().err
-    assert code == 1, err
-    assert str(ws.model_dir("teacher")) in err and "Permission denied" in err
-    monkeypatch.undo()
-    assert snapshot(ws.models) == before
+    assert snapshot(ws.root / folder) == before  # every file as it was, no temp files
 
 
 def test_disk_full_on_data_keeps_the_dataset(ws, digits, tmp_path, monkeypatch, capsys):
