@@ -90,12 +90,11 @@ def launch(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None
            checkpoint_key: str = ""):
     """Train with train.distributed.world_size processes; returns (model, card, history) like
     train_model. `cfg` is resolved (tasks.train.adapt.resolve_train), `augment` its augmentation."""
-    from nets import build_model
-    from tasks.train.adapt import model_options
+    from tasks.train.model import build_teacher
 
     result = run_job(train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
-    model = build_model(cfg.model, in_shape, len(classes), **model_options(cfg, in_shape))
+    model = build_teacher(cfg, in_shape, len(classes))[0]
     model.load_state_dict(result["state"])
     return model.eval(), result["card"], result["history"]
 

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from evergreen.config import TrainConfig
-from nets import build_model
-from tasks.train.adapt import model_options, resolve_precision, resolve_train
+from tasks.train.adapt import resolve_precision, resolve_train
 from tasks.train.loop import fit
+from tasks.train.model import build_teacher, teacher_card
 from tasks.train.replica import resolve_backend
 from tasks.train.settings import FitSettings
 
@@ -33,9 +32,7 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
     """
     cfg, augment, decided = resolve_train(cfg, train, classes)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
-    options = model_options(cfg, in_shape)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_shape, len(classes), **options)
+    model, options = build_teacher(cfg, in_shape, len(classes), cfg.seed)
     distributed = cfg.distributed.world_size > 1 or cfg.distributed.backend == "nccl"
     gpu = distributed and resolve_backend(cfg.distributed.backend) == "nccl"
     precision, decided["precision_why"] = resolve_precision(cfg.precision, model, in_shape, gpu)
@@ -52,10 +49,7 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
         return model, {**card, "auto": decided}, history
     model, history = fit(model, train, val, norm, FitSettings.from_train(cfg, augment),
                          checkpoint=checkpoint, checkpoint_key=checkpoint_key, on_epoch=on_epoch)
-    card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape),
-            "classes": classes, "mean": norm[0], "std": norm[1], "training": {"world_size": 1},
-            "auto": decided}
-    return model, card, history
+    return model, {**teacher_card(cfg, options, in_shape, classes, norm, 1), "auto": decided}, history
 
 
 def describe_augment(record: dict) -> str:

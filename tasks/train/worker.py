@@ -40,13 +40,12 @@ import torch.distributed as dist
 
 from evergreen.config import TrainConfig
 from evergreen.errors import EvergreenError
-from nets import build_model
-from tasks.train.adapt import model_options
 from tasks.train.augment import Augment
 from tasks.train.launcher import threads_per_rank
 from tasks.train.loop import fit
 from tasks.train.loopback import LOOPBACK_ENV, bind_stores_to_loopback
 from tasks.train.losses import cross_entropy_loss
+from tasks.train.model import build_teacher, teacher_card
 from tasks.train.replica import Replica, resolve_backend
 from tasks.train.settings import FitSettings
 
@@ -113,9 +112,7 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
     replica.amp = replica.amp and cfg.precision != "fp32"
     settings.threads = threads_per_rank(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     in_shape = tuple(int(d) for d in train[0].shape[1:])
-    options = model_options(cfg, in_shape)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_shape, len(classes), **options)
+    model, options = build_teacher(cfg, in_shape, len(classes), cfg.seed)
     counter = [0, 0]
     loss_fn = counting_loss(cross_entropy_loss, replica, -(-len(train[0]) // cfg.batch_size), counter)
     start = time.perf_counter()
@@ -128,8 +125,7 @@ def run_worker(replica: Replica, job: dict) -> dict | None:
              images, seconds, replica.world, images / seconds, images / seconds / replica.world)
     if not replica.leader:
         return None
-    card = {"arch": cfg.model, "options": options, "in_shape": list(in_shape), "classes": classes,
-            "mean": norm[0], "std": norm[1], "training": {"world_size": replica.world}}
+    card = teacher_card(cfg, options, in_shape, classes, norm, replica.world)
     return {"card": card, "history": history, "model": model,
             "throughput": {"images": images, "seconds": seconds, "world_size": replica.world}}
 
