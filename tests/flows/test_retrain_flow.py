@@ -44,7 +44,7 @@ def register_teacher_as_champion(ws, cfg):
     entry = {"version": version, "verdict": "promoted", "reasons": [], "gates": [], "time": now(),
              "run_id": "fixture", "role": "teacher", "arch": card["arch"], "params_hash": "p",
              "metrics": {"accuracy": accuracy, "f1_macro": accuracy}, "champion_before": None,
-             "data_version": dvcfile.data_version(ws.root), "lineage": data_lineage(ws, cfg)}
+             "data_version": dvcfile.data_version(ws.root), "lineage": data_lineage(ws, cfg.preprocess)}
     save_registry(ws.registry, record(registry, entry, True, "fixture champion"))
 
 
