@@ -133,7 +133,7 @@ def tar_symlink_out(tmp_path, digits):
 
 
 def bomb_png(tmp_path, digits):
-    from tests.tasks.test_readers import png_claiming
+    from tests.tasks.ingest.helpers import png_claiming
 
     root = tmp_path / "src" / "0"
     root.mkdir(parents=True)

@@ -91,3 +91,19 @@ def test_bad_batch_is_quarantined_and_dataset_kept(ran_twice, tmp_path, digits, 
     quarantined = list(ws.quarantine.iterdir())
     assert len(quarantined) == 1 and (quarantined[0] / "reasons.txt").exists()
     assert dvcfile.stage_is_current(ws.root, "preprocess")
+
+
+def test_crashed_training_is_retried_but_user_errors_are_not():
+    from types import SimpleNamespace
+
+    from evergreen.errors import BadInputError, TrainingCrashedError
+    from flows.training import transient
+
+    def state(exc):
+        def result():
+            raise exc
+        return SimpleNamespace(result=result)
+
+    assert transient(None, None, state(TrainingCrashedError("rank 1 killed")))
+    assert transient(None, None, state(OSError("connection reset")))
+    assert not transient(None, None, state(BadInputError("bad.png: not an image")))

@@ -1,4 +1,4 @@
-"""Ingest stage: dedupe and content-addressed batches (readers: tests/tasks/test_readers.py)."""
+"""Ingest stage: dedupe and content-addressed batches (readers: tests/tasks/ingest/)."""
 
 from types import SimpleNamespace
 
@@ -36,7 +36,7 @@ def tiny_idx(tmp_path, tiny_batch):
     return folder
 
 
-# --- reading sources: see tests/tasks/test_readers.py -----------------------------------
+# --- reading sources: see tests/tasks/ingest/ -----------------------------------
 
 def test_nonexistent_source_is_bad_input(tmp_path):
     missing = tmp_path / "nowhere"
