@@ -16,9 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from evergreen import dvcfile
-from evergreen.config import Config, load_config
+from evergreen.config import Config
 from evergreen.workspace import Workspace, read_json
-from flows.training import ingest_task, run_pipeline_stages
+from flows.training import ingest_task, run_pipeline_stages, start_run
 from mains.gan import (
     GAN_VERSIONS,
     champion_extractor,
@@ -100,9 +100,7 @@ def gan_summary(report: dict, outcome: dict) -> str:
 def gan_pipeline(workspace: str, data: str | None = None,
                  overrides: list[str] | None = None) -> dict:
     """ingest -> validate -> preprocess -> train_gan -> evaluate_gan -> promote_gan."""
-    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
-    dvcfile.init_workspace(ws)
-    cfg = load_config(ws.params, overrides)
+    ws, overrides, cfg = start_run(workspace, overrides)
     landed = ingest_task(ws, cfg, data)
     stages = data_stages(ws, cfg, landed, overrides)
     found = champion_extractor(ws)

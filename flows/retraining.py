@@ -28,6 +28,7 @@ from flows.training import (
     promote_task,
     run_stage,
     run_stage_loop,
+    start_run,
     task_options,
     train_task,
 )
@@ -102,9 +103,7 @@ def run_pipeline(ws: Workspace, cfg: Config, overrides: list[str], plan: dict,
 @flow(name="continual-retraining")
 def continual_retraining(workspace: str, overrides: list[str] | None = None) -> dict:
     """Retrain on the batches landed since the champion's data; gate the challenger."""
-    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
-    dvcfile.init_workspace(ws)
-    cfg = load_config(ws.params, overrides)
+    ws, overrides, cfg = start_run(workspace, overrides)
     plan = retrain_plan(ws, cfg)
     if not plan["new"] or plan["repeat_of"]:
         result = nothing_new(plan)

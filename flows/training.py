@@ -205,13 +205,19 @@ def run_pipeline_stages(ws: Workspace, cfg: Config, landed: dict, overrides: lis
     return run_stage_loop(ws, cfg, overrides, wanted, quarantine_landed(ws, landed))
 
 
+def start_run(workspace: str, overrides: list[str] | None) -> tuple[Workspace, list[str], Config]:
+    """The workspace (git and DVC set up, default params.yaml where none) and its params with
+    this run's overrides: how every flow starts."""
+    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
+    dvcfile.init_workspace(ws)
+    return ws, overrides, load_config(ws.params, overrides)
+
+
 @flow(name="training-pipeline")
 def training_pipeline(workspace: str, data: str | None = None,
                       overrides: list[str] | None = None) -> dict:
     """ingest -> validate -> preprocess -> train -> compress -> evaluate -> promote."""
-    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
-    dvcfile.init_workspace(ws)
-    cfg = load_config(ws.params, overrides)
+    ws, overrides, cfg = start_run(workspace, overrides)
     landed = ingest_task(ws, cfg, data)
     stages = run_pipeline_stages(ws, cfg, landed, overrides, [name for name, _ in PIPELINE])
     outcome = promote_task(ws, cfg, dvcfile.data_version(ws.root))

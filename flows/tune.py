@@ -12,7 +12,6 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from prefect import flow, task
@@ -28,7 +27,7 @@ from evergreen.workspace import (
     write_csv,
     write_json,
 )
-from flows.training import ingest_task, run_pipeline_stages
+from flows.training import ingest_task, run_pipeline_stages, start_run
 from mains.processed import load_split
 from tasks.tune import (
     OBJECTIVE,
@@ -204,9 +203,7 @@ def tune_flow(workspace: str, data: str | None = None, overrides: list[str] | No
     """ingest -> validate -> preprocess -> trials (one task run each) -> best params written."""
     from optuna.trial import TrialState
 
-    ws, overrides = Workspace(Path(workspace)), list(overrides or [])
-    dvcfile.init_workspace(ws)
-    cfg = load_config(ws.params, overrides)
+    ws, overrides, cfg = start_run(workspace, overrides)
     space = parse_space(cfg.tune.space, cfg, str(ws.params) + (" with --set" if overrides else ""))
     landed = ingest_task(ws, cfg, data)
     stages = run_pipeline_stages(ws, cfg, landed, overrides, ["validate", "preprocess"])
