@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from evergreen.config import CompressConfig, SelectConfig, params_hash
-from evergreen.workspace import Workspace, write_csv, write_json
+from evergreen.workspace import Workspace, atomic_write_bytes, write_csv, write_json
 from mains.processed import checkpoint_for, load_split
 
 log = logging.getLogger("evergreen.stages")
@@ -99,14 +99,14 @@ def write_report(ws: Workspace, rows: list[dict], selected: str | None, reason: 
                  skipped: dict[str, str], section: CompressConfig, ratio_why: dict) -> None:
     """reports/compression.json and the Pareto figure."""
     from tasks.compress import distillation_gain, pruned_name
-    from tasks.pareto import plot_pareto
+    from tasks.pareto import pareto_png
 
     write_json(ws.reports / "compression.json",
                {"variants": rows, "selected": selected, "reason": reason,
                 "budget": section.select.model_dump(), "skipped": skipped,
                 "prune_ratios": {pruned_name(r): why for r, why in ratio_why.items()},
                 "distillation_gain": distillation_gain(rows)})
-    plot_pareto(rows, selected, ws.reports / "figures" / "pareto.png")
+    atomic_write_bytes(ws.reports / "figures" / "pareto.png", pareto_png(rows, selected))
 
 
 def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | None,
@@ -128,7 +128,7 @@ def save_student(ws: Workspace, variants: dict, not_trained: str | None) -> None
     import shutil
 
     from nets.io import save_model
-    from tasks.plots import plot_history
+    from tasks.plots import history_png
 
     shutil.rmtree(ws.model_dir("student"), ignore_errors=True)
     if not_trained is None:
@@ -141,4 +141,4 @@ def save_student(ws: Workspace, variants: dict, not_trained: str | None) -> None
         history = tuned.history if tuned else []
         title = f"{tuned.name} fine-tune (no student trained)" if tuned else "no training in compress"
     write_csv(ws.reports / "plots" / "compress.csv", history)
-    plot_history(history, ws.reports / "figures" / "compress_curves.png", title)
+    atomic_write_bytes(ws.reports / "figures" / "compress_curves.png", history_png(history, title))

@@ -9,9 +9,9 @@ from mains.processed import load_split, read_meta
 
 def run_evaluate(ws: Workspace, section: EvaluateConfig, candidate: str) -> dict:
     """Every model on the test split beside the null model; metrics and figures of the candidate."""
+    from mains.figures import write_evaluation_plots, write_prediction_plots
     from nets.io import load_model, model_file
     from tasks.evaluate import evaluate_model, null_model, predict_proba
-    from tasks.plots import write_evaluation_plots, write_prediction_plots
     from tasks.promote import summary_row
 
     meta = read_meta(ws)

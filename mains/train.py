@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.config import RetrainConfig, TrainConfig, params_hash
-from evergreen.workspace import Workspace, write_csv
+from evergreen.workspace import Workspace, atomic_write_bytes, write_csv
 from mains.processed import checkpoint_for, load_split, read_meta
 
 
@@ -62,11 +62,11 @@ def save_teacher(ws: Workspace, model, card: dict, history: list[dict], title: s
                  checkpoint: Path) -> None:
     """models/teacher, its training curves (CSV and figure); the epoch checkpoint goes."""
     from nets.io import save_model
-    from tasks.plots import plot_history
+    from tasks.plots import history_png
 
     save_model(model, card, ws.model_dir("teacher"))
     write_csv(ws.reports / "plots" / "train.csv", history)
-    plot_history(history, ws.reports / "figures" / "train_curves.png", title)
+    atomic_write_bytes(ws.reports / "figures" / "train_curves.png", history_png(history, title))
     checkpoint.unlink(missing_ok=True)
 
 

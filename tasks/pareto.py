@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from evergreen.workspace import atomic_write_bytes
-
 
 def pareto_front(rows: list[dict]) -> set[str]:
     """Names of the variants no other variant beats on both accuracy and latency."""
@@ -16,11 +12,11 @@ def pareto_front(rows: list[dict]) -> set[str]:
     return {r["name"] for r in rows if not beaten(r)}
 
 
-def plot_pareto(rows: list[dict], selected: str | None, path: Path) -> None:
+def pareto_png(rows: list[dict], selected: str | None) -> bytes:
     """Test accuracy vs batch-1 latency; marker area grows with file size; the front is joined."""
-    from tasks.plots import _figure_bytes, _pyplot
+    from tasks.plots import figure_png, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     biggest = max(r["size_bytes"] for r in rows)
     for r in rows:
@@ -38,7 +34,7 @@ def plot_pareto(rows: list[dict], selected: str | None, path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title(f"compression variants (red: int8; outlined: selected {selected or 'none'})")
     ax.legend(loc="lower right")
-    atomic_write_bytes(path, _figure_bytes(fig))
+    return figure_png(fig)
 
 
 def pareto_markdown(report: dict) -> str:

@@ -1,15 +1,14 @@
-"""Plots and plot data for the reports (matplotlib, Agg; imported only when drawing)."""
+"""Plots and plot data for the reports, as PNG and CSV bytes (matplotlib, Agg; imported only
+when drawing); mains/ writes them."""
 
 from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
-
-from evergreen.workspace import atomic_write_bytes
 
 
-def _figure_bytes(fig) -> bytes:
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -18,7 +17,8 @@ def _figure_bytes(fig) -> bytes:
     return buf.getvalue()
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,9 +27,9 @@ def _pyplot():
     return plt
 
 
-def plot_history(history: list[dict], path: Path, title: str) -> None:
+def history_png(history: list[dict], title: str) -> bytes:
     """Training curves: loss (train, val) and validation accuracy per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train loss")
@@ -40,11 +40,11 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("val accuracy")
     fig.suptitle(title)
-    atomic_write_bytes(path, _figure_bytes(fig))
+    return figure_png(fig)
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    plt = _pyplot()
+def confusion_png(matrix: list[list[int]], classes: list[str], title: str) -> bytes:
+    plt = pyplot()
     size = max(4.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -59,7 +59,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
                 ax.text(j, i, n, ha="center", va="center", fontsize=8,
                         color="white" if n > peak / 2 else "black")
     ax.set_title(title)
-    atomic_write_bytes(path, _figure_bytes(fig))
+    return figure_png(fig)
 
 
 def confusion_rows(matrix: list[list[int]], classes: list[str]) -> bytes:
@@ -71,13 +71,6 @@ def confusion_rows(matrix: list[list[int]], classes: list[str]) -> bytes:
         for j, n in enumerate(row):
             writer.writerows([[classes[i], classes[j]]] * n)
     return buf.getvalue().encode()
-
-
-def write_evaluation_plots(reports: Path, metrics: dict, classes: list[str]) -> None:
-    matrix = metrics["confusion_matrix"]
-    atomic_write_bytes(reports / "plots" / "confusion.csv", confusion_rows(matrix, classes))
-    plot_confusion(matrix, classes, reports / "figures" / "confusion_matrix.png",
-                   f"candidate confusion matrix (accuracy {metrics['accuracy']:.4f})")
 
 
 def roc_curves(y, proba, n_classes: int) -> dict[int, tuple]:
@@ -112,11 +105,11 @@ def roc_rows(y, proba, curves: dict[int, tuple], points: int = 101) -> bytes:
     return buf.getvalue().encode()
 
 
-def plot_roc(curves: dict[int, tuple], classes: list[str], path: Path, title: str) -> None:
+def roc_png(curves: dict[int, tuple], classes: list[str], title: str) -> bytes:
     """Per-class one-vs-rest ROC curves, AUC in the legend; a log FPR axis keeps good ones apart."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
     floor = 1e-3  # FPR 0 drawn at the axis' left edge
@@ -135,7 +128,7 @@ def plot_roc(curves: dict[int, tuple], classes: list[str], path: Path, title: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2 if len(curves) > 10 else 1)
     ax.set_title(title)
-    atomic_write_bytes(path, _figure_bytes(fig))
+    return figure_png(fig)
 
 
 def pick_samples(y, pred, count: int) -> list[int]:
@@ -148,11 +141,11 @@ def pick_samples(y, pred, count: int) -> list[int]:
     return [*wrong[:n_wrong].tolist(), *right[:count - n_wrong].tolist()]
 
 
-def plot_predictions(x, y, proba, classes: list[str], path: Path, count: int = 32) -> None:
+def predictions_png(x, y, proba, classes: list[str], count: int = 32) -> bytes:
     """A grid of test images titled `actual → predicted (p)`; misclassified ones in red first."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     pred = proba.argmax(1)
     picks = pick_samples(np.asarray(y), pred, min(count, len(y)))
     cols = 8
@@ -170,13 +163,4 @@ def plot_predictions(x, y, proba, classes: list[str], path: Path, count: int = 3
     wrong = int((pred != np.asarray(y)).sum())
     fig.suptitle(f"test predictions (actual→predicted): {wrong} of {len(y)} misclassified, "
                  "shown first in red", fontsize=9)
-    atomic_write_bytes(path, _figure_bytes(fig))
-
-
-def write_prediction_plots(reports: Path, test: tuple, proba, classes: list[str]) -> None:
-    """Per-class ROC (PNG and DVC plot data) and the sample-prediction grid of the candidate."""
-    x, y = test
-    curves = roc_curves(y, proba, len(classes))
-    atomic_write_bytes(reports / "plots" / "roc.csv", roc_rows(y, proba, curves))
-    plot_roc(curves, classes, reports / "figures" / "roc.png", "candidate ROC, one-vs-rest (test)")
-    plot_predictions(x, y, proba, classes, reports / "figures" / "predictions.png")
+    return figure_png(fig)

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from tasks.plots import pick_samples, roc_curves, roc_rows, write_prediction_plots
+from mains.figures import write_prediction_plots
+from tasks.plots import pick_samples, roc_curves, roc_rows
 from tasks.run_page import FIGURES, render_run_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -112,14 +113,15 @@ def test_write_run_report_reads_the_workspace(tmp_path):
 
 def write_plot_inputs(reports, digits):
     """Every file dvc.yaml declares as a plot, from the real plot writers."""
-    from evergreen.workspace import write_csv
-    from tasks.plots import plot_history, write_evaluation_plots
+    from evergreen.workspace import atomic_write_bytes, write_csv
+    from mains.figures import write_evaluation_plots
+    from tasks.plots import history_png
 
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_acc": 1 - 0.1 / e, "lr": 0.01}
                for e in range(1, 4)]
     for stage in ("train", "compress"):
         write_csv(reports / "plots" / f"{stage}.csv", history)
-        plot_history(history, reports / "figures" / f"{stage}_curves.png", stage)
+        atomic_write_bytes(reports / "figures" / f"{stage}_curves.png", history_png(history, stage))
     (reports / "figures" / "pareto.png").write_bytes((reports / "figures" / "train_curves.png").read_bytes())
     y, proba = fake_predictions()
     from sklearn.metrics import confusion_matrix
