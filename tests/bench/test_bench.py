@@ -157,3 +157,21 @@ def test_bench_quick_smoke(tmp_path):
     assert not errors, errors
     assert rows["train_throughput_vs_plain_loop"]["value"] > 0
     assert rows["pipeline_overhead"]["value"] < 1 and rows["peak_rss"]["value"] > 50
+
+
+def test_shard_format_comparison_round_trips_npy_shards(tmp_path, monkeypatch):
+    """bench/shard_formats: several shards, every sample read in order, random reads exact."""
+    import numpy as np
+
+    from bench import shard_formats
+
+    monkeypatch.setattr(shard_formats, "SHARD_BYTES", 10 * 3 * 4 * 4)  # 10 images per shard
+    x = np.random.default_rng(0).integers(0, 256, (45, 3, 4, 4), dtype=np.uint8)
+    y = np.arange(45) % 7
+    row = shard_formats.measure("npy shards (mmap)", x, y, tmp_path)
+    assert row["samples"] == 45 and row["files"] == 2 * 5 + 1  # 5 shards of x and y, manifest
+    maps, bounds = shard_formats.npy_open(tmp_path / "npy")
+    idx = np.array([0, 9, 10, 44])
+    got = [maps[int(np.searchsorted(bounds, i, side="right") - 1)][0][i - bounds[
+        int(np.searchsorted(bounds, i, side="right") - 1)]] for i in idx]
+    assert np.array_equal(np.stack(got), x[idx])
