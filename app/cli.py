@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         ws = resolve_workspace(args.workspace)
-        if getattr(args, "overrides", None):  # a bad --set fails before a command loads Prefect
+        if hasattr(args, "overrides"):  # bad params or --set fail before a command loads Prefect
             from evergreen.config import load_config
 
             load_config(ws.params, args.overrides)

@@ -18,9 +18,6 @@ RUN_MODULES = ("prefect.flow_engine", "prefect.task_engine", "pandas", "great_ex
 
 def cmd_run(args, ws) -> int:
     from app.printing import print_outcome
-    from evergreen.config import load_config
-
-    load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
     from app.temporary_api import temporary_api
 
     with temporary_api() as ready:
@@ -84,9 +81,6 @@ def cmd_stage(args, ws) -> int:
 
 
 def cmd_gan(args, ws) -> int:
-    from evergreen.config import load_config
-
-    load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
     from app.temporary_api import temporary_api
 
     with temporary_api() as ready:
@@ -168,9 +162,6 @@ def cmd_serve(args, ws) -> int:
 
 def cmd_retrain(args, ws) -> int:
     from app.printing import print_retrain
-    from evergreen.config import load_config
-
-    load_config(ws.params, args.overrides)  # fail fast, before Prefect starts a server
     from app.temporary_api import temporary_api
 
     with temporary_api() as ready:

@@ -87,6 +87,10 @@ def root_handlers():
     its handler does not write into a later test's captured (closed) stream."""
     import logging
 
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()  # Prefect's own handlers exist before the snapshot, so they are kept
+
     before = logging.getLogger().handlers[:]
     yield
     logging.getLogger().handlers[:] = before
