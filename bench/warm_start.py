@@ -44,7 +44,7 @@ def measure_warm_vs_scratch(workspace: str, overrides: list[str] | None = None) 
     teacher, card = load_model(teacher_dir)
     train = load_split(ws, "train")
     old = champion_old_test(ws, load_registry(ws.registry))
-    return warm_vs_scratch(teacher, card, train, new_sample_mask(ws, train[0], plan["new"]),
+    return warm_vs_scratch(teacher, card, train, new_sample_mask(train[0], plan["new"]),
                            load_split(ws, "val"), old, cfg.train, cfg.retrain)
 
 

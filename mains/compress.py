@@ -10,6 +10,7 @@ from evergreen.workspace import Workspace, atomic_write_bytes, write_csv, write_
 from mains.processed import checkpoint_for, load_split
 
 log = logging.getLogger("evergreen.stages")
+PARITY_SAMPLES = 2048  # val images each ONNX export is checked against its torch model on
 
 
 class VariantShelf:
@@ -53,7 +54,7 @@ def run_compress(ws: Workspace, section: CompressConfig, candidate: str) -> dict
     for ratio, why in ratio_why.items():
         log.info("compress: %s: %s", pruned_name(ratio), why)
     rows, selected, reason, skipped = build_until_one_fits(
-        shelf, inputs, ccfg, candidate, calibration_batch(val, card, len(val[0]), 0))
+        shelf, inputs, ccfg, candidate, calibration_batch(val, card, min(len(val[0]), PARITY_SAMPLES), 0))
     save_selection(ws, shelf.out, rows, selected, reason)
     write_report(ws, rows, selected, reason, skipped, section, ratio_why)
     trained = "distilled" in shelf.variants

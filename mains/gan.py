@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from evergreen import dvcfile
 from evergreen.config import GanConfig, params_hash
 from evergreen.errors import EvergreenError
@@ -73,12 +71,13 @@ def run_gan_evaluate(ws: Workspace, section: GanConfig, extractor: Path, info: d
     """reports/gan.json (distance, floor, ceiling, coverage) and the sample grid."""
     from nets.gan import load_generator
     from nets.io import load_model
+    from tasks.data import join
     from tasks.gan import evaluate_generator, grid_samples, sample_grid_png
 
     g, card = load_generator(ws.root / GAN_DIR)
     classifier, clf_card = load_model(extractor)
     train = load_split(ws, "train")[0]
-    heldout = np.concatenate([load_split(ws, "val")[0], load_split(ws, "test")[0]])
+    heldout = join(load_split(ws, "val")[0], load_split(ws, "test")[0])
     report = evaluate_generator(g, classifier, clf_card, train, heldout, section)[0]
     report["feature_extractor"] = info
     report["generator"] = {"conditional": g.conditional, "options": card["options"]}

@@ -24,8 +24,9 @@ def run_ingest(ws: Workspace, section: IngestConfig, validate: ValidateConfig,
 
     With no source, the default one (digits) is ingested if the dataset is empty.
     """
-    from tasks.ingest import has_samples, land_batch, quarantine_candidate
+    from tasks.ingest import has_samples, land_batch, migrate_batches, quarantine_candidate
 
+    migrate_batches(ws.batches, section.shard_mb)
     if source is None:
         if has_samples(ws.batches):
             return {"batch_id": None, "added": 0, "source": None}
@@ -46,7 +47,7 @@ def run_ingest(ws: Workspace, section: IngestConfig, validate: ValidateConfig,
         failed = "\n  ".join(report.failures)
         raise DataValidationError(f"{shown(source)}: batch {candidate.batch_id} failed validation:\n  "
                                   f"{failed}\nquarantined in {where}; the dataset is unchanged")
-    land_batch(candidate, ws.batches)
+    land_batch(candidate, ws.batches, section.shard_mb)
     log.info("ingest %s: %d new samples (batch %s), %d repeated in the batch, %d already present, "
              "%d bad samples dropped", shown(source), len(candidate.batch), candidate.batch_id,
              candidate.repeats, candidate.present, len(candidate.rejected))
@@ -101,8 +102,9 @@ def quarantine_batch(ws: Workspace, batch_id: str, reason: str) -> str:
     """Move a landed batch out of the dataset into data/quarantine/<id>/ with its reasons."""
     target = ws.quarantine / batch_id
     target.mkdir(parents=True, exist_ok=True)
-    for path in ws.batches.glob(f"{batch_id}.*"):
-        path.replace(target / path.name)
+    for path in [*ws.batches.glob(f"{batch_id}.*"), ws.batches / batch_id]:
+        if path.exists():
+            path.replace(target / path.name)
     atomic_write_bytes(target / "reasons.txt", (reason + "\n").encode())
     report = ws.reports / "validation.json"
     if report.exists():

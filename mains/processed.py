@@ -1,34 +1,40 @@
-"""data/processed: the splits preprocess writes and every later stage reads, and the epoch
-checkpoints whose key ties them to that data."""
+"""data/processed: the index preprocess writes (each split's samples: batch, row, label) and
+every later stage reads, the images staying in the batches' shards; and the epoch checkpoints
+whose key ties them to that data."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import numpy as np
-
 from evergreen.config import params_hash
-from evergreen.workspace import Workspace, atomic_write_bytes, read_json, write_json
+from evergreen.workspace import Workspace, read_json, write_json
+
+INDEX = "index.npz"
 
 
 def save_processed(ws: Workspace, processed) -> None:
-    """Each split as data/processed/<name>.npz, and meta.json (classes, normalization, shape)."""
+    """index.npz (per split: store, row and label of each sample; the batches' names) and
+    meta.json (classes, normalization, shape and preprocess's figures)."""
+    from tasks.data.index import write_index
+
     out = ws.processed
     out.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in processed.splits.items():
-        buf = io.BytesIO()
-        np.savez_compressed(buf, x=x, y=y)
-        atomic_write_bytes(out / f"{name}.npz", buf.getvalue())
+    for stale in out.glob("*.npz"):  # the splits as pixel copies, before the index
+        if stale.name != INDEX:
+            stale.unlink()
+    sha = write_index(out / INDEX, processed.splits)
+    batches = [store.folder.name for store in processed.splits["train"][0].stores]
     write_json(out / "meta.json", {"classes": processed.classes, "mean": processed.mean,
                                    "std": processed.std, "in_shape": list(processed.in_shape),
-                                   **processed.info})
+                                   "batches": batches, "index_sha256": sha, **processed.info})
 
 
-def load_split(ws: Workspace, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, C, H, W) and int labels of one split."""
-    with np.load(ws.processed / f"{name}.npz", allow_pickle=False) as npz:
-        return npz["x"], npz["y"]
+def load_split(ws: Workspace, name: str):
+    """One split: its images (tasks.data.Images, read from the batches' shards on demand) and
+    int labels."""
+    from tasks.data.index import read_split
+
+    return read_split(ws.processed / INDEX, ws.batches, name)
 
 
 def read_meta(ws: Workspace) -> dict:

@@ -23,7 +23,8 @@ def run_train(ws: Workspace, section: TrainConfig, on_epoch=None) -> dict:
     start = time.perf_counter()
     model, card, history = train_model(train, load_split(ws, "val"),
                                        meta["classes"], (meta["mean"], meta["std"]), section,
-                                       checkpoint=ckpt, checkpoint_key=key, on_epoch=on_epoch)
+                                       checkpoint=ckpt, checkpoint_key=key, on_epoch=on_epoch,
+                                       root=ws.root)
     seconds = time.perf_counter() - start
     save_teacher(ws, model, card, history, f"teacher ({card['arch']})", ckpt)
     world = card.get("training", {}).get("world_size", 1)
@@ -43,7 +44,7 @@ def run_warm_train(ws: Workspace, section: TrainConfig, retrain: RetrainConfig, 
 
     teacher, card = load_model(teacher_dir)
     train, val = load_split(ws, "train"), load_split(ws, "val")
-    mixed, mix = replay_mix(train, new_sample_mask(ws, train[0], batch_ids),
+    mixed, mix = replay_mix(train, new_sample_mask(train[0], batch_ids),
                             retrain.replay_ratio, section.seed)
     ckpt, key = checkpoint_for(ws, "retrain", params_hash(retrain), params_hash(section),
                                file_sha256(teacher_dir / "model.safetensors"))
@@ -70,10 +71,7 @@ def save_teacher(ws: Workspace, model, card: dict, history: list[dict], title: s
     checkpoint.unlink(missing_ok=True)
 
 
-def new_sample_mask(ws: Workspace, x: np.ndarray, batch_ids: list[str]) -> np.ndarray:
-    """Which samples of `x` come from the given batches (by content hash)."""
-    from tasks.ingest import content_hash, read_metadata
-
-    meta = read_metadata(ws.batches)
-    fresh = set(meta.loc[meta["batch_id"].isin(batch_ids), "content_hash"])
-    return np.array([content_hash(img) in fresh for img in x], dtype=bool)
+def new_sample_mask(x, batch_ids: list[str]) -> np.ndarray:
+    """Which samples of a split's images (tasks.data.Images) come from the given batches."""
+    names = np.array([store.folder.name for store in x.stores])
+    return np.isin(names[x.store_of], batch_ids)

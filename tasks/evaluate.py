@@ -23,15 +23,17 @@ from torch import nn
 
 from evergreen.config import EvaluateConfig
 from nets.inputs import normalize
+from tasks.data import chunks
 
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, card: dict, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Class probabilities (N, classes) for uint8 images (N, C, H, W)."""
+    """Class probabilities (N, classes) for uint8 images (N, C, H, W): an array, or
+    tasks.data.Images read block by block."""
     model.eval()
-    inputs = normalize(torch.from_numpy(x), card["mean"], card["std"])
-    logits = torch.cat([model(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
-    return torch.softmax(logits, dim=1).numpy()
+    probs = [torch.softmax(model(normalize(torch.from_numpy(block), card["mean"], card["std"])),
+                           dim=1).numpy() for block in chunks(x, batch)]
+    return np.concatenate(probs) if probs else np.zeros((0, len(card["classes"])), np.float32)
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
@@ -158,7 +160,8 @@ def null_model(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.
     clf = LogisticRegression(max_iter=cfg.null_model_max_iter)
     clf.fit(flat(train[0][keep]), train[1][keep])
     proba = np.zeros((len(test[1]), len(classes)))
-    proba[:, clf.classes_] = clf.predict_proba(flat(test[0]))
+    proba[:, clf.classes_] = np.concatenate([clf.predict_proba(flat(block))
+                                             for block in chunks(test[0])])
     metrics = classification_metrics(test[1], proba, classes)
     return {"model": "logistic_regression", **metrics}, proba.argmax(1)
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from evergreen.config import PreprocessConfig
 from evergreen.errors import BadInputError
+from tasks.data import Images, chunks, subset
 
 log = logging.getLogger("evergreen.preprocess")
 SPLITS = ("train", "val", "test")
@@ -21,7 +22,7 @@ SPLITS = ("train", "val", "test")
 class Processed:
     """Splits as uint8 pixels and integer labels, plus what travels with the model."""
 
-    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    splits: dict[str, tuple[Images | np.ndarray, np.ndarray]]  # images are read on demand
     classes: list[str]
     mean: list[float]  # per channel, pixels scaled to [0, 1]
     std: list[float]
@@ -66,15 +67,21 @@ def deduplicate(meta: pd.DataFrame) -> tuple[np.ndarray, int, int]:
     return np.flatnonzero(keep.to_numpy()), int((~first).sum()), len(conflicted)
 
 
-def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 pixels (N, C, H, W), scaled to [0, 1]."""
-    scaled = x.astype(np.float64) / 255.0
-    mean = scaled.mean(axis=(0, 2, 3))
-    std = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-6)
+def channel_stats(x: Images | np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 pixels (N, C, H, W), scaled to [0, 1]: one pass in
+    chunks, from exact per-channel histograms, so memory does not grow with the split."""
+    hist = np.zeros((x.shape[1], 256), np.int64)
+    for block in chunks(x):
+        for c in range(x.shape[1]):
+            hist[c] += np.bincount(block[:, c].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    n = hist.sum(axis=1)
+    mean = hist @ values / n
+    std = np.maximum(np.sqrt(np.maximum(hist @ values**2 / n - mean**2, 0.0)), 1e-6)
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
 
-def preprocess(x: np.ndarray, labels: np.ndarray, meta: pd.DataFrame,
+def preprocess(x: Images | np.ndarray, labels: np.ndarray, meta: pd.DataFrame,
                cfg: PreprocessConfig) -> Processed:
     """Deduplicate, split each sample by hash, compute train-only normalization."""
     keep, repeats, conflicts = deduplicate(meta)
@@ -82,11 +89,11 @@ def preprocess(x: np.ndarray, labels: np.ndarray, meta: pd.DataFrame,
         log.info("dropped %d repeated samples and %d hashes with conflicting labels",
                  repeats, conflicts)
     assign, grouping = assign_splits(meta, keep, cfg)
-    x, labels = x[keep], labels[keep]
+    x, labels = subset(x, keep), labels[keep]
     classes = sort_classes(labels)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[str(c)] for c in labels], dtype=np.int64)
-    splits = {s: (x[assign == s], y[assign == s]) for s in SPLITS}
+    splits = {s: (subset(x, np.flatnonzero(assign == s)), y[assign == s]) for s in SPLITS}
     for name, (xs, _) in splits.items():
         if len(xs) == 0:
             raise BadInputError(f"preprocess: the {name} split is empty ({len(x)} samples); "

@@ -20,6 +20,7 @@ from evergreen.config import (
     RetrainConfig,
     TrainConfig,
 )
+from tasks.data import subset
 from tasks.promote import paired_summary
 
 if TYPE_CHECKING:  # imported where a table is read: a no-op run never needs it
@@ -31,10 +32,15 @@ Split = tuple[np.ndarray, np.ndarray]  # uint8 (N, C, H, W) pixels, labels (int 
 # --- which batches are new --------------------------------------------------------------
 
 def landed_batches(batches_dir: Path) -> list[str]:
-    """Ids of the batches in the dataset (metadata and shard both present), sorted."""
+    """Ids of the batches in the dataset (metadata and pixels both present), sorted."""
     if not batches_dir.exists():
         return []
-    return sorted(p.stem for p in batches_dir.glob("*.csv") if p.with_suffix(".npz").exists())
+    return sorted(p.stem for p in batches_dir.glob("*.csv") if has_pixels(batches_dir, p.stem))
+
+
+def has_pixels(batches_dir: Path, batch_id: str) -> bool:
+    """Its shards, or the packed .npz of a batch landed before shards (migrated on next run)."""
+    return (batches_dir / batch_id).is_dir() or (batches_dir / f"{batch_id}.npz").exists()
 
 
 def new_batches(landed: list[str], champion_batches: list[str]) -> list[str]:
@@ -55,15 +61,17 @@ def batches_of_version(root: Path, data_version: str | None) -> list[str] | None
                   if e["relpath"].endswith(".csv"))
 
 
-def read_batch(batches_dir: Path, batch_id: str,
-               meta: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """One batch: pixels, labels (str) and its metadata rows (from `meta` when given)."""
+def read_batch(batches_dir: Path, batch_id: str, meta: pd.DataFrame | None = None):
+    """One batch: its images (tasks.data.Images, read on demand), labels (str) and metadata
+    rows (from `meta` when given)."""
+    from tasks.data import Images
     from tasks.ingest import read_metadata
+    from tasks.ingest.batches import batch_images
 
-    with np.load(batches_dir / f"{batch_id}.npz", allow_pickle=False) as npz:
-        x, labels = npz["x"], npz["labels"].astype(str)
     meta = read_metadata(batches_dir) if meta is None else meta
-    return x, labels, meta[meta["batch_id"] == batch_id].reset_index(drop=True)
+    rows = meta[meta["batch_id"] == batch_id].reset_index(drop=True)
+    _, stores, store_of, index = batch_images(batches_dir, rows)
+    return Images(stores, store_of, index), rows["label"].to_numpy(str), rows
 
 
 def split_of_batches(batches_dir: Path, batch_ids: list[str], cfg: PreprocessConfig,
@@ -73,22 +81,20 @@ def split_of_batches(batches_dir: Path, batch_ids: list[str], cfg: PreprocessCon
     A sample's split is a function of its content hash (or group) and cfg, so this is the champion's
     old test split whenever its batches are still in the dataset (None when none are).
     """
-    import pandas as pd
-
+    from tasks.data import Images
     from tasks.ingest import read_metadata
+    from tasks.ingest.batches import batch_images
     from tasks.preprocess import assign_splits, deduplicate
 
-    present = [b for b in batch_ids if (batches_dir / f"{b}.npz").exists()]
+    present = set(b for b in batch_ids if (batches_dir / b).is_dir())
     if not present:
         return None
     everything = read_metadata(batches_dir)
-    parts = [read_batch(batches_dir, b, everything) for b in present]
-    x = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    meta = pd.concat([p[2] for p in parts], ignore_index=True)
+    meta = everything[everything["batch_id"].isin(present)].reset_index(drop=True)
+    _, stores, store_of, rows = batch_images(batches_dir, meta)
     keep, _, _ = deduplicate(meta)
-    chosen = assign_splits(meta, keep, cfg)[0] == split
-    return x[keep][chosen], labels[keep][chosen]
+    chosen = keep[assign_splits(meta, keep, cfg)[0] == split]
+    return Images(stores, store_of[chosen], rows[chosen]), meta["label"].to_numpy(str)[chosen]
 
 
 # --- label noise ------------------------------------------------------------------------
@@ -144,7 +150,7 @@ def replay_mix(train: Split, is_new: np.ndarray, ratio: float, seed: int) -> tup
     keep = np.sort(np.concatenate([new_idx, replay])) if len(new_idx) else np.arange(len(is_new))
     info = {"new_samples": int(len(new_idx)), "replay_samples": int(len(keep) - len(new_idx)),
             "old_available": int(len(old_idx)), "replay_ratio": ratio}
-    return (train[0][keep], train[1][keep]), info
+    return (subset(train[0], keep), train[1][keep]), info
 
 
 def warm_start_plan(cfg: RetrainConfig, train_cfg: TrainConfig, card: dict | None,

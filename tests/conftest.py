@@ -138,6 +138,12 @@ def write_idx_pair(folder: Path, x: np.ndarray, labels: np.ndarray, gz: bool = F
     return img_path, lab_path
 
 
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under folder (a batch is a folder of shards beside its table), by path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
 def copy_workspace(ws: Workspace, tmp_path: Path) -> Workspace:
     """A private copy of a (module-scoped) prepared workspace, for a test that changes it."""
     from evergreen.workspace import Workspace

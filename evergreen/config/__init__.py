@@ -23,6 +23,7 @@ from evergreen.config.train import (
     CnnConfig,
     DistributedConfig,
     EarlyStoppingConfig,
+    FeedConfig,
     ProgressiveConfig,
     TrainConfig,
     VitConfig,
@@ -31,7 +32,7 @@ from evergreen.config.tune import TuneConfig
 
 __all__ = [
     "SECTIONS", "AugmentConfig", "BudgetConfig", "CnnConfig", "CompressConfig", "Config",
-    "DistributedConfig", "EarlyStoppingConfig", "EvaluateConfig", "GanConfig", "IngestConfig",
+    "DistributedConfig", "EarlyStoppingConfig", "EvaluateConfig", "FeedConfig", "GanConfig", "IngestConfig",
     "PreprocessConfig", "ProgressiveConfig", "PromoteConfig", "PruneConfig", "QuantizeConfig",
     "RetrainConfig", "SelectConfig", "Section", "ServeConfig", "TrainConfig", "TuneConfig",
     "UiConfig", "ValidateConfig", "VitConfig", "WatchConfig", "apply_overrides",

@@ -46,6 +46,8 @@ class IngestConfig(Section):
                                   description="longest read of one file; 0 = none")
     max_archive_bytes: int = Field(2_000_000_000, ge=1, description="uncompressed archive cap")
     max_archive_members: int = Field(1_000_000, ge=1)
+    shard_mb: int = Field(128, ge=1, le=4096, description="a landed batch's pixels go to .npy "
+                          "shards of at most this many MB (DVC tracks shards, not images)")
 
     @model_validator(mode="before")
     @classmethod

@@ -111,6 +111,24 @@ class DistributedConfig(Section):
         return self.nproc_per_node * self.nnodes
 
 
+class FeedConfig(Section):
+    """How training reads the data: the order (tasks.data.sampler), the readers and the
+    checkpoints inside an epoch."""
+
+    shuffle_window: int = Field(8192, ge=1, description="samples shuffled together inside a "
+                                "stream (a block shuffle over shards stored in random order)")
+    streams: int = Field(8, ge=1, le=4096, description="contiguous parts of each epoch's order "
+                         "read side by side; every global batch draws from all of them, and a "
+                         "distributed rank reads its own. The order is the same for every world "
+                         "size that divides it")
+    loader_workers: Literal["auto"] | Annotated[int, Field(ge=0, le=64)] = Field(
+        "auto", description="DataLoader processes reading batches; auto: none on 2 cores or "
+        "fewer, else a quarter of the cores (at most 4)")
+    checkpoint_every_s: float = Field(
+        120.0, ge=0.0, description="a checkpoint inside an epoch this often (0: after every "
+        "batch), so a killed run resumes at the sample it reached")
+
+
 class TrainConfig(Section):
     """The teacher's training run."""
 
@@ -138,6 +156,7 @@ class TrainConfig(Section):
     cnn: CnnConfig = Field(default_factory=CnnConfig)
     vit: VitConfig = Field(default_factory=VitConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    feed: FeedConfig = Field(default_factory=FeedConfig)
 
     @model_validator(mode="after")
     def _resizable(self) -> TrainConfig:

@@ -1,9 +1,12 @@
-"""Out-of-core data (issue 19, in progress): fixed-size memory-mapped .npy shards with a
-manifest, and a deterministic, resumable block-shuffle order over them for any world size.
-BENCHMARKS.md says why this format and not a streaming library. Not yet wired into the stages.
-"""
+"""Out-of-core data: images in fixed-size .npy shards with a manifest (shards), a split's images
+as an array-like that reads only what is indexed (images), and the deterministic, resumable
+block-shuffle order that ranks share (sampler). BENCHMARKS.md says why this format and not a
+streaming library."""
 
-from tasks.data.sampler import epoch_order, rank_share
-from tasks.data.shards import ShardStore, write_shards
+from tasks.data.images import CHUNK, Images, chunks, join, sample_positions, subset
+from tasks.data.sampler import epoch_order, rank_mask, streams_for
+from tasks.data.shards import ShardStore, ShardWriter, read_manifest, write_shards
 
-__all__ = ["ShardStore", "epoch_order", "rank_share", "write_shards"]
+__all__ = ["CHUNK", "Images", "ShardStore", "ShardWriter", "chunks", "epoch_order", "join", "rank_mask",
+           "read_manifest", "sample_positions", "streams_for", "subset",
+           "write_shards"]

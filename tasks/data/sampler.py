@@ -1,10 +1,15 @@
-"""The order samples are read in: a function of (shard counts, seed, epoch) alone.
+"""The order samples are read in: a function of (run lengths, seed, epoch, window, streams).
 
-Shards are visited in a seeded order and samples shuffled inside windows of `window` samples
-(a block shuffle: each window touches few shards, so reads stay near-sequential). The global
-order does not depend on the world size; rank r of W takes every W-th position from r, so the
-ranks partition each global batch of W × B samples. A run that stops at position p resumes
-with `order[p:]`: the same samples in the same order as an uninterrupted epoch.
+An epoch visits the shards (runs of samples stored together) in a seeded order and cuts that
+sequence into `streams` equal contiguous parts; each part is shuffled inside windows of `window`
+samples (a block shuffle: reads stay near-sequential), and the global order takes the streams in
+turn, one sample each. Every global batch so draws evenly from all streams.
+
+Distributed, rank r of W reads the streams s with s % W == r and trains on the positions of each
+global batch that come from them: the ranks read disjoint parts of the data (disjoint shards,
+but for the at most two a stream boundary cuts), and the global order, hence the global batches,
+are the same for every world size that divides `streams` (see `streams_for`). A run that stops
+at position p resumes with the positions from p on: the same samples in the same order.
 """
 
 from __future__ import annotations
@@ -12,23 +17,32 @@ from __future__ import annotations
 import numpy as np
 
 
-def epoch_order(counts: list[int], seed: int, epoch: int, window: int) -> np.ndarray:
-    """A permutation of range(sum(counts)), the same for the same arguments."""
+def streams_for(streams: int, world: int) -> int:
+    """The streams a job of `world` ranks uses: `streams` when the world divides it, else the
+    next multiple of the world (then the order differs from a one-process run's)."""
+    return streams if streams % world == 0 else streams + world - streams % world
+
+
+def epoch_order(runs: list[int], seed: int, epoch: int, window: int,
+                streams: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's global order (a permutation of range(sum(runs))) and each position's stream."""
     rng = np.random.default_rng([seed, epoch])
-    starts = np.cumsum([0] + list(counts))[:-1]
-    shards = rng.permutation(len(counts))
-    order = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in shards]) \
-        if counts else np.zeros(0, np.int64)
-    for begin in range(0, len(order), window):
-        rng.shuffle(order[begin:begin + window])
-    return order
+    starts = np.cumsum([0] + list(runs))[:-1]
+    visit = rng.permutation(len(runs))
+    order = np.concatenate([np.arange(starts[k], starts[k] + runs[k]) for k in visit]) \
+        if runs else np.zeros(0, np.int64)
+    parts = np.array_split(order, max(1, min(streams, len(order) or 1)))
+    for part in parts:
+        for begin in range(0, len(part), window):
+            rng.shuffle(part[begin:begin + window])
+    step = np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, np.int64)
+    stream = np.concatenate([np.full(len(p), s) for s, p in enumerate(parts)]).astype(np.int64)
+    interleave = np.lexsort((stream, step))  # position j of every stream, then j + 1, ...
+    return np.concatenate(parts)[interleave].astype(np.int64), stream[interleave]
 
 
-def rank_share(order: np.ndarray, rank: int, world: int, position: int = 0) -> np.ndarray:
-    """Rank `rank`'s samples of the epoch from global position `position` on (a resume point:
-    a multiple of world × batch), the tail cut so every rank gets as many."""
+def rank_mask(stream: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Which positions rank `rank` of `world` trains on: those of its streams."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside a world of {world}")
-    rest = order[position:]
-    even = len(rest) - len(rest) % world
-    return rest[rank:even:world]
+    return stream % world == rank

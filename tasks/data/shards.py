@@ -1,11 +1,16 @@
-"""Samples as fixed-size shards: <name>.x.npy (uint8 N, C, H, W) and <name>.y.npy (int64 labels),
-listed with their counts and hashes in manifest.json. Readers map the files (no copy in RAM);
-each process opens its own maps, so a forked DataLoader worker shares nothing but paths."""
+"""Images as fixed-size shards: <name>.npy (uint8 N, C, H, W), listed with their counts and hashes
+in manifest.json. Labels and metadata live beside them (the batch's table, preprocess's index).
+
+Readers take samples with positional reads (os.preadv) into arrays they own: no memory map whose
+touched pages would count in the process's resident memory, no open file or offset shared with
+a forked DataLoader worker. The page cache still serves a second epoch from RAM when it fits.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +26,7 @@ MANIFEST = "manifest.json"
 class Shard:
     name: str
     count: int
-    sha256: str  # of the images file: a shard is immutable once listed
+    sha256: str  # of the file: a shard is immutable once listed
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -32,32 +37,47 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(blocks: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path, prefix: str,
+class ShardWriter:
+    """Packs images into shards of at most max_bytes of pixels (one image at least), named
+    <prefix>-<n>; `close` lists them in the manifest. Memory holds one shard at a time."""
+
+    def __init__(self, folder: Path, prefix: str, max_bytes: int):
+        self.folder, self.prefix, self.max_bytes = folder, prefix, max_bytes
+        self.written: list[Shard] = []
+        self.pending: list[np.ndarray] = []
+        self.size = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, x: np.ndarray) -> None:
+        for image in x:
+            if self.pending and self.size + image.nbytes > self.max_bytes:
+                self.flush()
+            self.pending.append(np.array(image, dtype=np.uint8))
+            self.size += image.nbytes
+
+    def flush(self) -> None:
+        if self.pending:
+            name = f"{self.prefix}-{len(self.written):05d}"
+            data = npy_bytes(np.stack(self.pending))
+            atomic_write_bytes(self.folder / f"{name}.npy", data)
+            self.written.append(Shard(name, len(self.pending), hashlib.sha256(data).hexdigest()))
+            self.pending, self.size = [], 0
+
+    def close(self) -> list[Shard]:
+        self.flush()
+        manifest = read_manifest(self.folder) + self.written
+        atomic_write_text(self.folder / MANIFEST,
+                          json.dumps({"shards": [asdict(s) for s in manifest]}, indent=1))
+        return self.written
+
+
+def write_shards(blocks: Iterable[np.ndarray], folder: Path, prefix: str,
                  max_bytes: int) -> list[Shard]:
-    """Pack (images, labels) blocks into shards of at most max_bytes of pixels each (one image at
-    least), named <prefix>-<n>; append them to the manifest. Memory holds one shard at a time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written, pending_x, pending_y, size = [], [], [], 0
-    for x, y in blocks:
-        for i in range(len(x)):
-            if pending_x and size + x[i].nbytes > max_bytes:
-                written.append(save_shard(folder, f"{prefix}-{len(written):05d}", pending_x, pending_y))
-                pending_x, pending_y, size = [], [], 0
-            pending_x.append(x[i])
-            pending_y.append(int(y[i]))
-            size += x[i].nbytes
-    if pending_x:
-        written.append(save_shard(folder, f"{prefix}-{len(written):05d}", pending_x, pending_y))
-    manifest = read_manifest(folder) + written
-    atomic_write_text(folder / MANIFEST, json.dumps({"shards": [asdict(s) for s in manifest]}, indent=1))
-    return written
-
-
-def save_shard(folder: Path, name: str, xs: list[np.ndarray], ys: list[int]) -> Shard:
-    images = npy_bytes(np.stack(xs))
-    atomic_write_bytes(folder / f"{name}.x.npy", images)
-    atomic_write_bytes(folder / f"{name}.y.npy", npy_bytes(np.asarray(ys, dtype=np.int64)))
-    return Shard(name, len(xs), hashlib.sha256(images).hexdigest())
+    """Pack image blocks into shards and append them to the folder's manifest."""
+    writer = ShardWriter(folder, prefix, max_bytes)
+    for x in blocks:
+        writer.add(x)
+    return writer.close()
 
 
 def read_manifest(folder: Path) -> list[Shard]:
@@ -65,13 +85,25 @@ def read_manifest(folder: Path) -> list[Shard]:
     return [Shard(**s) for s in json.loads(path.read_text())["shards"]] if path.exists() else []
 
 
+def npy_layout(path: Path) -> tuple[int, tuple[int, ...]]:
+    """Where a .npy file's data begins and its shape (a C-ordered uint8 array is required)."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(fh)
+        if fortran or dtype != np.uint8:
+            raise ValueError(f"{path}: a shard holds C-ordered uint8 images, not {dtype}")
+        return fh.tell(), tuple(shape)
+
+
 class ShardStore:
-    """The samples of a shard folder by global index (manifest order), memory-mapped."""
+    """The images of a shard folder by global index (manifest order), read on demand."""
 
     def __init__(self, folder: Path):
         self.folder, self.shards = folder, read_manifest(folder)
         self.bounds = np.cumsum([0] + [s.count for s in self.shards])
-        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._layout: dict[int, tuple[int, tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -80,25 +112,48 @@ class ShardStore:
     def counts(self) -> list[int]:
         return [s.count for s in self.shards]
 
-    def arrays(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shard k's images and labels, mapped on first use in this process."""
-        name = self.shards[k].name
-        if name not in self._maps:
-            self._maps[name] = (np.load(self.folder / f"{name}.x.npy", mmap_mode="r"),
-                                np.load(self.folder / f"{name}.y.npy", mmap_mode="r"))
-        return self._maps[name]
+    def path(self, k: int) -> Path:
+        return self.folder / f"{self.shards[k].name}.npy"
 
-    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Images (len, C, H, W) and labels of these global indices, in the order given."""
+    def layout(self, k: int) -> tuple[int, tuple[int, ...]]:
+        if k not in self._layout:
+            self._layout[k] = npy_layout(self.path(k))
+        return self._layout[k]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.layout(0)[1][1:]
+
+    def shard_of(self, indices: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.bounds, indices, side="right") - 1
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Images (len, C, H, W) of these global indices, in the order given."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"{self.folder}: indices must lie in 0..{len(self) - 1}")
-        shard_of = np.searchsorted(self.bounds, indices, side="right") - 1
-        x = np.empty((len(indices), *self.arrays(0)[0].shape[1:]), np.uint8) if len(self) else None
-        y = np.empty(len(indices), np.int64)
-        for k in np.unique(shard_of):  # one shard at a time: sequential pages within it
+        out = np.empty((len(indices), *self.image_shape), np.uint8)
+        shard_of = self.shard_of(indices)
+        for k in np.unique(shard_of):
             at = np.flatnonzero(shard_of == k)
-            xs, ys = self.arrays(int(k))
-            local = indices[at] - self.bounds[k]
-            x[at], y[at] = xs[local], ys[local]
-        return x, y
+            out[at] = self.read_rows(int(k), indices[at] - self.bounds[k])
+        return out
+
+    def read_rows(self, k: int, rows: np.ndarray) -> np.ndarray:
+        """Rows of shard k: each run of consecutive rows is one positional read."""
+        start, shape = self.layout(k)
+        item = int(np.prod(shape[1:]))
+        unique, inverse = np.unique(rows, return_inverse=True)
+        buf = np.empty((len(unique), *shape[1:]), np.uint8)
+        flat = buf.reshape(len(unique), item)
+        breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+        fd = os.open(self.path(k), os.O_RDONLY)
+        try:
+            for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(unique)], strict=True):
+                view = memoryview(flat[lo:hi]).cast("B")
+                got = os.preadv(fd, [view], start + int(unique[lo]) * item)
+                if got != len(view):
+                    raise OSError(f"{self.path(k)}: short read ({got} of {len(view)} bytes)")
+        finally:
+            os.close(fd)
+        return buf[inverse]

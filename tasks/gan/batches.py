@@ -3,20 +3,25 @@ and the labels the averaged generator's BatchNorm statistics are re-estimated on
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from evergreen.config import GanConfig
+from tasks.gan.samples import to_unit
 
 
-def real_batch(x: torch.Tensor, y: torch.Tensor, size: int, cfg: GanConfig,
+def real_batch(x, y: torch.Tensor, size: int, cfg: GanConfig,
                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A random batch (a function of the RNG alone, so a resume continues it): without repeats,
-    or, conditional with gan.balance_classes, classes drawn uniformly and then an image of each."""
+    """A random batch of uint8 images (an array, or tasks.data.Images read from the shards) in
+    the generator's [-1, 1] (a function of the RNG alone, so a resume continues it): without
+    repeats, or, conditional with gan.balance_classes, classes drawn uniformly and then an
+    image of each."""
     if cfg.conditional and cfg.balance_classes:
         idx = balanced_indices(y, size, gen)
-        return x[idx], y[idx]
-    idx = torch.randperm(len(x), generator=gen)[:size]
-    return x[idx], (y[idx] if cfg.conditional else None)
+    else:
+        idx = torch.randperm(len(y), generator=gen)[:size]
+    real = to_unit(np.asarray(x[idx.numpy()]))
+    return real, (y[idx] if cfg.conditional else None)
 
 
 def balanced_indices(y: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:

@@ -18,7 +18,6 @@ from tasks.gan.batches import batchnorm_labels, real_batch
 from tasks.gan.ema import ema_update, recalibrate_batchnorm
 from tasks.gan.losses import discriminator_loss, generator_loss, mode_seeking_loss, paired
 from tasks.gan.plan import gan_options, gan_plan, generator_card
-from tasks.gan.samples import to_unit
 from tasks.train.checkpoint import load_checkpoint, save_checkpoint
 from tasks.train.progress import Progress
 
@@ -42,7 +41,7 @@ def train_gan(train: tuple[np.ndarray, np.ndarray], classes: list[str], cfg: Gan
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     plan = gan_plan(cfg, in_shape, len(train[0]))
     parts = build_parts(in_shape, len(classes), cfg, plan["width"])
-    x, y = to_unit(train[0]), torch.from_numpy(train[1]).long()
+    x, y = train[0], torch.from_numpy(train[1]).long()
     state = resume(parts, gen, checkpoint, checkpoint_key)
     began = clock() - state["seconds"]
     progress = Progress("gan", math.ceil(plan["steps"] / every))

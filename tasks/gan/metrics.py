@@ -11,9 +11,11 @@ from torch import nn
 from evergreen.config import GanConfig
 from evergreen.errors import EvergreenError
 from nets.inputs import normalize
+from tasks.data import chunks, sample_positions, subset
 from tasks.gan.samples import noise_images, sample_images
 
 DISTANCE_NAME = "classifier-feature Fréchet distance (domain FID)"
+REFERENCE_SAMPLES = 20_000  # real images per side: features of a bounded sample, as FID's 50k
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
@@ -33,8 +35,8 @@ def penultimate_features(model: nn.Module, card: dict, x: np.ndarray,
     hook = last_linear(model).register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1)))
     try:
-        inputs = normalize(torch.from_numpy(x), card["mean"], card["std"])
-        logits = torch.cat([model(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+        logits = torch.cat([model(normalize(torch.from_numpy(block), card["mean"], card["std"]))
+                            for block in chunks(x, batch)])
     finally:
         hook.remove()
     return torch.cat(captured).double().numpy(), torch.softmax(logits, 1).numpy()
@@ -58,14 +60,21 @@ def coverage(proba: np.ndarray, classes: list[str]) -> dict[str, float]:
     return {c: round(float(n / len(proba)), 6) for c, n in zip(classes, counts, strict=True)}
 
 
+def reference_sample(x, seed: int):
+    """At most REFERENCE_SAMPLES images of x, drawn by seed (all of a smaller set)."""
+    return subset(x, sample_positions(len(x), REFERENCE_SAMPLES, seed))
+
+
 def evaluate_generator(g: nn.Module, classifier: nn.Module, clf_card: dict,
                        train: np.ndarray, heldout: np.ndarray,
                        cfg: GanConfig) -> tuple[dict, np.ndarray, np.ndarray | None]:
     """Distance of generated samples to the train split, with its floor and ceiling; returns
     (report, the samples, their requested classes or None).
 
-    floor: held-out real images (val + test); ceiling: uniform noise images.
+    floor: held-out real images (val + test); ceiling: uniform noise images. Real images are a
+    seeded sample of at most REFERENCE_SAMPLES per side, read from the shards.
     """
+    train, heldout = reference_sample(train, cfg.seed), reference_sample(heldout, cfg.seed + 1)
     reference, _ = penultimate_features(classifier, clf_card, train)
     fakes, requested = sample_images(g, cfg.samples, cfg.seed)
     fake_features, proba = penultimate_features(classifier, clf_card, fakes)
@@ -89,6 +98,6 @@ def evaluate_generator(g: nn.Module, classifier: nn.Module, clf_card: dict,
 def champion_distance(g: nn.Module, classifier: nn.Module, clf_card: dict,
                       train: np.ndarray, cfg: GanConfig) -> float:
     """The champion generator's distance under the same extractor, reference and seed."""
-    reference, _ = penultimate_features(classifier, clf_card, train)
+    reference, _ = penultimate_features(classifier, clf_card, reference_sample(train, cfg.seed))
     fakes, _ = sample_images(g, cfg.samples, cfg.seed)
     return frechet_distance(penultimate_features(classifier, clf_card, fakes)[0], reference)

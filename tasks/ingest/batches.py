@@ -1,5 +1,7 @@
-"""The dataset's batches: packed, content-addressed shards (.npz) with per-sample metadata
-(.csv); a source read and deduplicated into a Candidate, then landed."""
+"""The dataset's batches: <id>/, the pixels as .npy shards (tasks.data), and <id>.csv, the
+per-sample metadata in the same order; a source read and deduplicated into a Candidate, then
+landed. Samples are stored in an order shuffled by the batch's id, so any run of a shard is a
+fair sample of the batch (the readers' block shuffle relies on it)."""
 
 from __future__ import annotations
 
@@ -63,12 +65,17 @@ def read_metadata(batches_dir: Path) -> pd.DataFrame:
     import pandas as pd
 
     files = sorted(batches_dir.glob("*.csv")) if batches_dir.exists() else []
-    frames = [pd.read_csv(f, dtype={"label": str, "content_hash": str, "batch_id": str,
-                                   "source": str, "decoded_as": str}, keep_default_na=False)
-              for f in files]
-    if not frames:
+    if not files:
         return pd.DataFrame(columns=META_COLUMNS)
-    meta = pd.concat(frames, ignore_index=True)
+    return pd.concat([read_metadata_file(f) for f in files], ignore_index=True)
+
+
+def read_metadata_file(path: Path) -> pd.DataFrame:
+    """One batch's metadata rows, text cells unescaped."""
+    import pandas as pd
+
+    meta = pd.read_csv(path, dtype={"label": str, "content_hash": str, "batch_id": str,
+                                    "source": str, "decoded_as": str}, keep_default_na=False)
     for column in TEXT_COLUMNS:
         if column in meta:
             meta[column] = meta[column].fillna("").astype(str).map(from_csv_cell)
@@ -92,20 +99,35 @@ def has_samples(batches_dir: Path) -> bool:
     return False
 
 
-def read_batches(batches_dir: Path) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Every batch concatenated: pixels (N, C, H, W), labels (N,), metadata rows."""
-    meta = read_metadata(batches_dir)
+def batch_images(batches_dir: Path, meta: pd.DataFrame):
+    """The stores of the batches in `meta` (in order) and each row's store and row in it."""
+    from tasks.data import ShardStore
+
     if meta.empty:
         raise BadInputError(f"{batches_dir}: no data batches; run `evergreen ingest SRC` first")
-    xs, ys = [], []
-    for batch_id in dict.fromkeys(meta["batch_id"]):
-        with np.load(batches_dir / f"{batch_id}.npz", allow_pickle=False) as npz:
-            xs.append(npz["x"])
-            ys.append(npz["labels"].astype(str))
-    shapes = {x.shape[1:] for x in xs}
+    ids = list(dict.fromkeys(meta["batch_id"]))
+    stores = [ShardStore(batches_dir / b) for b in ids]
+    for b, store in zip(ids, stores, strict=True):
+        rows = int((meta["batch_id"] == b).sum())
+        if len(store) != rows:
+            raise BadInputError(f"{batches_dir / b}: {len(store)} images in the shards, "
+                                f"{rows} rows in {b}.csv; the batch is damaged")
+    shapes = {s.image_shape for s in stores}
     if len(shapes) > 1:
         raise BadInputError(f"{batches_dir}: batches hold images of different shapes {shapes}")
-    return np.concatenate(xs), np.concatenate(ys), meta
+    store_of = meta["batch_id"].map({b: i for i, b in enumerate(ids)}).to_numpy(np.int32)
+    rows = meta.groupby("batch_id", sort=False).cumcount().to_numpy(np.int64)
+    return ids, stores, store_of, rows
+
+
+def read_batches(batches_dir: Path):
+    """Every batch, oldest first: the images (tasks.data.Images, read on demand), the labels
+    and the metadata rows, all in the same order."""
+    from tasks.data import Images
+
+    meta = read_metadata(batches_dir)
+    _, stores, store_of, rows = batch_images(batches_dir, meta)
+    return Images(stores, store_of, rows), meta["label"].to_numpy(str), meta
 
 
 def dedupe(batch: Batch, known: set[str]) -> tuple[Batch, list[str], int, int]:
@@ -126,6 +148,8 @@ def dedupe(batch: Batch, known: set[str]) -> tuple[Batch, list[str], int, int]:
 def write_batch(batch: Batch, hashes: list[str], batches_dir: Path) -> str:
     """Land a batch directly (no checks): shard, then metadata. Returns its id."""
     batch_id = batch_id_of(hashes, batch.labels)
+    perm = stored_order(batch_id, len(batch))
+    batch, hashes = batch.order(perm), [hashes[i] for i in perm]
     land_batch(Candidate("", batch, hashes, batch_id, metadata_table(batch, hashes, batch_id),
                          [], 0, 0), batches_dir)
     return batch_id
@@ -166,8 +190,15 @@ def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir:
     batch, rejected = read_labelled(source, cfg, workspace, log, dataset_shape(dataset))
     fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
     batch_id = batch_id_of(hashes, fresh.labels)
+    perm = stored_order(batch_id, len(fresh))
+    fresh, hashes = fresh.order(perm), [hashes[i] for i in perm]
     meta = metadata_table(fresh, hashes, batch_id)
     return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present, log)
+
+
+def stored_order(batch_id: str, n: int) -> np.ndarray:
+    """The order a batch's samples are stored in: a permutation seeded by its id."""
+    return np.random.default_rng(int(batch_id[:16], 16)).permutation(n)
 
 
 def pack_shard(batch: Batch) -> bytes:
@@ -177,7 +208,41 @@ def pack_shard(batch: Batch) -> bytes:
     return buf.getvalue()
 
 
-def land_batch(candidate: Candidate, batches_dir: Path) -> None:
-    """Write the shard (.npz), then the metadata (.csv), which marks the batch as landed."""
-    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.npz", pack_shard(candidate.batch))
+def land_batch(candidate: Candidate, batches_dir: Path, shard_mb: int = 128) -> None:
+    """Write the shards (<id>/), then the metadata (.csv), which marks the batch as landed."""
+    store_pixels(candidate.batch.x, batches_dir, candidate.batch_id, shard_mb)
     atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv", metadata_csv(candidate.meta))
+
+
+def store_pixels(x: np.ndarray, batches_dir: Path, batch_id: str, shard_mb: int) -> None:
+    """The images as the shards of <id>/, written aside and renamed into place whole."""
+    import shutil
+
+    from tasks.data import write_shards
+
+    final, partial = batches_dir / batch_id, batches_dir / f".{batch_id}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    write_shards([x], partial, batch_id, shard_mb * 2**20)
+    shutil.rmtree(final, ignore_errors=True)  # a batch is content-addressed: same id, same data
+    partial.replace(final)
+
+
+def migrate_batches(batches_dir: Path, shard_mb: int = 128) -> list[str]:
+    """Batches landed before shards (<id>.npz beside <id>.csv) rewritten as shards, in the
+    stored order; the .npz goes once its shards and table are in place. Returns their ids."""
+    moved = []
+    for packed in sorted(batches_dir.glob("*.npz")) if batches_dir.exists() else []:
+        table = packed.with_suffix(".csv")
+        if not table.exists():
+            continue
+        meta = read_metadata_file(table)
+        with np.load(packed, allow_pickle=False) as npz:
+            x = npz["x"]
+        if len(x) != len(meta):
+            raise BadInputError(f"{packed}: {len(x)} images for {len(meta)} rows in {table.name}")
+        perm = stored_order(packed.stem, len(x))
+        store_pixels(x[perm], batches_dir, packed.stem, shard_mb)
+        atomic_write_bytes(table, metadata_csv(meta.iloc[perm].reset_index(drop=True)))
+        packed.unlink()
+        moved.append(packed.stem)
+    return moved

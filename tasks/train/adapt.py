@@ -63,7 +63,8 @@ def mirror_twins(x: np.ndarray, y: np.ndarray, classes: list[str],
 
 def twins_by_means(x: np.ndarray, y: np.ndarray, present: list[int]) -> set[tuple[int, int]]:
     """Class pairs whose mirrored means are each other's nearest (the first test of mirror_twins)."""
-    means = np.stack([standardized(x[y == c][:SAMPLE // 4]).mean(0) for c in present])
+    means = np.stack([standardized(x[np.flatnonzero(y == c)[:SAMPLE // 4]]).mean(0)
+                      for c in present])
     flat = means.reshape(len(present), -1)
     mirrored = means[..., ::-1].reshape(len(present), -1)
     to = np.sqrt(((mirrored[:, None, :] - flat[None, :, :]) ** 2).sum(-1))  # i mirrored to j

@@ -50,16 +50,25 @@ def resume_fit(parts: FitParts, checkpoint: Path | None, key: str, name: str) ->
     parts.sched.load_state_dict(resumed["sched"])
     parts.gen.set_state(resumed["gen"])
     torch.set_rng_state(resumed["rng"])
+    position = int(resumed.get("position", 0))
     state = FitState(resumed["history"], resumed["best"], resumed["best_state"], resumed["stale"],
-                     resumed["epoch"] + 1)
-    log.info("%s: resumed from epoch %d", name, resumed["epoch"])
+                     resumed["epoch"] + (0 if position else 1), position,
+                     (float(resumed.get("loss_sum", 0.0)), int(resumed.get("seen", 0))))
+    if position:
+        log.info("%s: resumed inside epoch %d at sample %d", name, resumed["epoch"], position)
+    else:
+        log.info("%s: resumed from epoch %d", name, resumed["epoch"])
     return state
 
 
-def save_fit(checkpoint: Path, key: str, epoch: int, parts: FitParts, state: FitState) -> None:
-    """Checkpoint the end of `epoch`: all a resumed run needs to continue as if never stopped."""
+def save_fit(checkpoint: Path, key: str, epoch: int, parts: FitParts, state: FitState,
+             done: bool = True) -> None:
+    """Checkpoint `epoch`, at its end or (done False) at state.position inside it: all a resumed
+    run needs to continue as if never stopped."""
     save_checkpoint(checkpoint, {
         "key": key, "epoch": epoch, "model": parts.model.state_dict(),
         "optim": parts.opt.state_dict(), "sched": parts.sched.state_dict(),
         "gen": parts.gen.get_state(), "rng": torch.get_rng_state(), "history": state.history,
-        "best": state.best, "best_state": state.best_state, "stale": state.stale})
+        "best": state.best, "best_state": state.best_state, "stale": state.stale,
+        "position": 0 if done else state.position,
+        "loss_sum": 0.0 if done else state.carry[0], "seen": 0 if done else state.carry[1]})

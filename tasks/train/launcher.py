@@ -18,8 +18,6 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-import numpy as np
-
 from evergreen.errors import TrainingCrashedError
 from tasks.train.loopback import loopback_interface
 from tasks.train.replica import resolve_backend
@@ -60,11 +58,22 @@ def launcher_command(dcfg, job_dir: Path | None) -> list[str]:
     return cmd
 
 
+def data_source(job_dir: Path, train, val, root: Path | None) -> dict:
+    """Where every rank reads the splits: the workspace under `root` (or, for splits held in
+    memory, shards written to the job folder), and their content hash, which each rank checks."""
+    from tasks.data import Images
+    from tasks.data.index import open_splits, splits_sha256, write_arrays
+
+    if root is None or not isinstance(train[0], Images):
+        root = job_dir
+        write_arrays(root, {"train": train, "val": val})
+    return {"root": str(root), "sha256": splits_sha256(open_splits(root, ("train", "val")))}
+
+
 def write_job(job_dir: Path, train, val, classes, norm, cfg, augment, checkpoint,
-              checkpoint_key) -> None:
-    """The job folder the workers read: the splits (data.npz) and the config (job.json)."""
-    np.savez(job_dir / "data.npz", train_x=train[0], train_y=train[1], val_x=val[0], val_y=val[1])
-    job = {"train": cfg.model_dump(mode="json"),
+              checkpoint_key, root: Path | None = None) -> None:
+    """The job folder (job.json) the leader reads: the config and where the data is."""
+    job = {"train": cfg.model_dump(mode="json"), "data": data_source(job_dir, train, val, root),
            "augment": augment.as_dict() if augment is not None else None,
            "classes": list(classes), "norm": [list(norm[0]), list(norm[1])],
            "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_key": checkpoint_key}
@@ -87,12 +96,12 @@ def run_launcher(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def launch(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,
-           checkpoint_key: str = ""):
+           checkpoint_key: str = "", root: Path | None = None):
     """Train with train.distributed.world_size processes; returns (model, card, history) like
     train_model. `cfg` is resolved (tasks.train.adapt.resolve_train), `augment` its augmentation."""
     from tasks.train.model import build_teacher
 
-    result = run_job(train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
+    result = run_job(train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key, root)
     in_shape = tuple(int(d) for d in train[0].shape[1:])
     model = build_teacher(cfg, in_shape, len(classes))[0]
     model.load_state_dict(result["state"])
@@ -100,14 +109,14 @@ def launch(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None
 
 
 def run_job(train, val, classes, norm, cfg, augment=None, checkpoint: Path | None = None,
-            checkpoint_key: str = "") -> dict:
+            checkpoint_key: str = "", root: Path | None = None) -> dict:
     """Start the launcher on this node and wait; the leader's result (state, card, history, throughput)."""
     from safetensors.torch import load_file
 
     dcfg = cfg.distributed
     with tempfile.TemporaryDirectory(prefix="evergreen-ddp-") as tmp:
         job_dir = Path(tmp)
-        write_job(job_dir, train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key)
+        write_job(job_dir, train, val, classes, norm, cfg, augment, checkpoint, checkpoint_key, root)
         log.info("launching %d process(es) on this node (world size %d, nnodes %d, max_restarts %d)",
                  dcfg.nproc_per_node, dcfg.world_size, dcfg.nnodes, dcfg.max_restarts)
         run_launcher(launcher_command(dcfg, job_dir),

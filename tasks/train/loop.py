@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.inputs import normalize
+from tasks.data import subset
 from tasks.train.augment import augment_batch
 from tasks.train.checkpoint import resume_fit, save_fit
+from tasks.train.feed import Inputs, plan_epoch, read_batches, to_inputs
 from tasks.train.losses import LossFn, cross_entropy_loss, l1_penalty, val_loss_and_accuracy
 from tasks.train.progress import Progress
 from tasks.train.replica import Replica
@@ -30,27 +31,31 @@ from tasks.train.settings import FitSettings
 from tasks.train.state import FitParts, FitState
 
 log = logging.getLogger("evergreen.train")
-Split = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels)
 
 
-def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-        norm: tuple[list[float], list[float]], settings: FitSettings, *, name: str = "train",
-        loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
-        checkpoint_key: str = "", replica: Replica | None = None,
+def fit(model: nn.Module, train: tuple, val: tuple, norm: tuple[list[float], list[float]],
+        settings: FitSettings, *, name: str = "train", loss_fn: LossFn = cross_entropy_loss,
+        checkpoint: Path | None = None, checkpoint_key: str = "", replica: Replica | None = None,
         on_epoch: Callable[[dict, int], None] | None = None) -> tuple[nn.Module, list[dict]]:
-    """Mini-batch training on in-memory tensors; returns the best model and per-epoch history.
+    """Mini-batch training on (images, labels) splits, the images uint8 arrays or
+    tasks.data.Images read batch by batch; returns the best model and per-epoch history.
 
     With the `replica` of a DDP worker (tasks.train.worker), settings.batch_size is the global
-    batch: each rank steps on its slice, validates on its slice of val, and the leader alone
-    writes the checkpoint; the updates are those of one process with the same batch.
+    batch: each rank reads and steps on its share (tasks.train.feed), validates on its slice of
+    val, and the leader alone writes the checkpoint; the updates are those of one process with
+    the same batch. A checkpoint is written at each epoch's end and every
+    settings.checkpoint_every_s inside one; a resumed run continues at the recorded position.
     """
     replica = fit_replica(replica, model)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
-    train_split, (x_val, y_val) = fit_tensors(train, val, norm, replica)
+    mine = replica.part(len(val[1]))
+    x_val = Inputs(subset(val[0], np.arange(len(val[1]))[mine]), norm, replica)
+    y_val = replica.to_device(torch.from_numpy(val[1][mine]))
     parts = fit_parts(model, settings, replica, gen, norm, loss_fn)
+    saver = Saver(checkpoint, checkpoint_key, settings.checkpoint_every_s, parts)
     fresh = FitState([], math.inf, copy.deepcopy(parts.model.state_dict()))
     state = resume_fit(parts, checkpoint, checkpoint_key, name) or fresh
     patience = math.inf if settings.patience is None else settings.patience
@@ -61,8 +66,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
         for epoch in range(state.start, settings.epochs + 1):
             if epoch > epochs:
                 break
-            size = settings.input_size(epoch, epochs, train_split[0].shape)
-            train_loss = train_epoch(parts, train_split, epoch, size)
+            size = settings.input_size(epoch, epochs, train[0].shape)
+            train_loss = train_epoch(parts, train, epoch, size, state, saver)
             val_loss, val_acc = val_loss_and_accuracy(parts.model, x_val, y_val, replica)
             row = history_row(epoch, train_loss, val_loss, val_acc, parts.opt, name)
             state.history.append(row)
@@ -74,8 +79,8 @@ def fit(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.nd
                      row["train_loss"], val_loss, val_acc)
             progress.advance(f"{name} epoch {epoch} val_acc={val_acc:.3f}")
             track_best(state, val_loss, parts.model, settings.min_delta)
-            if checkpoint is not None and replica.leader:
-                save_fit(checkpoint, checkpoint_key, epoch, parts, state)
+            state.position, state.carry = 0, (0.0, 0)
+            saver.save(epoch, state, final=True)
             if state.stale >= patience:
                 log.info("%s: early stop at epoch %d (no val_loss gain for %d epochs)",
                          name, epoch, state.stale)
@@ -98,17 +103,6 @@ def fit_replica(replica: Replica | None, model: nn.Module) -> Replica:
     return replica
 
 
-def fit_tensors(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                norm: tuple[list[float], list[float]], replica: Replica) -> tuple[Split, Split]:
-    """The train split and this rank's slice of val, normalized once, on the replica's device."""
-    x_train = replica.to_device(normalize(torch.from_numpy(train[0]), *norm))
-    y_train = replica.to_device(torch.from_numpy(train[1]))
-    mine = replica.part(len(val[0]))
-    x_val = replica.to_device(normalize(torch.from_numpy(val[0][mine]), *norm))
-    y_val = replica.to_device(torch.from_numpy(val[1][mine]))
-    return (x_train, y_train), (x_val, y_val)
-
-
 def fit_parts(model: nn.Module, settings: FitSettings, replica: Replica, gen: torch.Generator,
               norm: tuple[list[float], list[float]], loss_fn: LossFn) -> FitParts:
     """The model on the replica's device (in DDP when distributed), AdamW and the schedule."""
@@ -121,36 +115,62 @@ def fit_parts(model: nn.Module, settings: FitSettings, replica: Replica, gen: to
                     norm, loss_fn)
 
 
-def train_epoch(parts: FitParts, train: Split, epoch: int, size: tuple[int, int] | None) -> float:
-    """One pass over the train split in the generator's order; the mean loss over all ranks."""
-    replica, batch_size = parts.replica, parts.settings.batch_size
-    replica.seed_epoch(parts.settings.seed, epoch)
+class Saver:
+    """Writes the fit's checkpoint (the leader alone): at each epoch's end, and inside an epoch
+    once every_s seconds have passed since the last one (0: after every batch)."""
+
+    def __init__(self, path: Path | None, key: str, every_s: float | None, parts: FitParts):
+        self.path, self.key, self.every_s, self.parts = path, key, every_s, parts
+        self.last = time.monotonic()
+
+    def save(self, epoch: int, state: FitState, final: bool = False) -> None:
+        if self.path is None or not self.parts.replica.leader:
+            return
+        if not final and (self.every_s is None or time.monotonic() - self.last < self.every_s):
+            return
+        save_fit(self.path, self.key, epoch, self.parts, state, done=final)
+        self.last = time.monotonic()
+
+
+def train_epoch(parts: FitParts, train: tuple, epoch: int, size: tuple[int, int] | None,
+                state: FitState, saver: Saver) -> float:
+    """One pass over the train split in the sampler's order, from the recorded position when
+    resuming inside the epoch; the mean loss over all ranks."""
+    replica, settings = parts.replica, parts.settings
+    if not state.position:
+        replica.seed_epoch(settings.seed, epoch)
     parts.step_model.train()
-    order = torch.randperm(len(train[0]), generator=parts.gen)  # the same on every rank
-    total, seen = 0.0, 0
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        loss = train_batch(parts, train, idx, size)
+    plan = plan_epoch(train[0], settings.seed, epoch, settings.shuffle_window, settings.streams,
+                      replica)
+    steps = list(plan.batches(settings.batch_size, state.position))
+    loader = read_batches(train[0], train[1], [idx[mine] for _, idx, mine in steps],
+                          settings.loader_workers, replica)
+    total, seen = state.carry
+    for (after, idx, mine), (xb, yb) in zip(steps, loader, strict=True):
+        loss = train_batch(parts, xb, yb, torch.from_numpy(mine), len(idx), size)
         # summed over ranks, the shares add up to the global batch's loss x len(idx)
         total, seen = total + loss * len(idx) / replica.world, seen + len(idx)
+        state.position, state.carry = after, (total, seen)
+        if after < len(plan.order):
+            saver.save(epoch, state)
     parts.sched.step()
     total = replica.sum([total])[0]
-    return total / seen
+    return total / max(seen, 1)
 
 
-def train_batch(parts: FitParts, train: Split, idx: torch.Tensor,
+def train_batch(parts: FitParts, xb: torch.Tensor, yb: torch.Tensor, mine: torch.Tensor, n: int,
                 size: tuple[int, int] | None) -> float:
-    """One optimiser step on this rank's part of the global batch `idx`; this rank's loss."""
+    """One optimiser step on this rank's share (`mine`, a mask over the global batch of n) of
+    the global batch; this rank's loss."""
     replica, settings = parts.replica, parts.settings
-    part = replica.part(len(idx))
-    xb, yb = train[0][idx[part]], train[1][idx[part]]
+    xb, yb = to_inputs(xb, parts.norm, replica), yb.to(replica.device, non_blocking=True)
     if settings.augment is not None:
-        xb = augment_batch(xb, settings.augment, parts.gen, len(idx), part, parts.norm, size)
+        xb = augment_batch(xb, settings.augment, parts.gen, n, mine.to(xb.device), parts.norm, size)
     elif size is not None:
         xb = F.interpolate(xb, size=size, mode="bilinear", antialias=True)
     xb = replica.inputs(xb)
     with replica.autocast(settings.precision == "bf16"):
-        loss = replica.batch_loss(parts.loss_fn, parts.step_model(xb), yb, xb, len(idx))
+        loss = replica.batch_loss(parts.loss_fn, parts.step_model(xb), yb, xb, n)
     if settings.l1:
         loss = loss + settings.l1 * l1_penalty(parts.model)
     parts.opt.zero_grad(set_to_none=True)

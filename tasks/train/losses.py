@@ -24,14 +24,20 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512):
-    """Mean cross-entropy and accuracy of `model` on normalized inputs."""
+def evaluate_loss(model: nn.Module, x, y: torch.Tensor, batch: int = 512):
+    """Mean cross-entropy and accuracy of `model` on inputs walked block by block
+    (tasks.train.feed.Inputs: read and normalized as they go)."""
     model.eval()
-    logits = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+    loss, correct, at = 0.0, 0.0, 0
+    for xb in x.blocks(batch):
+        logits, yb = model(xb), y[at:at + len(xb)]
+        loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+        at += len(xb)
+    return loss / max(at, 1), correct / max(at, 1)
 
 
-def val_loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def val_loss_and_accuracy(model: nn.Module, x, y: torch.Tensor,
                           replica: Replica) -> tuple[float, float]:
     """Validation loss and accuracy; a DDP rank holds a slice of val, so sum over ranks."""
     if replica.world == 1:

@@ -28,6 +28,10 @@ class FitSettings:
     precision: str = "fp32"  # or bf16: autocast (tasks.train.adapt.resolve_precision)
     early_scale: float = 1.0  # progressive resizing: the first epochs' side, a share of the full
     early_share: float = 0.0  # share of the epochs at that side
+    shuffle_window: int = 8192  # samples shuffled together (tasks.data.sampler)
+    streams: int = 8  # parts of the order read side by side; world sizes dividing it agree
+    loader_workers: int = 0  # DataLoader worker processes reading batches
+    checkpoint_every_s: float | None = None  # a checkpoint inside an epoch this often
 
     def input_size(self, epoch: int, epochs: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
         """The (h, w) this epoch trains at when progressive resizing shrinks it, else None."""
@@ -46,9 +50,13 @@ class FitSettings:
                              "(tasks.train.adapt.resolve_train)")
         if augment == "configured":
             augment = configured_augment(cfg.augment)
-        minutes, progressive = cfg.budget.minutes, cfg.progressive
+        from tasks.train.feed import loader_workers
+
+        minutes, progressive, feed = cfg.budget.minutes, cfg.progressive, cfg.feed
         return cls(int(cfg.epochs), cfg.batch_size, cfg.lr, cfg.lr_schedule, cfg.l1, cfg.l2,
                    cfg.seed, augment, cfg.early_stopping.patience, cfg.early_stopping.min_delta,
                    cfg.threads, minutes * 60 if minutes else None,
                    "fp32" if cfg.precision == "auto" else cfg.precision,
-                   1.0 if progressive.scale == "auto" else progressive.scale, progressive.share)
+                   1.0 if progressive.scale == "auto" else progressive.scale, progressive.share,
+                   feed.shuffle_window, feed.streams, loader_workers(feed.loader_workers),
+                   feed.checkpoint_every_s)

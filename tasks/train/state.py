@@ -32,10 +32,13 @@ class FitParts:
 @dataclass
 class FitState:
     """Where a fit stands: its history, the best val_loss and those weights, the epochs since a
-    gain (for early stopping) and the epoch to train next."""
+    gain (for early stopping), the epoch to train next, and inside it the global sample
+    position reached and the loss summed so far (loss x samples, samples)."""
 
     history: list[dict]
     best: float
     best_state: dict
     stale: int = 0
     start: int = 1
+    position: int = 0
+    carry: tuple[float, int] = (0.0, 0)

@@ -22,12 +22,12 @@ log = logging.getLogger("evergreen.train")
 def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                 classes: list[str], norm: tuple[list[float], list[float]], cfg: TrainConfig,
                 checkpoint: Path | None = None, checkpoint_key: str = "",
-                on_epoch: Callable[[dict, int], None] | None = None):
+                on_epoch: Callable[[dict, int], None] | None = None, root: Path | None = None):
     """Resolve the auto defaults from the data, build the configured network for its shape and
     fit it; returns (model, card, history). The card records every auto decision.
 
     With train.distributed.world_size > 1 (or backend nccl: the GPU path) the elastic
-    launcher runs the fit in DDP workers. `on_epoch(row, epochs)` follows an in-process fit
+    launcher runs the fit in DDP workers, each reading the data under `root` (the workspace). `on_epoch(row, epochs)` follows an in-process fit
     (DDP workers are other processes; they log each epoch).
     """
     cfg, augment, decided = resolve_train(cfg, train, classes)
@@ -45,7 +45,7 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
         from tasks.train.launcher import launch  # starts torchrun: imported only for a DDP run
 
         model, card, history = launch(train, val, classes, norm, cfg, augment, checkpoint,
-                                      checkpoint_key)
+                                      checkpoint_key, root)
         return model, {**card, "auto": decided}, history
     model, history = fit(model, train, val, norm, FitSettings.from_train(cfg, augment),
                          checkpoint=checkpoint, checkpoint_key=checkpoint_key, on_epoch=on_epoch)

@@ -2,8 +2,10 @@
 
 `python -m tasks.train.worker --job DIR` runs `main`: it joins the process group, the leader
 (the lowest rank that can read the job folder, so node 0 even without a shared filesystem)
-shares the data and config, all ranks run `tasks.train.loop.fit` on their part of every global
-batch, and the leader alone writes checkpoints and the result. EVERGREEN_FAULT_INJECT kills a
+shares the config, every rank opens the data from its own store (the job's data folder, or
+`--data WORKSPACE` on a node that pulled it) and checks it is the job's, all ranks run
+`tasks.train.loop.fit` reading their share of every global batch (tasks.train.feed), and the
+leader alone writes checkpoints and the result. No sample crosses the process group. EVERGREEN_FAULT_INJECT kills a
 rank mid-epoch (tests of the elastic restart).
 
 Rules, so that N processes train the same model as one:
@@ -34,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -76,11 +77,23 @@ def join_job(backend: str, job_dir: Path | None, sync_batchnorm: bool = False) -
 
 
 def read_job(job_dir: Path) -> dict:
-    """The job the train stage wrote: its config (job.json) and the splits (data.npz)."""
-    job = json.loads((job_dir / "job.json").read_text())
-    with np.load(job_dir / "data.npz") as npz:
-        job["data"] = {k: npz[k] for k in npz.files}
-    return job
+    """The job the train stage wrote (job.json): the config, and where the data is."""
+    return json.loads((job_dir / "job.json").read_text())
+
+
+def open_data(job: dict, data_root: Path | None, replica: Replica) -> dict:
+    """This rank's view of the splits, from its own store: the job's data folder (node 0, or a
+    shared folder) or `--data` (a workspace this node pulled with `dvc pull`). Its content must
+    be the job's; nothing but the job's config came through the process group."""
+    from tasks.data.index import open_splits, splits_sha256
+
+    root = data_root or Path(job["data"]["root"])
+    splits = open_splits(root, ("train", "val"))
+    if splits_sha256(splits) != job["data"]["sha256"]:
+        raise EvergreenError(f"rank {replica.rank}: the data under {root} is not the job's (split "
+                             f"index {job['data']['sha256'][:12]}); `dvc pull` node 0's data "
+                             "version into that workspace, or pass --data with the right one")
+    return splits
 
 
 def counting_loss(loss_fn, replica: Replica, steps_per_epoch: int, counter: list[int]):
@@ -102,12 +115,12 @@ def counting_loss(loss_fn, replica: Replica, steps_per_epoch: int, counter: list
     return loss
 
 
-def run_worker(replica: Replica, job: dict) -> dict | None:
+def run_worker(replica: Replica, job: dict, data: dict) -> dict | None:
     """Fit this rank's share; the leader returns the result (card, history, throughput)."""
     cfg = TrainConfig.model_validate(job["train"])
     augment = Augment(**job["augment"]) if job.get("augment") else None
-    data, classes, norm = job["data"], job["classes"], tuple(job["norm"])
-    train, val = (data["train_x"], data["train_y"]), (data["val_x"], data["val_y"])
+    classes, norm = job["classes"], tuple(job["norm"])
+    train, val = data["train"], data["val"]
     settings = FitSettings.from_train(cfg, augment)
     replica.amp = replica.amp and cfg.precision != "fp32"
     settings.threads = threads_per_rank(cfg.threads, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -145,13 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="An Evergreen DDP worker (start it with torchrun).")
     parser.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"])
     parser.add_argument("--job", type=Path, help="job folder written by the train stage (node 0)")
+    parser.add_argument("--data", type=Path, help="this node's copy of the workspace (its "
+                        "data/processed and data/batches, e.g. from `dvc pull`); by default the "
+                        "job's own")
     args = parser.parse_args(argv)
     replica = join_job(resolve_backend(args.backend), args.job)
     logging.basicConfig(level=logging.INFO if replica.leader else logging.WARNING,
                         format=f"[rank {replica.rank}] %(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("evergreen.data").setLevel(logging.INFO)  # every rank names its shards
     job = replica.share(read_job(args.job) if replica.leader else None)
     replica.sync_batchnorm = job["train"]["distributed"]["sync_batchnorm"]
-    result = run_worker(replica, job)
+    result = run_worker(replica, job, open_data(job, args.data, replica))
     if result is not None:
         write_result(args.job / "out", result)
     dist.barrier()  # a leader that dies while writing makes the agent restart everyone

@@ -41,7 +41,7 @@ def retrains(monkeypatch):
     calls = []
 
     def record(ws, overrides=None):
-        calls.append(sorted(p.stem for p in ws.batches.glob("*.npz")))
+        calls.append(sorted(p.stem for p in ws.batches.glob("*.csv")))
         return {"status": "retrained", "message": "recorded"}
 
     monkeypatch.setattr("app.watch.retrain_here", record)
@@ -109,7 +109,7 @@ def test_watch_once_ingests_marked_drops_and_retrains_once(workspace, tmp_path, 
     write_npz(drops / "more.npz", *chunk(digits, 1))
     (drops / "more.npz_READY").touch()
     assert main(["--workspace", str(workspace.root), "watch", str(drops), "--once"]) == 0
-    shards = sorted(p.stem for p in workspace.batches.glob("*.npz"))
+    shards = sorted(p.stem for p in workspace.batches.glob("*.csv"))
     assert len(shards) == 2
     assert retrains == [shards]  # both drops, one retrain
     assert sorted(p.name for p in (drops / DONE).iterdir()) == ["more.npz", "pngs"]
@@ -155,7 +155,7 @@ def test_a_busy_workspace_queues_the_drop(workspace, tmp_path, digits, retrains)
         watcher = threading.Thread(target=watch_folder, args=(workspace, drops, True))
         watcher.start()
         time.sleep(2.0)
-        assert (drops / "b.npz").exists() and not list(workspace.batches.glob("*.npz"))
+        assert (drops / "b.npz").exists() and not list(workspace.batches.glob("*.csv"))
     watcher.join(60)
     assert not watcher.is_alive()
     assert (drops / DONE / "b.npz").exists() and len(retrains) == 1
@@ -234,7 +234,7 @@ def test_watch_retrains_a_dropped_batch_end_to_end(tmp_path, digits):
     assert watcher.returncode == 130  # SIGTERM (a service manager's stop) stops it as Ctrl-C does
     assert not [pid for pid in children if alive(pid)], "the stopped watcher left processes running"
     assert (drops / DONE / "new.npz").exists()
-    assert len(list((ws / "data" / "batches").glob("*.npz"))) == 2
+    assert len(list((ws / "data" / "batches").glob("*.csv"))) == 2
     retrained = json.loads(registry.read_text())["candidates"][1]
     assert retrained["trigger"] == "continual-retraining"
 

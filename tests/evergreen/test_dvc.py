@@ -11,7 +11,7 @@ import yaml
 from evergreen import dvcfile
 from evergreen.workspace import Workspace
 from tasks.ingest import dedupe, write_batch
-from tests.conftest import TINY_PARAMS, write_params
+from tests.conftest import TINY_PARAMS, tree_bytes, write_params
 
 BIN = Path(sys.executable).parent
 
@@ -77,7 +77,7 @@ def test_dvc_push_and_pull_through_a_local_remote(tmp_path, tiny_batch):
     batch, hashes, _, _ = dedupe(tiny_batch, set())
     write_batch(batch, hashes, ws.batches)
     dvcfile.track(ws.root, "data/batches")
-    before = {p.name: p.read_bytes() for p in ws.batches.iterdir()}
+    before = tree_bytes(ws.batches)
 
     assert dvc(ws.root, "remote", "add", "-d", "store", str(tmp_path / "remote")).returncode == 0
     pushed = dvc(ws.root, "push")
@@ -86,4 +86,4 @@ def test_dvc_push_and_pull_through_a_local_remote(tmp_path, tiny_batch):
     shutil.rmtree(ws.root / ".dvc" / "cache")
     pulled = dvc(ws.root, "pull", "data/batches.dvc")  # the stages never ran here
     assert pulled.returncode == 0, pulled.stderr
-    assert {p.name: p.read_bytes() for p in ws.batches.iterdir()} == before
+    assert tree_bytes(ws.batches) == before

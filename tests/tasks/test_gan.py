@@ -336,14 +336,20 @@ def test_balanced_batches_draw_every_class_alike_however_rare():
     from tasks.gan.batches import balanced_indices, real_batch
 
     y = torch.tensor([0] * 900 + [1] * 90 + [3] * 10)  # class 2 absent, class 3 rare
-    x = torch.arange(len(y)).float().view(-1, 1, 1, 1)
+    n = torch.arange(len(y))  # each image names its index: two uint8 pixels
+    x = torch.stack([n // 256, n % 256], 1).to(torch.uint8).view(-1, 1, 1, 2).numpy()
+
+    def index_of(images):  # the reals come scaled to [-1, 1]
+        pixels = ((images + 1) * 127.5).round().long().view(-1, 2)
+        return pixels[:, 0] * 256 + pixels[:, 1]
+
     idx = balanced_indices(y, 30_000, torch.Generator().manual_seed(0))
     shares = torch.bincount(y[idx], minlength=4).float() / len(idx)
     assert shares[2] == 0 and torch.allclose(shares[[0, 1, 3]], torch.full((3,), 1 / 3), atol=0.02)
     assert len(torch.unique(idx[y[idx] == 3])) == 10  # every image of the rare class is drawn
     images, labels = real_batch(x, y, 64, GanConfig(), torch.Generator().manual_seed(1))
-    assert torch.equal(y[images.view(-1).long()], labels)  # the labels belong to the images
+    assert torch.equal(y[index_of(images)], labels)  # the labels belong to the images
     # unbalanced (or unconditional): the data's proportions, no repeats
     images, labels = real_batch(x, y, 64, GanConfig(balance_classes=False), torch.Generator())
-    assert len(torch.unique(images)) == 64 and torch.equal(y[images.view(-1).long()], labels)
+    assert len(torch.unique(index_of(images))) == 64 and torch.equal(y[index_of(images)], labels)
     assert real_batch(x, y, 8, GanConfig(conditional=False), torch.Generator())[1] is None

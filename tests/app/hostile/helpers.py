@@ -58,7 +58,8 @@ def tree(root: Path) -> set[str]:
 
 def state(ws) -> tuple:
     """What must not change: the batches, the DVC hash of the data, the registry."""
-    batches = {p.name: p.read_bytes() for p in ws.batches.iterdir()}
+    batches = {str(p.relative_to(ws.batches)): p.read_bytes() for p in ws.batches.rglob("*")
+               if p.is_file()}
     return batches, dvcfile.data_version(ws.root), ws.registry.read_bytes()
 
 
