@@ -117,10 +117,11 @@ class FeedConfig(Section):
 
     shuffle_window: int = Field(8192, ge=1, description="samples shuffled together inside a "
                                 "stream (a block shuffle over shards stored in random order)")
-    streams: int = Field(8, ge=1, le=4096, description="contiguous parts of each epoch's order "
-                         "read side by side; every global batch draws from all of them, and a "
-                         "distributed rank reads its own. The order is the same for every world "
-                         "size that divides it")
+    streams: Literal["auto"] | Annotated[int, Field(ge=1, le=4096)] = Field(
+        "auto", description="contiguous parts of each epoch's order read side by side; every "
+        "global batch draws from all of them, and a distributed rank reads its own (shards "
+        "apart from those a boundary cuts). auto: one per rank, the fewest cuts; a number pins "
+        "the order for every world size that divides it")
     loader_workers: Literal["auto"] | Annotated[int, Field(ge=0, le=64)] = Field(
         "auto", description="DataLoader processes reading batches; auto: none on 2 cores or "
         "fewer, else a quarter of the cores (at most 4)")

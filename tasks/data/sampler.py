@@ -7,9 +7,11 @@ turn, one sample each. Every global batch so draws evenly from all streams.
 
 Distributed, rank r of W reads the streams s with s % W == r and trains on the positions of each
 global batch that come from them: the ranks read disjoint parts of the data (disjoint shards,
-but for the at most two a stream boundary cuts), and the global order, hence the global batches,
-are the same for every world size that divides `streams` (see `streams_for`). A run that stops
-at position p resumes with the positions from p on: the same samples in the same order.
+but for those a stream boundary cuts, read by two ranks in two halves). By default there is a
+stream per rank (the fewest cuts), so the order depends on the world size; a pinned number of
+streams gives every world size that divides it the same global order, hence the same global
+batches (see `streams_for`). A run that stops at position p resumes with the positions from p
+on: the same samples in the same order.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def streams_for(streams: int, world: int) -> int:
-    """The streams a job of `world` ranks uses: `streams` when the world divides it, else the
-    next multiple of the world (then the order differs from a one-process run's)."""
+def streams_for(streams: int | None, world: int) -> int:
+    """The streams a job of `world` ranks uses: one per rank by default, `streams` when the
+    world divides it, else the next multiple of the world."""
+    if streams is None:
+        return world
     return streams if streams % world == 0 else streams + world - streams % world
 
 

@@ -29,7 +29,7 @@ class FitSettings:
     early_scale: float = 1.0  # progressive resizing: the first epochs' side, a share of the full
     early_share: float = 0.0  # share of the epochs at that side
     shuffle_window: int = 8192  # samples shuffled together (tasks.data.sampler)
-    streams: int = 8  # parts of the order read side by side; world sizes dividing it agree
+    streams: int | None = None  # parts of the order read side by side (None: one per rank)
     loader_workers: int = 0  # DataLoader worker processes reading batches
     checkpoint_every_s: float | None = None  # a checkpoint inside an epoch this often
 
@@ -58,5 +58,6 @@ class FitSettings:
                    cfg.threads, minutes * 60 if minutes else None,
                    "fp32" if cfg.precision == "auto" else cfg.precision,
                    1.0 if progressive.scale == "auto" else progressive.scale, progressive.share,
-                   feed.shuffle_window, feed.streams, loader_workers(feed.loader_workers),
+                   feed.shuffle_window, None if feed.streams == "auto" else feed.streams,
+                   loader_workers(feed.loader_workers),
                    feed.checkpoint_every_s)

@@ -16,16 +16,18 @@ import pytest
 import torch
 
 from evergreen.config import DistributedConfig, TrainConfig
-from evergreen.errors import TrainingCrashedError
+from evergreen.errors import EvergreenError, TrainingCrashedError
+from tasks.data.index import splits_sha256
 from tasks.train import train_model
-from tasks.train.launcher import launcher_command, launcher_env, threads_per_rank
+from tasks.train.launcher import launcher_command, launcher_env, threads_per_rank, write_job
 from tasks.train.replica import Replica
 from tasks.train.sync_batchnorm import CpuSyncBatchNorm, convert_to_cpu_sync_bn
 from tasks.train.worker import FAULT_ENV
 
-# dropout 0: the masks are per rank and cannot match one process's (documented)
+# dropout 0: the masks are per rank and cannot match one process's (documented); two streams
+# pinned: one process and two ranks then read the same global order
 BASE = {"epochs": 2, "batch_size": 32, "dropout": 0.0, "threads": 1, "augment": {"enabled": False},
-        "cnn": {"channels": [8, 16]}}
+        "cnn": {"channels": [8, 16]}, "feed": {"streams": 2}}
 
 
 def config(**distributed) -> TrainConfig:
@@ -133,18 +135,36 @@ def test_two_processes_match_one_process(data, augment):
         assert all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6) for k in a)
 
 
-def test_two_launchers_form_one_multi_node_job(data):
-    """nnodes=2 on one machine: node 1 runs the bare launcher, node 0 the train stage's.
+def shard_lines(output: str, rank: int) -> set[str]:
+    """The shards rank `rank` says it read in epoch 1."""
+    import re
 
-    Per-rank BatchNorm here (the default), so the model is not one process's: check it learns.
-    """
+    found = re.search(rf"rank {rank} of 2, epoch 1: \d+ samples from shards ([\w\- ]+)", output)
+    assert found, output
+    return set(found.group(1).split())
+
+
+def test_two_launchers_form_one_multi_node_job(data, tmp_path, caplog):
+    """nnodes=2 on one machine: node 0 runs the train stage's launcher on its workspace, node 1
+    the bare launcher on its own copy of the data (as `dvc pull` makes it: `--data`). Each rank
+    reads its own shards; per-rank BatchNorm (the default), so the model is not one process's:
+    check it learns."""
+    import shutil
+
+    from tasks.data.index import open_splits, write_arrays
+
     train, val, classes, norm = data
+    write_arrays(tmp_path / "node0", {"train": train, "val": val}, max_bytes=20 * train[0][0].nbytes)
+    shutil.copytree(tmp_path / "node0", tmp_path / "node1")
+    splits = open_splits(tmp_path / "node0", ("train", "val"))
+    caplog.set_level(logging.INFO, logger="evergreen")
     node = {"nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{free_port()}", "sync_batchnorm": False}
-    node1 = subprocess.Popen(launcher_command(config(**node, node_rank=1).distributed, None),
-                             env=launcher_env(1), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    command = launcher_command(config(**node, node_rank=1).distributed, None)
+    node1 = subprocess.Popen(command + ["--data", str(tmp_path / "node1")], env=launcher_env(1),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        model, card, history = train_model(train, val, classes, norm, config(**node, node_rank=0))
+        model, card, history = train_model(splits["train"], splits["val"], classes, norm,
+                                           config(**node, node_rank=0), root=tmp_path / "node0")
         output = node1.communicate(timeout=120)[0]
     finally:
         node1.kill()
@@ -152,6 +172,42 @@ def test_two_launchers_form_one_multi_node_job(data):
     assert card["training"]["world_size"] == 2 and len(history) == 2
     assert history[1]["train_loss"] < history[0]["train_loss"]
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    read = [shard_lines(caplog.text + output, r) for r in (0, 1)]
+    assert len(read[0] | read[1]) == len(splits["train"][0].run_lengths())
+    assert len(read[0] & read[1]) <= 1  # two streams: one boundary, one shard read in halves
+
+
+def test_a_node_with_other_data_is_refused(data, tmp_path):
+    from tasks.data.index import open_splits, write_arrays
+    from tasks.train.worker import open_data
+
+    train, val, _, _ = data
+    write_arrays(tmp_path / "node0", {"train": train, "val": val})
+    write_arrays(tmp_path / "stale", {"train": (train[0][1:], train[1][1:]), "val": val})
+    job = {"data": {"root": str(tmp_path / "node0"), "sha256": splits_sha256(
+        open_splits(tmp_path / "node0", ("train", "val")))}}
+    assert len(open_data(job, None, Replica())["train"][1]) == len(train[1])
+    with pytest.raises(EvergreenError, match="rank 0: the data under .*stale is not the job's"):
+        open_data(job, tmp_path / "stale", Replica())
+
+
+def test_the_job_ranks_share_holds_no_samples(data, tmp_path):
+    """What the leader broadcasts is job.json: config and where the data is, no tensor; the
+    samples stay in the shards every rank reads itself."""
+    from tasks.data.index import open_splits, write_arrays
+    from tasks.train.exchange import skeleton
+    from tasks.train.worker import read_job
+
+    train, val, classes, norm = data
+    write_arrays(tmp_path / "ws", {"train": train, "val": val})
+    splits = open_splits(tmp_path / "ws", ("train", "val"))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    write_job(job_dir, splits["train"], splits["val"], classes, norm, config(), None, None, "",
+              tmp_path / "ws")
+    tensors = []
+    skeleton(read_job(job_dir), tensors)
+    assert tensors == [] and sorted(p.name for p in job_dir.iterdir()) == ["job.json"]
 
 
 def test_killed_rank_restarts_from_the_epoch_checkpoint(data, tmp_path, monkeypatch, caplog):
