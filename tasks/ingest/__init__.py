@@ -4,7 +4,8 @@ The package's public API, re-exported from the module that owns each name:
 source (read_source, read_idx, read_labelled: the entry points, dispatching to one reader per
 format: idx, npz, csv_table, folder with labels_csv and decode; archives through archive),
 reading (Batch, ReadLog, Rejected), names, safe_files, batches (the dataset's shards and
-metadata, migration from packed .npz batches), quarantine, and predict_input (images to score with the champion).
+metadata, migration from packed .npz batches), quarantine, and predict_input (images to score
+with the champion).
 """
 
 from tasks.ingest.batches import (
@@ -36,7 +37,8 @@ from tasks.ingest.source import canonical_labels, load_digits_batch, read_idx, r
 
 __all__ = [
     "META_COLUMNS", "TEXT_COLUMNS", "Batch", "Candidate", "Input", "Names", "Opened", "Read",
-    "ReadLog", "Reading", "Rejected", "Shape", "SourceFiles", "batch_id_of", "batch_images", "canonical_labels",
+    "ReadLog", "Reading", "Rejected", "Shape", "SourceFiles", "batch_id_of", "batch_images",
+    "canonical_labels",
     "collect_inputs", "content_hash", "csv_cell", "dataset_shape", "dedupe", "display_name",
     "from_csv_cell", "has_samples", "land_batch", "load_digits_batch", "load_inputs",
     "metadata_csv", "metadata_table", "migrate_batches", "pack_shard", "prepare_batch", "private_folder",

@@ -27,8 +27,9 @@ def train_model(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.
     fit it; returns (model, card, history). The card records every auto decision.
 
     With train.distributed.world_size > 1 (or backend nccl: the GPU path) the elastic
-    launcher runs the fit in DDP workers, each reading the data under `root` (the workspace). `on_epoch(row, epochs)` follows an in-process fit
-    (DDP workers are other processes; they log each epoch).
+    launcher runs the fit in DDP workers, each reading the data under `root` (the workspace).
+    `on_epoch(row, epochs)` follows an in-process fit (DDP workers are other processes; they
+    log each epoch).
     """
     cfg, augment, decided = resolve_train(cfg, train, classes)
     in_shape = tuple(int(d) for d in train[0].shape[1:])

@@ -5,8 +5,8 @@
 shares the config, every rank opens the data from its own store (the job's data folder, or
 `--data WORKSPACE` on a node that pulled it) and checks it is the job's, all ranks run
 `tasks.train.loop.fit` reading their share of every global batch (tasks.train.feed), and the
-leader alone writes checkpoints and the result. No sample crosses the process group. EVERGREEN_FAULT_INJECT kills a
-rank mid-epoch (tests of the elastic restart).
+leader alone writes checkpoints and the result. No sample crosses the process group.
+EVERGREEN_FAULT_INJECT kills a rank mid-epoch (tests of the elastic restart).
 
 Rules, so that N processes train the same model as one:
 - `train.batch_size` is the GLOBAL batch; each rank takes a contiguous 1/N slice of it

@@ -6,8 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from tasks.data import Images, ShardStore, chunks, epoch_order, join, rank_mask, streams_for, \
-    write_shards
+from tasks.data import (
+    Images,
+    ShardStore,
+    chunks,
+    epoch_order,
+    join,
+    rank_mask,
+    streams_for,
+    write_shards,
+)
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
