@@ -27,6 +27,8 @@ GROUPS = {
                                                 "inference_batch256_throughput"), (600, 1800)),
     "train_throughput": ("bench.training:train_throughput", ("train_throughput_vs_plain_loop",),
                          (600, 3600)),
+    "streaming": ("bench.streaming:streaming", ("stream_vs_memory_digits",
+                                                "stream_vs_memory_gtsrb64"), (600, 2400)),
     "time_to_accuracy": ("bench.training:time_to_accuracy", ("time_to_98_vs_reference",), (600, 5400)),
     "ddp": ("bench.collected:ddp", ("ddp_2x1_vs_1x2",), (600, 1800)),
     "ingest": ("bench.collected:ingest", ("ingest_throughput", "validate_70k"), (600, 1800)),

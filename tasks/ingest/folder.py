@@ -1,13 +1,12 @@
 """Image folders: <root>/<label>/... (nested folders allowed), or images beside a labels CSV.
 
 Two passes over the files: headers first (sizes, modes: limits and the batch's shape are
-decided before any pixel is decoded), then decoding, one image at a time, straight into
-the batch's array.
+decided before any pixel is decoded), then decoding in worker processes (tasks.ingest.pool),
+each image straight into its row of the batch's array.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.errors import BadInputError
-from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, decode, probe
+from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, probe
 from tasks.ingest.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
 from tasks.ingest.names import display_name, relative
+from tasks.ingest.pool import decode_all, reason_of
 from tasks.ingest.reading import Batch, Reading, Rejected
 from tasks.ingest.safe_files import SourceFiles, UnreadableFile
 from tasks.ingest.shape import choose_target
@@ -32,12 +32,6 @@ LABELS_SUFFIXES = (".csv", ".tsv")
 def os_file(name: str) -> bool:
     """Hidden files and OS droppings (.DS_Store, __MACOSX/, ._resource forks) are not samples."""
     return name.startswith(".") or name in OS_FILES
-
-
-def _reason(exc: BaseException) -> str:
-    """An error's message without the 'file: ' in front (the Rejected names the file)."""
-    text = str(exc)
-    return text.split(": ", 1)[1] if ": " in text else text
 
 
 @dataclass
@@ -243,7 +237,7 @@ def _read_file(path: Path, reading: Reading, read):
         with reading.files.open(path, shown) as fh:
             return read(fh)
     except UnreadableFile as exc:
-        return Rejected(shown, _reason(exc))
+        return Rejected(shown, reason_of(exc))
     except DecodeError as exc:
         return Rejected(shown, str(exc))
 
@@ -282,20 +276,18 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
     target, notes = choose_target(sizes, any(h.colour for _, h in headers), reading.cfg,
                                   reading.conform_to)
     reading.log.notes += notes
-    # each image is decoded alone, straight into its row (at most max_image_pixels at a time)
+    # decoded in worker processes (tasks.ingest.pool), each image straight into its row
     reading.budget(len(headers) * target.channels * target.size[0] * target.size[1],
                    f"{len(headers)} images at {target.channels}x{target.size[0]}x{target.size[1]}",
                    reading.names(reading.names.base))
     x = np.empty((len(headers), target.channels, *target.size), np.uint8)
     kept, decoded = [], []
-    for path, header in headers:
-        got = _read_file(path, reading, functools.partial(decode, header=header, target=target,
-                                                          roi=rois[path]))
+    items = [(path, header, rois[path]) for path, header in headers]
+    for (path, _, _), got in zip(items, decode_all(items, target, reading), strict=True):
         if isinstance(got, Rejected):
             rejects.append(got)
             continue
-        arr, how = got
-        x[len(kept)] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        x[len(kept)], how = got
         kept.append(path)
         decoded.append(how)
     batch = Batch(x[: len(kept)], np.array([labels[p] for p in kept], dtype=str),
