@@ -20,7 +20,8 @@ NAMES = {"train_throughput_vs_plain_loop", "time_to_98_vs_reference", "pipeline_
          "compression_accuracy_drop", "ddp_2x1_vs_1x2", "warm_vs_scratch", "warm_old_test_drop",
          "ingest_throughput", "validate_70k", "gan_distance_ratio", "distillation_gain",
          "decode_vs_plain_pillow", "gtsrb_official_accuracy", "gtsrb_run_minutes", "gtsrb_time_to_97",
-         "gtsrb_compression_speedup", "gtsrb_compression_size_ratio", "gtsrb_compression_drop"}
+         "gtsrb_compression_speedup", "gtsrb_compression_size_ratio", "gtsrb_compression_drop",
+         "stream_vs_memory_digits", "stream_vs_memory_gtsrb64"}
 
 
 def test_the_gtsrb_group_is_skipped_with_a_note_without_the_data(tmp_path, monkeypatch):
