@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evergreen.workspace import atomic_write_bytes, atomic_write_text
+from evergreen.workspace import atomic_write_text
 
 MANIFEST = "manifest.json"
 
@@ -27,14 +27,6 @@ class Shard:
     name: str
     count: int
     sha256: str  # of the file: a shard is immutable once listed
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
 
 
 class ShardWriter:
@@ -49,18 +41,24 @@ class ShardWriter:
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, x: np.ndarray) -> None:
-        for image in x:
-            if self.pending and self.size + image.nbytes > self.max_bytes:
+        """Images (N, C, H, W), cut at the shard size in slices (no per-image copy)."""
+        item = int(np.prod(x.shape[1:])) or 1
+        while len(x):
+            room = max(self.max_bytes - self.size, 0) // item
+            if room == 0 and self.pending:
                 self.flush()
-            self.pending.append(np.array(image, dtype=np.uint8))
-            self.size += image.nbytes
+                continue
+            take = max(room, 1)
+            self.pending.append(x[:take])
+            self.size += len(x[:take]) * item
+            x = x[take:]
 
     def flush(self) -> None:
         if self.pending:
             name = f"{self.prefix}-{len(self.written):05d}"
-            data = npy_bytes(np.stack(self.pending))
-            atomic_write_bytes(self.folder / f"{name}.npy", data)
-            self.written.append(Shard(name, len(self.pending), hashlib.sha256(data).hexdigest()))
+            images = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+            images = np.ascontiguousarray(images, dtype=np.uint8)
+            self.written.append(Shard(name, len(images), save_npy(self.folder / f"{name}.npy", images)))
             self.pending, self.size = [], 0
 
     def close(self) -> list[Shard]:
@@ -69,6 +67,25 @@ class ShardWriter:
         atomic_write_text(self.folder / MANIFEST,
                           json.dumps({"shards": [asdict(s) for s in manifest]}, indent=1))
         return self.written
+
+
+def save_npy(path: Path, images: np.ndarray) -> str:
+    """The array as a .npy written aside, fsynced and renamed into place; its sha256."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(images))
+    digest = hashlib.sha256(header.getvalue())
+    body = memoryview(images.reshape(-1)).cast("B")
+    digest.update(body)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(header.getvalue())
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    return digest.hexdigest()
 
 
 def write_shards(blocks: Iterable[np.ndarray], folder: Path, prefix: str,

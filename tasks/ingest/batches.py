@@ -142,14 +142,13 @@ def dedupe(batch: Batch, known: set[str]) -> tuple[Batch, list[str], int, int]:
         else:
             keep[i] = True
             seen.add(h)
-    return batch.take(keep), [h for h, k in zip(hashes, keep, strict=False) if k], repeats, present
+    kept = batch if keep.all() else batch.take(keep)  # a copy of every pixel costs seconds
+    return kept, [h for h, k in zip(hashes, keep, strict=False) if k], repeats, present
 
 
 def write_batch(batch: Batch, hashes: list[str], batches_dir: Path) -> str:
     """Land a batch directly (no checks): shard, then metadata. Returns its id."""
     batch_id = batch_id_of(hashes, batch.labels)
-    perm = stored_order(batch_id, len(batch))
-    batch, hashes = batch.order(perm), [hashes[i] for i in perm]
     land_batch(Candidate("", batch, hashes, batch_id, metadata_table(batch, hashes, batch_id),
                          [], 0, 0), batches_dir)
     return batch_id
@@ -190,8 +189,6 @@ def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir:
     batch, rejected = read_labelled(source, cfg, workspace, log, dataset_shape(dataset))
     fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
     batch_id = batch_id_of(hashes, fresh.labels)
-    perm = stored_order(batch_id, len(fresh))
-    fresh, hashes = fresh.order(perm), [hashes[i] for i in perm]
     meta = metadata_table(fresh, hashes, batch_id)
     return Candidate(source, fresh, hashes, batch_id, meta, rejected, repeats, present, log)
 
@@ -209,20 +206,33 @@ def pack_shard(batch: Batch) -> bytes:
 
 
 def land_batch(candidate: Candidate, batches_dir: Path, shard_mb: int = 128) -> None:
-    """Write the shards (<id>/), then the metadata (.csv), which marks the batch as landed."""
-    store_pixels(candidate.batch.x, batches_dir, candidate.batch_id, shard_mb)
-    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv", metadata_csv(candidate.meta))
+    """Write the shards (<id>/), then the metadata (.csv), which marks the batch as landed;
+    both in the stored order."""
+    order = stored_order(candidate.batch_id, len(candidate.batch))
+    store_pixels(candidate.batch.x, order, batches_dir, candidate.batch_id, shard_mb)
+    meta = candidate.meta.iloc[order].reset_index(drop=True)
+    atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv", metadata_csv(meta))
 
 
-def store_pixels(x: np.ndarray, batches_dir: Path, batch_id: str, shard_mb: int) -> None:
-    """The images as the shards of <id>/, written aside and renamed into place whole."""
+def store_pixels(x: np.ndarray, order: np.ndarray, batches_dir: Path, batch_id: str,
+                 shard_mb: int) -> None:
+    """x[order] as the shards of <id>/, written aside and renamed into place whole; one
+    shard's buffer is reused (fresh pages cost more than the copy on some VMs)."""
     import shutil
 
-    from tasks.data import write_shards
+    from tasks.data import ShardWriter
 
     final, partial = batches_dir / batch_id, batches_dir / f".{batch_id}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    write_shards([x], partial, batch_id, shard_mb * 2**20)
+    writer = ShardWriter(partial, batch_id, shard_mb * 2**20)
+    per = max(1, shard_mb * 2**20 // max(1, int(np.prod(x.shape[1:]))))
+    buf = np.empty((min(per, len(x)), *x.shape[1:]), np.uint8)
+    for i in range(0, len(x), per):
+        part = buf[:len(order[i:i + per])]
+        np.take(x, order[i:i + per], axis=0, out=part)
+        writer.add(part)
+        writer.flush()  # before the buffer is refilled
+    writer.close()
     shutil.rmtree(final, ignore_errors=True)  # a batch is content-addressed: same id, same data
     partial.replace(final)
 
@@ -241,7 +251,7 @@ def migrate_batches(batches_dir: Path, shard_mb: int = 128) -> list[str]:
         if len(x) != len(meta):
             raise BadInputError(f"{packed}: {len(x)} images for {len(meta)} rows in {table.name}")
         perm = stored_order(packed.stem, len(x))
-        store_pixels(x[perm], batches_dir, packed.stem, shard_mb)
+        store_pixels(x, perm, batches_dir, packed.stem, shard_mb)
         atomic_write_bytes(table, metadata_csv(meta.iloc[perm].reset_index(drop=True)))
         packed.unlink()
         moved.append(packed.stem)

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.errors import BadInputError
-from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, DecodeError, Header, probe
+from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, Header
 from tasks.ingest.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
 from tasks.ingest.names import display_name, relative
-from tasks.ingest.pool import decode_all, reason_of
+from tasks.ingest.pool import ReadPool
 from tasks.ingest.reading import Batch, Reading, Rejected
-from tasks.ingest.safe_files import SourceFiles, UnreadableFile
+from tasks.ingest.safe_files import SourceFiles
 from tasks.ingest.shape import choose_target
 
 OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".AppleDouble", ".Spotlight-V100",
@@ -230,29 +230,6 @@ def _is_labels_csv(path: Path, reading: Reading) -> bool:
     return cols is not None
 
 
-def _read_file(path: Path, reading: Reading, read):
-    """read(fh) on one file, or a Rejected naming it when it cannot be opened or decoded."""
-    shown = reading.names(path)
-    try:
-        with reading.files.open(path, shown) as fh:
-            return read(fh)
-    except UnreadableFile as exc:
-        return Rejected(shown, reason_of(exc))
-    except DecodeError as exc:
-        return Rejected(shown, str(exc))
-
-
-def _probe_all(paths: list[Path], reading: Reading) -> tuple[list[tuple[Path, Header]], list[Rejected]]:
-    ok, rejects = [], []
-    for path in paths:
-        got = _read_file(path, reading, lambda fh: probe(fh, reading.cfg.max_image_pixels))
-        if isinstance(got, Rejected):
-            rejects.append(got)
-        else:
-            ok.append((path, got))
-    return ok, rejects
-
-
 def _roi(entry: Entry | None, header: Header) -> tuple[int, int, int, int] | None:
     """The ROI on this image, in the file's pixel grid (None: the whole image)."""
     if entry is None:
@@ -264,7 +241,19 @@ def _roi(entry: Entry | None, header: Header) -> tuple[int, int, int, int] | Non
 
 def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, Entry],
                 reading: Reading) -> tuple[Batch, list[Rejected]]:
-    headers, rejects = _probe_all(paths, reading)
+    with ReadPool(reading, len(paths)) as pool:
+        return _decode_with(pool, paths, labels, entries, reading)
+
+
+def _decode_with(pool: ReadPool, paths: list[Path], labels: dict[Path, str],
+                 entries: dict[Path, Entry], reading: Reading) -> tuple[Batch, list[Rejected]]:
+    """Headers first (sizes and limits decided before any pixel is decoded), then pixels."""
+    headers, rejects = [], []
+    for path, got in zip(paths, pool.probe_all(paths), strict=True):
+        if isinstance(got, Rejected):
+            rejects.append(got)
+        else:
+            headers.append((path, got))
     rois = {p: _roi(entries.get(p), h) for p, h in headers}
     empty = {p for p, r in rois.items() if r is not None and (r[2] <= r[0] or r[3] <= r[1])}
     rejects += [Rejected(reading.names(p), "ROI lies outside the image") for p, _ in headers
@@ -283,7 +272,7 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
     x = np.empty((len(headers), target.channels, *target.size), np.uint8)
     kept, decoded = [], []
     items = [(path, header, rois[path]) for path, header in headers]
-    for (path, _, _), got in zip(items, decode_all(items, target, reading), strict=True):
+    for (path, _, _), got in zip(items, pool.decode_all(items, target), strict=True):
         if isinstance(got, Rejected):
             rejects.append(got)
             continue

@@ -1,15 +1,17 @@
-"""A folder's images decoded in worker processes, one per core, in chunks; a small folder (or a
-machine of one core) decodes in this process.
+"""A folder's images probed and decoded in worker processes, one per core, in chunks; a small
+folder (or a machine of one core) is read in this process.
 
 Workers are spawned, not forked: the caller may hold threads (Prefect's, torch's), and a fork
 copies their locks mid-use. Each worker opens files through its own SourceFiles with the same
-checks and read timeout, and sends back the pixels of its chunk, the files it opened (for the
-quarantine's record) and the files it refused. Results come back in order.
+checks and read timeout, and sends back what it read (headers, or the pixels of its chunk),
+the files it opened (for the quarantine's record) and the files it refused. Results come back
+in order; one pool serves both passes.
 """
 
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.ingest.decode import DecodeError, Header, Target, decode
+from tasks.ingest.decode import DecodeError, Header, Target, decode, probe
 from tasks.ingest.names import Names
 from tasks.ingest.reading import Reading, Rejected
 from tasks.ingest.safe_files import SourceFiles, UnreadableFile
 
-POOL_MIN = 1500  # fewer images decode here: spawning workers costs about a second
+POOL_MIN = 1500  # fewer images are read here: spawning workers costs about a second
 CHUNK = 256  # images per task: big enough to amortise the transfer, small enough to balance
 
 Item = tuple[Path, Header, tuple[int, int, int, int] | None]  # a file, its header, its ROI
@@ -37,11 +39,15 @@ class Opener:
     timeout_s: float
     base: Path
     prefix: str
+    max_pixels: int
 
     @classmethod
     def of(cls, reading: Reading) -> Opener:
         return cls(reading.files.root, reading.files.timeout_s, reading.names.base,
-                   reading.names.prefix)
+                   reading.names.prefix, reading.cfg.max_image_pixels)
+
+    def files(self) -> tuple[SourceFiles, Names]:
+        return SourceFiles(self.root, self.timeout_s), Names(self.base, self.prefix)
 
 
 def reason_of(exc: BaseException) -> str:
@@ -50,53 +56,98 @@ def reason_of(exc: BaseException) -> str:
     return text.split(": ", 1)[1] if ": " in text else text
 
 
-def decode_one(item: Item, target: Target, files: SourceFiles, names) -> tuple:
-    """(pixels as (C, H, W), how) or a Rejected naming the file."""
-    path, header, roi = item
+def read_one(path: Path, files: SourceFiles, names, read):
+    """read(fh) on one file, or a Rejected naming it when it cannot be opened or decoded."""
     shown = names(path)
     try:
         with files.open(path, shown) as fh:
-            arr, how = decode(fh, header=header, target=target, roi=roi)
+            return read(fh)
     except UnreadableFile as exc:
         return Rejected(shown, reason_of(exc))
     except DecodeError as exc:
         return Rejected(shown, str(exc))
+
+
+def decode_one(item: Item, target: Target, files: SourceFiles, names) -> tuple | Rejected:
+    """(pixels as (C, H, W), how) or a Rejected naming the file."""
+    path, header, roi = item
+    got = read_one(path, files, names, functools.partial(decode, header=header, target=target,
+                                                         roi=roi))
+    if isinstance(got, Rejected):
+        return got
+    arr, how = got
     return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), how
 
 
+def probe_chunk(opener: Opener, paths: list[Path]):
+    """A worker's probe task: each file's Header or Rejected, and the files opened."""
+    files, names = opener.files()
+    return [read_one(p, files, names, lambda fh: probe(fh, opener.max_pixels)) for p in paths], \
+        files.opened
+
+
 def decode_chunk(opener: Opener, target: Target, items: list[Item]):
-    """A worker's task: (pixels (k, C, H, W), hows, rejected by position, files opened)."""
-    files = SourceFiles(opener.root, opener.timeout_s)
-    names = Names(opener.base, opener.prefix)
+    """A worker's decode task: (pixels (k, C, H, W), hows, rejected by position, files opened)."""
+    files, names = opener.files()
     x = np.zeros((len(items), target.channels, *target.size), np.uint8)
     hows, rejected = [], {}
     for i, item in enumerate(items):
         got = decode_one(item, target, files, names)
         if isinstance(got, Rejected):
-            rejected[i], hows = got, hows + [""]
+            rejected[i] = got
+            hows.append("")
         else:
-            x[i], hows = got[0], hows + [got[1]]
+            x[i] = got[0]
+            hows.append(got[1])
     return x, hows, rejected, files.opened
 
 
-def decode_workers() -> int:
+def workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, cores or 1)
 
 
-def decode_all(items: list[Item], target: Target, reading: Reading) -> Iterator[tuple]:
-    """Each item's (pixels, how) or Rejected, in order."""
-    workers = decode_workers()
-    if workers == 1 or len(items) < POOL_MIN:
-        for item in items:
-            yield decode_one(item, target, reading.files, reading.names)
-        return
-    import multiprocessing
+class ReadPool:
+    """Probes and decodes a folder's files, in worker processes when there are enough."""
 
-    task = functools.partial(decode_chunk, Opener.of(reading), target)
-    parts = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for x, hows, rejected, opened in pool.map(task, parts):
+    def __init__(self, reading: Reading, n: int):
+        self.reading = reading
+        self.pool = None
+        if workers() > 1 and n >= POOL_MIN:
+            self.pool = ProcessPoolExecutor(workers(), mp_context=multiprocessing.get_context("spawn"))
+
+    def __enter__(self) -> ReadPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def probe_all(self, paths: list[Path]) -> Iterator[Header | Rejected]:
+        """Each file's header (limits checked before any decoding) or Rejected, in order."""
+        reading = self.reading
+        if self.pool is None:
+            cap = reading.cfg.max_image_pixels
+            yield from (read_one(p, reading.files, reading.names, lambda fh: probe(fh, cap))
+                        for p in paths)
+            return
+        task = functools.partial(probe_chunk, Opener.of(reading))
+        for got, opened in self.pool.map(task, chunked(paths)):
+            reading.files.opened.extend(opened)
+            yield from got
+
+    def decode_all(self, items: list[Item], target: Target) -> Iterator[tuple | Rejected]:
+        """Each item's (pixels, how) or Rejected, in order."""
+        reading = self.reading
+        if self.pool is None:
+            yield from (decode_one(item, target, reading.files, reading.names) for item in items)
+            return
+        task = functools.partial(decode_chunk, Opener.of(reading), target)
+        for x, hows, rejected, opened in self.pool.map(task, chunked(items)):
             reading.files.opened.extend(opened)
             for i, how in enumerate(hows):
                 yield rejected[i] if i in rejected else (x[i], how)
+
+
+def chunked(items: list) -> list[list]:
+    return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]

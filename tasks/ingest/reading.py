@@ -35,11 +35,6 @@ class Batch:
         decoded = None if self.decoded is None else [self.decoded[i] for i in index]
         return Batch(self.x[keep], self.labels[keep], [self.sources[i] for i in index], decoded)
 
-    def order(self, perm: np.ndarray) -> Batch:
-        """The samples in the order `perm` gives."""
-        decoded = None if self.decoded is None else [self.decoded[i] for i in perm]
-        return Batch(self.x[perm], self.labels[perm], [self.sources[i] for i in perm], decoded)
-
 
 @dataclass
 class Rejected:

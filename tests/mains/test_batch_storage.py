@@ -11,7 +11,7 @@ from mains import call_main
 from mains.processed import load_split, read_meta
 from tasks.data import read_manifest
 from tasks.ingest import content_hash, read_batches, read_metadata
-from tests.mains.test_ingest import NO_DRIFT, ingest, tiny_idx  # noqa: F401 - a fixture
+from tests.mains.test_ingest import NO_DRIFT, ingest
 
 
 def test_a_batch_lands_as_shards_in_a_shuffled_order_matching_its_table(workspace, tiny_idx,

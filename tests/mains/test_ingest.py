@@ -29,13 +29,6 @@ def listing(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-@pytest.fixture
-def tiny_idx(tmp_path, tiny_batch):
-    folder = tmp_path / "idx"
-    write_idx_pair(folder, tiny_batch.x, tiny_batch.labels.astype(int))
-    return folder
-
-
 # --- reading sources: see tests/tasks/ingest/ -----------------------------------
 
 def test_nonexistent_source_is_bad_input(tmp_path):

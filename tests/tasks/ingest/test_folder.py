@@ -180,7 +180,7 @@ def test_worker_processes_decode_a_large_folder_as_this_process_does(tmp_path, t
     here, here_bad = read(str(root))
     monkeypatch.setattr(pool, "POOL_MIN", 10)
     monkeypatch.setattr(pool, "CHUNK", 16)
-    monkeypatch.setattr(pool, "decode_workers", lambda: 2)
+    monkeypatch.setattr(pool, "workers", lambda: 2)
     log = ReadLog()
     pooled, pooled_bad = read_source(str(root), IngestConfig(), log=log)
     np.testing.assert_array_equal(pooled.x, here.x)
