@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from evergreen.errors import BadInputError
-from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, Header
+from tasks.ingest.decode import FORMAT_NAMES, SUFFIXES, SWAPS_SIDES, Header, Target
 from tasks.ingest.labels_csv import Entry, csv_relative, header_columns, lookup, read_labels
 from tasks.ingest.names import display_name, relative
 from tasks.ingest.pool import ReadPool
 from tasks.ingest.reading import Batch, Reading, Rejected
 from tasks.ingest.safe_files import SourceFiles
-from tasks.ingest.shape import choose_target
+from tasks.ingest.shape import choose_target, fixed_target
 
 OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".AppleDouble", ".Spotlight-V100",
             ".Trashes", ".fseventsd", "@eaDir", "Icon\r"}
@@ -247,7 +247,13 @@ def _decode_all(paths: list[Path], labels: dict[Path, str], entries: dict[Path, 
 
 def _decode_with(pool: ReadPool, paths: list[Path], labels: dict[Path, str],
                  entries: dict[Path, Entry], reading: Reading) -> tuple[Batch, list[Rejected]]:
-    """Headers first (sizes and limits decided before any pixel is decoded), then pixels."""
+    """Headers first (sizes and limits decided before any pixel is decoded), then pixels; one
+    pass when params fix the shape (each header still checked before its file is decoded)."""
+    target = fixed_target(reading.cfg, reading.conform_to)
+    if target is not None and not entries:
+        budget(reading, len(paths), target)
+        return _collect(zip(paths, pool.read_all(paths, target), strict=True), len(paths),
+                        labels, target, [], reading)
     headers, rejects = [], []
     for path, got in zip(paths, pool.probe_all(paths), strict=True):
         if isinstance(got, Rejected):
@@ -265,14 +271,24 @@ def _decode_with(pool: ReadPool, paths: list[Path], labels: dict[Path, str],
     target, notes = choose_target(sizes, any(h.colour for _, h in headers), reading.cfg,
                                   reading.conform_to)
     reading.log.notes += notes
-    # decoded in worker processes (tasks.ingest.pool), each image straight into its row
-    reading.budget(len(headers) * target.channels * target.size[0] * target.size[1],
-                   f"{len(headers)} images at {target.channels}x{target.size[0]}x{target.size[1]}",
-                   reading.names(reading.names.base))
-    x = np.empty((len(headers), target.channels, *target.size), np.uint8)
-    kept, decoded = [], []
+    budget(reading, len(headers), target)
     items = [(path, header, rois[path]) for path, header in headers]
-    for (path, _, _), got in zip(items, pool.decode_all(items, target), strict=True):
+    return _collect(zip([p for p, _ in headers], pool.decode_all(items, target), strict=True),
+                    len(items), labels, target, rejects, reading)
+
+
+def budget(reading: Reading, n: int, target: Target) -> None:
+    reading.budget(n * target.channels * target.size[0] * target.size[1],
+                   f"{n} images at {target.channels}x{target.size[0]}x{target.size[1]}",
+                   reading.names(reading.names.base))
+
+
+def _collect(results, n: int, labels: dict[Path, str], target: Target, rejects: list[Rejected],
+             reading: Reading) -> tuple[Batch, list[Rejected]]:
+    """The batch of the n decoded images (each straight into its row), and the refused."""
+    x = np.empty((n, target.channels, *target.size), np.uint8)
+    kept, decoded = [], []
+    for path, got in results:
         if isinstance(got, Rejected):
             rejects.append(got)
             continue

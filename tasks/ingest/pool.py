@@ -68,15 +68,34 @@ def read_one(path: Path, files: SourceFiles, names, read):
         return Rejected(shown, str(exc))
 
 
-def decode_one(item: Item, target: Target, files: SourceFiles, names) -> tuple | Rejected:
-    """(pixels as (C, H, W), how) or a Rejected naming the file."""
-    path, header, roi = item
-    got = read_one(path, files, names, functools.partial(decode, header=header, target=target,
-                                                         roi=roi))
-    if isinstance(got, Rejected):
-        return got
-    arr, how = got
-    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)), how
+def probe_and_decode(fh, max_pixels: int, target: Target):
+    """One open file: its header checked against the limits, then its pixels."""
+    header = probe(fh, max_pixels)
+    fh.seek(0)
+    return decode(fh, header=header, target=target, roi=None)
+
+
+def read_chunk(opener: Opener, target: Target, paths: list[Path]):
+    """A worker's one-pass task (the target known beforehand): like decode_chunk, each file
+    opened once for its header and its pixels."""
+    files, names = opener.files()
+    read = functools.partial(probe_and_decode, max_pixels=opener.max_pixels, target=target)
+    return pixels_of([read_one(p, files, names, read) for p in paths], target) + (files.opened,)
+
+
+def pixels_of(results: list, target: Target) -> tuple:
+    """(pixels (k, C, H, W), hows, rejected by position) of decode results."""
+    x = np.zeros((len(results), target.channels, *target.size), np.uint8)
+    hows, rejected = [], {}
+    for i, got in enumerate(results):
+        if isinstance(got, Rejected):
+            rejected[i] = got
+            hows.append("")
+        else:
+            arr, how = got
+            x[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            hows.append(how)
+    return x, hows, rejected
 
 
 def probe_chunk(opener: Opener, paths: list[Path]):
@@ -89,17 +108,10 @@ def probe_chunk(opener: Opener, paths: list[Path]):
 def decode_chunk(opener: Opener, target: Target, items: list[Item]):
     """A worker's decode task: (pixels (k, C, H, W), hows, rejected by position, files opened)."""
     files, names = opener.files()
-    x = np.zeros((len(items), target.channels, *target.size), np.uint8)
-    hows, rejected = [], {}
-    for i, item in enumerate(items):
-        got = decode_one(item, target, files, names)
-        if isinstance(got, Rejected):
-            rejected[i] = got
-            hows.append("")
-        else:
-            x[i] = got[0]
-            hows.append(got[1])
-    return x, hows, rejected, files.opened
+    results = [read_one(path, files, names, functools.partial(decode, header=header, target=target,
+                                                              roi=roi))
+               for path, header, roi in items]
+    return pixels_of(results, target) + (files.opened,)
 
 
 def workers() -> int:
@@ -137,14 +149,19 @@ class ReadPool:
             yield from got
 
     def decode_all(self, items: list[Item], target: Target) -> Iterator[tuple | Rejected]:
-        """Each item's (pixels, how) or Rejected, in order."""
-        reading = self.reading
-        if self.pool is None:
-            yield from (decode_one(item, target, reading.files, reading.names) for item in items)
-            return
-        task = functools.partial(decode_chunk, Opener.of(reading), target)
-        for x, hows, rejected, opened in self.pool.map(task, chunked(items)):
-            reading.files.opened.extend(opened)
+        """Each item's (pixels (C, H, W), how) or Rejected, in order."""
+        yield from self._pixels(decode_chunk, items, target)
+
+    def read_all(self, paths: list[Path], target: Target) -> Iterator[tuple | Rejected]:
+        """One pass, when the target does not wait for the headers: each file's (pixels, how)
+        or Rejected, its header checked against the limits before it is decoded."""
+        yield from self._pixels(read_chunk, paths, target)
+
+    def _pixels(self, chunk_task, work: list, target: Target) -> Iterator[tuple | Rejected]:
+        task = functools.partial(chunk_task, Opener.of(self.reading), target)
+        mapped = map if self.pool is None else self.pool.map  # the same tasks, here or there
+        for x, hows, rejected, opened in mapped(task, chunked(work)):
+            self.reading.files.opened.extend(opened)
             for i, how in enumerate(hows):
                 yield rejected[i] if i in rejected else (x[i], how)
 

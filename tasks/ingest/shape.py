@@ -53,6 +53,13 @@ def choose_target(sizes: list[tuple[int, int]], colour: bool, cfg: IngestConfig,
     return Target(channels, size, cfg.resize, background), notes
 
 
+def fixed_target(cfg: IngestConfig, conform_to: Shape | None) -> Target | None:
+    """The target when params fix it before any header is read (with auto, the headers or the
+    dataset's shape decide, and the notes say how)."""
+    fixed = cfg.channels != "auto" and cfg.image_size != "auto"
+    return choose_target([], False, cfg, conform_to)[0] if fixed else None
+
+
 def auto_size(sizes: list[tuple[int, int]], max_side: int) -> tuple[tuple[int, int], str | None]:
     """(H, W) for image_size auto: the shared size, else the median height and width (square
     when within 25%), scaled down to max_side; and the note saying so (None if all fit)."""

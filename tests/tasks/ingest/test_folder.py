@@ -169,20 +169,22 @@ def test_image_folder_symlink_outside_the_root_is_not_followed(tmp_path, tiny_ba
     assert len(batch) == 3 and not (batch.x == 7).all(axis=(1, 2, 3)).any()
 
 
+@pytest.mark.parametrize("fixed", [{}, {"channels": "gray", "image_size": [8, 8]}])
 def test_worker_processes_decode_a_large_folder_as_this_process_does(tmp_path, tiny_batch,
-                                                                     monkeypatch):
+                                                                     monkeypatch, fixed):
+    """Two passes (headers, then pixels) with auto shapes; one when params fix the shape."""
     import tasks.ingest.pool as pool
 
     x, labels = tiny_batch.x[:60], tiny_batch.labels[:60]
     root = write_png_folder(tmp_path / "imgs", x, labels)
     broken = sorted(root.rglob("*.png"))[7]
     broken.write_bytes(broken.read_bytes()[:30])  # truncated: refused by name, in either path
-    here, here_bad = read(str(root))
+    here, here_bad = read(str(root), **fixed)
     monkeypatch.setattr(pool, "POOL_MIN", 10)
     monkeypatch.setattr(pool, "CHUNK", 16)
     monkeypatch.setattr(pool, "workers", lambda: 2)
     log = ReadLog()
-    pooled, pooled_bad = read_source(str(root), IngestConfig(), log=log)
+    pooled, pooled_bad = read_source(str(root), IngestConfig(**fixed), log=log)
     np.testing.assert_array_equal(pooled.x, here.x)
     assert pooled.labels.tolist() == here.labels.tolist() and len(pooled) == 59
     assert [(r.source, r.reason) for r in pooled_bad] == [(r.source, r.reason) for r in here_bad]
