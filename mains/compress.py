@@ -10,7 +10,7 @@ from evergreen.workspace import Workspace, atomic_write_bytes, write_csv, write_
 from mains.processed import checkpoint_for, load_split
 
 log = logging.getLogger("evergreen.stages")
-PARITY_SAMPLES = 2048  # val images each ONNX export is checked against its torch model on
+PARITY_SAMPLES = 512  # val images each ONNX export is checked against its torch model on
 
 
 class VariantShelf:

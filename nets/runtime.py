@@ -20,6 +20,10 @@ class OnnxModel(nn.Module):
         # tiny nets at batch 1: one thread avoids the scheduling cost of a thread pool
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # no arena: it keeps the largest batch's activations for the session's life (at 64 px and
+        # batch 512, 200 MB per model; compress holds several): batch 1 is as fast without it,
+        # batch 512 about 10% slower (BENCHMARKS.md, issue 19)
+        options.enable_cpu_mem_arena = False
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
