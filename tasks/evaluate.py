@@ -23,6 +23,7 @@ from torch import nn
 
 from evergreen.config import EvaluateConfig
 from nets.inputs import normalize
+from nets.memory import release_free_memory
 from tasks.data import chunks
 
 
@@ -31,8 +32,11 @@ def predict_proba(model: nn.Module, card: dict, x: np.ndarray, batch: int = 512)
     """Class probabilities (N, classes) for uint8 images (N, C, H, W): an array, or
     tasks.data.Images read block by block."""
     model.eval()
-    probs = [torch.softmax(model(normalize(torch.from_numpy(block), card["mean"], card["std"])),
-                           dim=1).numpy() for block in chunks(x, batch)]
+    probs = []
+    for block in chunks(x, batch):
+        inputs = normalize(torch.from_numpy(block), card["mean"], card["std"])
+        probs.append(torch.softmax(model(inputs), dim=1).numpy())
+        release_free_memory()  # a batch's activations, not the split's (nets/memory.py)
     return np.concatenate(probs) if probs else np.zeros((0, len(card["classes"])), np.float32)
 
 

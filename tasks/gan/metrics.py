@@ -11,6 +11,7 @@ from torch import nn
 from evergreen.config import GanConfig
 from evergreen.errors import EvergreenError
 from nets.inputs import normalize
+from nets.memory import release_free_memory
 from tasks.data import chunks, sample_positions, subset
 from tasks.gan.samples import noise_images, sample_images
 
@@ -35,8 +36,11 @@ def penultimate_features(model: nn.Module, card: dict, x: np.ndarray,
     hook = last_linear(model).register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1)))
     try:
-        logits = torch.cat([model(normalize(torch.from_numpy(block), card["mean"], card["std"]))
-                            for block in chunks(x, batch)])
+        logits = []
+        for block in chunks(x, batch):
+            logits.append(model(normalize(torch.from_numpy(block), card["mean"], card["std"])))
+            release_free_memory()
+        logits = torch.cat(logits)
     finally:
         hook.remove()
     return torch.cat(captured).double().numpy(), torch.softmax(logits, 1).numpy()

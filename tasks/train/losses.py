@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.memory import release_free_memory
 from tasks.train.replica import Replica
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,6 +35,7 @@ def evaluate_loss(model: nn.Module, x, y: torch.Tensor, batch: int = 512):
         loss += F.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
         at += len(xb)
+        release_free_memory()
     return loss / max(at, 1), correct / max(at, 1)
 
 
