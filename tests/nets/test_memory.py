@@ -10,7 +10,7 @@ def test_free_memory_is_released_only_past_the_slack(monkeypatch):
     monkeypatch.setattr(memory, "_released_at", [memory.resident_mb() + 10_000])
     memory.release_free_memory()
     assert calls == []  # grown by less than the slack since the last release
-    monkeypatch.setattr(memory, "_released_at", [0])
+    monkeypatch.setattr(memory, "_released_at", [memory.resident_mb() - memory.SLACK_MB - 1])
     memory.release_free_memory()
     assert calls == [0] and 0 < memory._released_at[0] <= memory.resident_mb() + 1
 
