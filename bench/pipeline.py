@@ -22,7 +22,7 @@ GOAL_RSS_MB = 2048
 # --quick: every stage runs, a few epochs each (the test suite's tiny params)
 QUICK_PARAMS = {
     "validate": {"min_samples_per_class": 5},
-    "train": {"epochs": 2, "batch_size": 32, "augment": {"enabled": False}, "cnn": {"channels": [16, 32]}},
+    "train": {"epochs": 4, "batch_size": 32, "augment": {"enabled": False}, "cnn": {"channels": [16, 32]}},
     "compress": {"epochs": 2, "batch_size": 32, "augment": False, "prune": {"ratios": [0.5], "epochs": 1},
                  "quantize": {"variants": ["pruned_50"], "calibration_samples": 64},
                  "select": {"latency_runs": 10, "throughput_batch": 32, "min_speedup": 0.0}},
