@@ -40,10 +40,6 @@ def write_index(path: Path, splits: dict[str, tuple[Images, np.ndarray]]) -> str
     return hashlib.sha256(data).hexdigest()
 
 
-def index_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def read_split(index: Path, batches: Path, name: str) -> tuple[Images, np.ndarray]:
     """One split: its images (read from the batches' shards on demand) and int labels."""
     if not index.exists():
