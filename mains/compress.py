@@ -55,7 +55,7 @@ def run_compress(ws: Workspace, section: CompressConfig, candidate: str) -> dict
         log.info("compress: %s: %s", pruned_name(ratio), why)
     rows, selected, reason, skipped = build_until_one_fits(
         shelf, inputs, ccfg, candidate, calibration_batch(val, card, min(len(val[0]), PARITY_SAMPLES), 0))
-    save_selection(ws, shelf.out, rows, selected, reason)
+    save_selection(ws, shelf.out, rows, selected, reason, section.select.fallback)
     write_report(ws, rows, selected, reason, skipped, section, ratio_why)
     trained = "distilled" in shelf.variants
     save_student(ws, shelf.variants, None if trained else skipped.get("distilled", "not built"))
@@ -111,8 +111,9 @@ def write_report(ws: Workspace, rows: list[dict], selected: str | None, reason: 
 
 
 def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | None,
-                   reason: str) -> None:
-    """models/selected: the chosen variant (or the teacher) with why, so promote can judge it."""
+                   reason: str, fallback: str) -> None:
+    """models/selected: the chosen variant (or the teacher) with why, and whether the teacher
+    may stand in for it (compress.select.fallback), so promote can judge it."""
     import shutil
 
     shutil.rmtree(ws.model_dir("selected"), ignore_errors=True)
@@ -120,7 +121,7 @@ def save_selection(ws: Workspace, out: Path, rows: list[dict], selected: str | N
     chosen = next(r for r in rows if r["name"] == (selected or "teacher"))
     write_json(ws.model_dir("selected") / "selection.json",
                {"variant": selected, "fits_budget": selected is not None, "reason": reason,
-                "params": chosen["params"]})
+                "params": chosen["params"], "fallback": fallback})
 
 
 def save_student(ws: Workspace, variants: dict, not_trained: str | None) -> None:

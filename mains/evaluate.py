@@ -32,7 +32,8 @@ def run_evaluate(ws: Workspace, section: EvaluateConfig, candidate: str) -> dict
         if role == "selected":
             selection = read_json(model_dir / "selection.json")
             results[role].update(variant=selection["variant"], selection=selection["reason"],
-                                 fits_budget=selection["fits_budget"], params=selection["params"])
+                                 fits_budget=selection["fits_budget"], params=selection["params"],
+                                 fallback=selection.get("fallback", "none"))
         if role == candidate:  # its test probabilities feed ROC and sample plots
             candidate_proba = predict_proba(model, card, test[0])
     results["null_model"] = null

@@ -24,18 +24,25 @@ def run_promote(ws: Workspace, section: PromoteConfig, evaluate: EvaluateConfig,
     `extra` joins the registry entry (the retraining flow records its batches there).
     """
     from nets.io import file_sha256, model_file
+    from tasks.promote import judged_role
 
     metrics = read_json(ws.reports / "metrics.json")
-    model_dir = ws.model_dir(section.candidate)
-    entry = CandidateEntry(run_id, describe_candidate(ws, section.candidate, metrics), data_version,
+    role, stood_in = judged_role(metrics, section.candidate, section)
+    if stood_in:
+        log.info("promote: the teacher stands in for %s, which failed: %s "
+                 "(compress.select.fallback: teacher)", stood_in["variant"],
+                 "; ".join(stood_in["failed"]))
+    model_dir = ws.model_dir(role)
+    entry = CandidateEntry(run_id, describe_candidate(ws, role, metrics), data_version,
                            full_params_hash, git_commit(ws.root), now(), None,
-                           {"lineage": data_lineage(ws, preprocess), **(extra or {})})
+                           {"lineage": data_lineage(ws, preprocess), **(extra or {}),
+                            **({"stands_in_for": stood_in} if stood_in else {})})
 
     def judge(registry: dict) -> Judgement:
-        return judge_candidate(ws, registry, metrics[section.candidate], section, evaluate, run_id)
+        return judge_candidate(ws, registry, metrics, role, section, evaluate, run_id)
 
     def store(registry: dict) -> str:
-        teacher = ws.model_dir("teacher") if section.candidate != "teacher" else None
+        teacher = ws.model_dir("teacher") if role != "teacher" else None
         return store_version(registry, model_dir, ws.versions, sha, teacher)
 
     sha = file_sha256(model_file(model_dir))
@@ -60,16 +67,20 @@ def describe_candidate(ws: Workspace, role: str, metrics: dict) -> dict:
             "auto": teacher.get("auto")}
 
 
-def judge_candidate(ws: Workspace, registry: dict, metrics: dict, section: PromoteConfig,
-                    evaluate: EvaluateConfig, run_id: str) -> Judgement:
-    """The gates: thresholds, the null model and, with a champion, the champion/challenger ones
-    from one side-by-side run of both models as served; a selection over budget is blocked."""
-    from tasks.promote import challenger_gates, run_gates, verdict_line
+def judge_candidate(ws: Workspace, registry: dict, all_metrics: dict, role: str,
+                    section: PromoteConfig, evaluate: EvaluateConfig, run_id: str) -> Judgement:
+    """The gates: thresholds, the null model (a variant the teacher may stand in for, after its
+    teacher) and, with a champion,
+    the champion/challenger ones from one side-by-side run of both models as served; a
+    selection over budget is blocked."""
+    from tasks.promote import challenger_gates, run_gates, teacher_first, verdict_line
 
-    comparison = (challenger_comparison(ws, registry, section.candidate, section.mcnemar_alpha,
-                                        evaluate) if registry["champion"] else None)
+    metrics = all_metrics[role]
+    comparison = (challenger_comparison(ws, registry, role, section.mcnemar_alpha, evaluate)
+                  if registry["champion"] else None)
     champ_acc = champion_accuracy(ws, registry, comparison)
-    gates = run_gates(metrics, champ_acc, section, comparison["latency"] if comparison else None)
+    gates = run_gates(metrics, champ_acc, section, comparison["latency"] if comparison else None,
+                      teacher_first(all_metrics, role))
     gates += challenger_gates(comparison, section) if comparison else []
     # a selection that found no variant within the compression budget is not promoted
     over_budget = [] if metrics.get("fits_budget", True) else [metrics["selection"]]

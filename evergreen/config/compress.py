@@ -57,7 +57,9 @@ class SelectConfig(Section):
     max_size_kb: float | None = Field(None, gt=0.0, description="absolute size of the exported "
                                       "file (null: off; size is judged by max_size_ratio)")
     fallback: Literal["teacher", "none"] = Field(
-        "teacher", description="when no variant fits: the teacher is the candidate, or none is")
+        "teacher", description="when no variant fits, or the selected one fails promote's "
+        "quality gates (null model, min accuracy and F1) where the teacher passes them: the "
+        "teacher is the candidate, or none is")
     min_speedup: float = Field(3.0, ge=0.0, description="the teacher's batch-1 p50 latency over "
                                "the variant's, measured side by side (0: no minimum)")
     objective: Literal["accuracy", "latency", "size"] = Field(

@@ -35,7 +35,22 @@ def ahead_gate(name: str, m: dict, alpha: float, setting: str, ours: str, theirs
                  + ("" if ahead else f"; the {ours} is not ahead (p set to 1)"), setting)
 
 
-def null_model_gate(vs_null: dict, alpha: float) -> GateResult:
-    """Significantly better than the null model on the paired test predictions."""
-    return ahead_gate("beats_null_model", vs_null, alpha, "promote.null_alpha", "model",
+def null_model_gate(vs_null: dict, alpha: float, teacher_vs_null: dict | None = None) -> GateResult:
+    """Significantly better than the null model on the paired test predictions.
+
+    A compressed variant is judged after its teacher (`teacher_vs_null`), in a fixed sequence:
+    the variant passes only if the teacher is ahead too. With the teacher standing in for a
+    variant that fails (compress.select.fallback), two models are judged against the null
+    model; the fixed sequence keeps the chance of promoting one no better than it at null_alpha.
+    """
+    gate = ahead_gate("beats_null_model", vs_null, alpha, "promote.null_alpha", "model",
                       "null model")
+    if teacher_vs_null is None:
+        return gate
+    teacher = ahead_gate("beats_null_model", teacher_vs_null, alpha, "promote.null_alpha",
+                         "teacher", "null model")
+    if teacher.passed:
+        return gate
+    return check(gate.name, max(gate.value, teacher.value), "<", alpha,
+                 f"{gate.detail}; judged after its teacher, which is not significantly ahead "
+                 f"(p {teacher.value:.3g}: {teacher.detail})", gate.setting)

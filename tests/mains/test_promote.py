@@ -127,6 +127,45 @@ def test_worse_than_champion_is_rejected_and_champion_kept(ws):
     assert load_registry(ws.registry)["champion"] == champion["version"]
 
 
+WEAK = vs_null(3, 7)  # ahead of the null model, one-sided p 0.17: not significant
+
+
+def selected_variant(ws, vs_null_selected, fallback="teacher"):
+    """The selection is a compressed variant (`distilled`) that may fall back to the teacher."""
+    set_metrics(ws, role="teacher", **GOOD)
+    set_metrics(ws, role="selected", **{**GOOD, "vs_null": vs_null_selected, "variant": "distilled",
+                                        "fits_budget": True, "fallback": fallback})
+
+
+def test_teacher_stands_in_for_a_variant_that_misses_the_null_model(ws):
+    selected_variant(ws, WEAK)
+    outcome = promote(ws, candidate="selected", null_alpha=0.05)
+    assert outcome["verdict"] == "promoted" and outcome["role"] == "teacher", outcome["reasons"]
+    assert outcome["stands_in_for"]["variant"] == "distilled"
+    assert outcome["stands_in_for"]["failed"][0].startswith("beats_null_model: 0.17")
+    registry = load_registry(ws.registry)
+    stored = ws.root / registry["versions"][registry["champion"]]["path"]
+    assert not (stored / "teacher").exists()  # the teacher itself, not a variant of it
+    assert (stored / "model.json").read_bytes() == (ws.model_dir("teacher") / "model.json").read_bytes()
+
+
+def test_without_the_fallback_the_variant_is_judged_and_rejected(ws):
+    selected_variant(ws, WEAK, fallback="none")
+    outcome = promote(ws, candidate="selected", null_alpha=0.05)
+    assert outcome["verdict"] == "rejected" and outcome["role"] == "selected"
+    assert [r.split(":")[0] for r in outcome["reasons"]] == ["beats_null_model"]
+    assert load_registry(ws.registry)["champion"] is None
+
+
+def test_a_variant_passes_the_null_model_gate_only_after_its_teacher(ws):
+    selected_variant(ws, SIGNIFICANT)
+    set_metrics(ws, role="teacher", vs_null=WEAK)
+    outcome = promote(ws, candidate="selected", null_alpha=0.05)
+    assert outcome["verdict"] == "rejected" and outcome["role"] == "selected"
+    assert "judged after its teacher" in outcome["reasons"][0]
+    assert load_registry(ws.registry)["champion"] is None
+
+
 def test_same_model_again_is_unchanged(ws):
     set_metrics(ws, **GOOD)
     first = promote(ws)
