@@ -15,6 +15,9 @@ def print_outcome(result: dict) -> None:
           f"accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f}, "
           f"null model {m['null_accuracy']:.4f}, teacher {m['teacher_accuracy']:.4f}, "
           f"latency p50 {m['latency_ms_p50']:.2f} ms, {m['size_bytes'] / 1024:.1f} KB")
+    if outcome.get("stands_in_for"):  # the selected variant failed where its teacher passed
+        print(f"the teacher stands in for {outcome['stands_in_for']['variant']}, which failed: "
+              + "; ".join(outcome["stands_in_for"]["failed"]))
     print(f"verdict: {outcome['verdict']}")
     for reason in outcome["reasons"]:
         print(f"  - {reason}")

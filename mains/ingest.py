@@ -4,6 +4,7 @@ quarantine it; and the quarantine of a landed batch that a later check refuses."
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from evergreen.config import IngestConfig, ValidateConfig
 from evergreen.errors import BadInputError, DataValidationError
@@ -24,14 +25,28 @@ def run_ingest(ws: Workspace, section: IngestConfig, validate: ValidateConfig,
 
     With no source, the default one (digits) is ingested if the dataset is empty.
     """
-    from tasks.ingest import has_samples, land_batch, migrate_batches, quarantine_candidate
+    import shutil
+
+    from tasks.ingest import clear_staging, has_samples, migrate_batches
 
     migrate_batches(ws.batches, section.shard_mb)
     if source is None:
         if has_samples(ws.batches):
             return {"batch_id": None, "added": 0, "source": None}
         source = section.source
-    candidate = read_candidate(ws, section, source)
+    staging = clear_staging(ws.batches.parent)  # a large folder's pixels, until landed
+    try:
+        return ingest_candidate(ws, section, validate, source, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def ingest_candidate(ws: Workspace, section: IngestConfig, validate: ValidateConfig,
+                     source: str | tuple[str, str], staging: Path) -> dict:
+    """Read, check, then land or quarantine; a large image folder is staged under `staging`."""
+    from tasks.ingest import land_batch, quarantine_candidate
+
+    candidate = read_candidate(ws, section, source, staging)
     summary = {"source": shown(source), "batch_id": None, "added": 0, "read": len(candidate.batch)
                + candidate.duplicates, "already_present": candidate.present,
                "repeated_in_batch": candidate.repeats,
@@ -58,13 +73,14 @@ def run_ingest(ws: Workspace, section: IngestConfig, validate: ValidateConfig,
             "drift": report.warnings}
 
 
-def read_candidate(ws: Workspace, section: IngestConfig, source: str | tuple[str, str]):
+def read_candidate(ws: Workspace, section: IngestConfig, source: str | tuple[str, str],
+                   staging: Path | None = None):
     """Read and deduplicate; unreadable sources and (by policy) bad samples are quarantined."""
     from tasks.ingest import ReadLog, prepare_batch, quarantine_candidate, quarantine_source
 
     log = ReadLog()
     try:
-        candidate = prepare_batch(source, section, ws.batches, ws.root, log)
+        candidate = prepare_batch(source, section, ws.batches, ws.root, log, staging)
     except BadInputError as exc:
         where = quarantine_source(source, str(exc), ws.quarantine, section.max_archive_bytes,
                                   log.opened)

@@ -51,13 +51,17 @@ class Images:
             key = np.flatnonzero(key)
         return self.take(key)
 
-    def take(self, positions: np.ndarray) -> np.ndarray:
-        """The images at these positions, in that order."""
+    def take(self, positions: np.ndarray, axis: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+        """The images at these positions, in that order (into `out` when given, as
+        ndarray.take along axis 0)."""
+        if axis != 0:
+            raise ValueError("Images are taken along axis 0 only")
         positions = np.asarray(positions, np.int64)
         if len(positions) and (positions.min() < -len(self) or positions.max() >= len(self)):
             raise IndexError(f"positions must lie in 0..{len(self) - 1}")
         positions = positions % max(len(self), 1)
-        out = np.empty((len(positions), *self.shape[1:]), np.uint8)
+        if out is None:
+            out = np.empty((len(positions), *self.shape[1:]), np.uint8)
         which = self.store_of[positions]
         for s in np.unique(which):
             at = np.flatnonzero(which == s)

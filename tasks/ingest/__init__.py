@@ -22,7 +22,6 @@ from tasks.ingest.batches import (
     metadata_csv,
     metadata_table,
     migrate_batches,
-    pack_shard,
     prepare_batch,
     read_batches,
     read_metadata,
@@ -34,14 +33,15 @@ from tasks.ingest.quarantine import private_folder, quarantine_candidate, quaran
 from tasks.ingest.reading import Batch, Read, Reading, ReadLog, Rejected, Shape
 from tasks.ingest.safe_files import Opened, SourceFiles
 from tasks.ingest.source import canonical_labels, load_digits_batch, read_idx, read_labelled, read_source
+from tasks.ingest.staging import clear_staging
 
 __all__ = [
     "META_COLUMNS", "TEXT_COLUMNS", "Batch", "Candidate", "Input", "Names", "Opened", "Read",
     "ReadLog", "Reading", "Rejected", "Shape", "SourceFiles", "batch_id_of", "batch_images",
-    "canonical_labels",
+    "canonical_labels", "clear_staging",
     "collect_inputs", "content_hash", "csv_cell", "dataset_shape", "dedupe", "display_name",
     "from_csv_cell", "has_samples", "land_batch", "load_digits_batch", "load_inputs",
-    "metadata_csv", "metadata_table", "migrate_batches", "pack_shard", "prepare_batch", "private_folder",
+    "metadata_csv", "metadata_table", "migrate_batches", "prepare_batch", "private_folder",
     "quarantine_candidate", "quarantine_source", "read_batches", "read_idx", "read_labelled",
     "read_metadata", "read_source", "shown_source", "write_batch",
 ]

@@ -6,7 +6,6 @@ fair sample of the batch (the readers' block shuffle relies on it)."""
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,18 +33,25 @@ def content_hash(image: np.ndarray) -> str:
 
 
 def metadata_table(batch: Batch, hashes: list[str], batch_id: str) -> pd.DataFrame:
-    """One row per sample: hash, label, shape, pixel statistics, source."""
+    """One row per sample: hash, label, shape, pixel statistics, source (the pixels walked in
+    chunks: a staged batch is never read whole)."""
     import pandas as pd
+
+    from tasks.data import chunks
 
     n, c, h, w = batch.x.shape
     if n == 0:
         return pd.DataFrame(columns=META_COLUMNS)
-    x = batch.x.reshape(n, c * h * w)
+    stats, at = np.empty((n, 3)), 0
+    for block in chunks(batch.x):
+        flat = block.reshape(len(block), c * h * w)
+        stats[at:at + len(block)] = np.c_[flat.min(axis=1), flat.max(axis=1), flat.mean(axis=1)]
+        at += len(block)
     return pd.DataFrame({
         "content_hash": hashes, "label": batch.labels.astype(str),
         "height": h, "width": w, "channels": c,
-        "pixel_min": x.min(axis=1), "pixel_max": x.max(axis=1),
-        "pixel_mean": x.mean(axis=1).round(4),
+        "pixel_min": stats[:, 0].astype(np.uint8), "pixel_max": stats[:, 1].astype(np.uint8),
+        "pixel_mean": stats[:, 2].round(4),
         "source": batch.sources, "batch_id": batch_id,
         "decoded_as": batch.decoded or ["as stored"] * n,
     }, columns=META_COLUMNS)
@@ -132,7 +138,9 @@ def read_batches(batches_dir: Path):
 
 def dedupe(batch: Batch, known: set[str]) -> tuple[Batch, list[str], int, int]:
     """Drop samples repeated inside the batch or already in the dataset (by content hash)."""
-    hashes = [content_hash(img) for img in batch.x]
+    from tasks.data import chunks
+
+    hashes = [content_hash(img) for block in chunks(batch.x) for img in block]
     keep, seen, repeats, present = np.zeros(len(batch), bool), set(), 0, 0
     for i, h in enumerate(hashes):
         if h in known:
@@ -180,13 +188,15 @@ def batch_id_of(hashes: list[str], labels: np.ndarray) -> str:
 
 
 def prepare_batch(source: str | tuple[str, str], cfg: IngestConfig, batches_dir: Path,
-                  workspace: Path | None = None, log: ReadLog | None = None) -> Candidate:
+                  workspace: Path | None = None, log: ReadLog | None = None,
+                  staging: Path | None = None) -> Candidate:
     """Read `source` (an IDX (images, labels) pair, or (image folder, labels CSV)) and drop
     samples already in the dataset or repeated in the batch. Images follow the dataset's
-    shape; `log` collects the files opened and skipped, even when the read fails."""
+    shape; `log` collects the files opened and skipped, even when the read fails; an image
+    folder past ingest.max_batch_pixels is decoded into shards under `staging`."""
     log = log if log is not None else ReadLog()
     dataset = read_metadata(batches_dir)
-    batch, rejected = read_labelled(source, cfg, workspace, log, dataset_shape(dataset))
+    batch, rejected = read_labelled(source, cfg, workspace, log, dataset_shape(dataset), staging)
     fresh, hashes, repeats, present = dedupe(batch, set(dataset["content_hash"]))
     batch_id = batch_id_of(hashes, fresh.labels)
     meta = metadata_table(fresh, hashes, batch_id)
@@ -198,13 +208,6 @@ def stored_order(batch_id: str, n: int) -> np.ndarray:
     return np.random.default_rng(int(batch_id[:16], 16)).permutation(n)
 
 
-def pack_shard(batch: Batch) -> bytes:
-    """The batch as a compressed .npz (x, labels), as landed and quarantined."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, x=batch.x, labels=batch.labels.astype(str))
-    return buf.getvalue()
-
-
 def land_batch(candidate: Candidate, batches_dir: Path, shard_mb: int = 128) -> None:
     """Write the shards (<id>/), then the metadata (.csv), which marks the batch as landed;
     both in the stored order."""
@@ -214,10 +217,10 @@ def land_batch(candidate: Candidate, batches_dir: Path, shard_mb: int = 128) -> 
     atomic_write_bytes(batches_dir / f"{candidate.batch_id}.csv", metadata_csv(meta))
 
 
-def store_pixels(x: np.ndarray, order: np.ndarray, batches_dir: Path, batch_id: str,
-                 shard_mb: int) -> None:
-    """x[order] as the shards of <id>/, written aside and renamed into place whole; one
-    shard's buffer is reused (fresh pages cost more than the copy on some VMs)."""
+def store_pixels(x, order: np.ndarray, batches_dir: Path, batch_id: str, shard_mb: int) -> None:
+    """x[order] (an array, or staged Images) as the shards of <id>/, written aside and renamed
+    into place whole; one shard's buffer is reused (fresh pages cost more than the copy on
+    some VMs)."""
     import shutil
 
     from tasks.data import ShardWriter
@@ -229,7 +232,7 @@ def store_pixels(x: np.ndarray, order: np.ndarray, batches_dir: Path, batch_id: 
     buf = np.empty((min(per, len(x)), *x.shape[1:]), np.uint8)
     for i in range(0, len(x), per):
         part = buf[:len(order[i:i + per])]
-        np.take(x, order[i:i + per], axis=0, out=part)
+        x.take(order[i:i + per], axis=0, out=part)
         writer.add(part)
         writer.flush()  # before the buffer is refilled
     writer.close()

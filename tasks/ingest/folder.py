@@ -2,7 +2,8 @@
 
 Two passes over the files: headers first (sizes, modes: limits and the batch's shape are
 decided before any pixel is decoded), then decoding in worker processes (tasks.ingest.pool),
-each image straight into its row of the batch's array.
+each image straight into its row of the batch's array, or, past ingest.max_batch_pixels, into
+shards on disk (tasks.ingest.staging).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tasks.ingest.pool import ReadPool
 from tasks.ingest.reading import Batch, Reading, Rejected
 from tasks.ingest.safe_files import SourceFiles
 from tasks.ingest.shape import choose_target, fixed_target
+from tasks.ingest.staging import ShardSink, sink_for
 
 OS_FILES = {".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX", ".AppleDouble", ".Spotlight-V100",
             ".Trashes", ".fseventsd", "@eaDir", "Icon\r"}
@@ -251,9 +253,9 @@ def _decode_with(pool: ReadPool, paths: list[Path], labels: dict[Path, str],
     pass when params fix the shape (each header still checked before its file is decoded)."""
     target = fixed_target(reading.cfg, reading.conform_to)
     if target is not None and not entries:
-        budget(reading, len(paths), target)
-        return _collect(zip(paths, pool.read_all(paths, target), strict=True), len(paths),
-                        labels, target, [], reading)
+        sink = sink_of(reading, len(paths), target)
+        return _collect(zip(paths, pool.read_all(paths, target), strict=True), sink, labels, [],
+                        reading)
     headers, rejects = [], []
     for path, got in zip(paths, pool.probe_all(paths), strict=True):
         if isinstance(got, Rejected):
@@ -271,30 +273,35 @@ def _decode_with(pool: ReadPool, paths: list[Path], labels: dict[Path, str],
     target, notes = choose_target(sizes, any(h.colour for _, h in headers), reading.cfg,
                                   reading.conform_to)
     reading.log.notes += notes
-    budget(reading, len(headers), target)
+    sink = sink_of(reading, len(headers), target)
     items = [(path, header, rois[path]) for path, header in headers]
     return _collect(zip([p for p, _ in headers], pool.decode_all(items, target), strict=True),
-                    len(items), labels, target, rejects, reading)
+                    sink, labels, rejects, reading)
 
 
-def budget(reading: Reading, n: int, target: Target) -> None:
-    reading.budget(n * target.channels * target.size[0] * target.size[1],
-                   f"{n} images at {target.channels}x{target.size[0]}x{target.size[1]}",
-                   reading.names(reading.names.base))
+def sink_of(reading: Reading, n: int, target: Target):
+    """Memory up to ingest.max_batch_pixels, staged shards on disk above it (tasks.ingest.staging)."""
+    cfg = reading.cfg
+    sink = sink_for(n, target, cfg.max_batch_pixels, reading.staging, cfg.shard_mb,
+                    reading.names(reading.names.base))
+    if isinstance(sink, ShardSink):
+        reading.log.notes.append(f"{n} images past ingest.max_batch_pixels: decoded into shards "
+                                 "on disk as they are read")
+    return sink
 
 
-def _collect(results, n: int, labels: dict[Path, str], target: Target, rejects: list[Rejected],
+def _collect(results, sink, labels: dict[Path, str], rejects: list[Rejected],
              reading: Reading) -> tuple[Batch, list[Rejected]]:
-    """The batch of the n decoded images (each straight into its row), and the refused."""
-    x = np.empty((n, target.channels, *target.size), np.uint8)
+    """The batch of the decoded images (each straight into the sink), and the refused."""
     kept, decoded = [], []
     for path, got in results:
         if isinstance(got, Rejected):
             rejects.append(got)
             continue
-        x[len(kept)], how = got
+        image, how = got
+        sink.put(image)
         kept.append(path)
         decoded.append(how)
-    batch = Batch(x[: len(kept)], np.array([labels[p] for p in kept], dtype=str),
+    batch = Batch(sink.images(), np.array([labels[p] for p in kept], dtype=str),
                   [reading.names(p) for p in kept], decoded)
     return batch, rejects

@@ -5,7 +5,7 @@ Workers are spawned, not forked: the caller may hold threads (Prefect's, torch's
 copies their locks mid-use. Each worker opens files through its own SourceFiles with the same
 checks and read timeout, and sends back what it read (headers, or the pixels of its chunk),
 the files it opened (for the quarantine's record) and the files it refused. Results come back
-in order; one pool serves both passes.
+in order, with a bounded number of chunks in flight; one pool serves both passes.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class ReadPool:
                         for p in paths)
             return
         task = functools.partial(probe_chunk, Opener.of(reading))
-        for got, opened in self.pool.map(task, chunked(paths)):
+        for got, opened in bounded_map(self.pool, task, chunked(paths)):
             reading.files.opened.extend(opened)
             yield from got
 
@@ -159,8 +159,9 @@ class ReadPool:
 
     def _pixels(self, chunk_task, work: list, target: Target) -> Iterator[tuple | Rejected]:
         task = functools.partial(chunk_task, Opener.of(self.reading), target)
-        mapped = map if self.pool is None else self.pool.map  # the same tasks, here or there
-        for x, hows, rejected, opened in mapped(task, chunked(work)):
+        mapped = map(task, chunked(work)) if self.pool is None \
+            else bounded_map(self.pool, task, chunked(work))  # the same tasks, here or there
+        for x, hows, rejected, opened in mapped:
             self.reading.files.opened.extend(opened)
             for i, how in enumerate(hows):
                 yield rejected[i] if i in rejected else (x[i], how)
@@ -168,3 +169,22 @@ class ReadPool:
 
 def chunked(items: list) -> list[list]:
     return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+
+
+def bounded_map(pool: ProcessPoolExecutor, task, work: list, ahead: int | None = None) -> Iterator:
+    """pool.map in order with at most `ahead` tasks submitted and not yet consumed (two per
+    worker): results wait for a slow consumer in the workers' queue, not in memory."""
+    from collections import deque
+
+    ahead = ahead or 2 * workers()
+    pending, items = deque(), iter(work)
+    for item in items:
+        pending.append(pool.submit(task, item))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        done = pending.popleft().result()
+        for item in items:  # refill one
+            pending.append(pool.submit(task, item))
+            break
+        yield done

@@ -6,14 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
 from evergreen.errors import BadInputError
 from evergreen.workspace import atomic_write_bytes, atomic_write_text
-from tasks.ingest.batches import Candidate, metadata_csv, pack_shard
+from tasks.ingest.batches import Candidate, metadata_csv
 from tasks.ingest.names import display_name
 from tasks.ingest.safe_files import Opened, SourceFiles
+
+SHARD_BYTES = 128 * 2**20  # a quarantined batch's shards, as ingest.shard_mb's default
 
 
 def shown_source(source: str | tuple[str, str]) -> str:
@@ -31,10 +34,19 @@ def private_folder(quarantine_dir: Path, name: str) -> Path:
 
 
 def quarantine_candidate(candidate: Candidate, reasons: list[str], quarantine_dir: Path) -> Path:
-    """Keep a rejected batch whole in quarantine/<batch-id>/ with its reasons; never delete it."""
+    """Keep a rejected batch whole in quarantine/<batch-id>/ with its reasons; never delete it:
+    its pixels as shards in batch/ (as a landed batch's, read a chunk at a time), its rows in
+    metadata.csv, in the same order."""
+    from tasks.data import chunks, write_shards
+
     target = private_folder(quarantine_dir, candidate.batch_id)
     if len(candidate.batch):
-        atomic_write_bytes(target / "batch.npz", pack_shard(candidate.batch), private=True)
+        shards = target / "batch"
+        shutil.rmtree(shards, ignore_errors=True)
+        write_shards(chunks(candidate.batch.x), shards, "batch", SHARD_BYTES)
+        for path in shards.iterdir():
+            os.chmod(path, 0o600)
+        os.chmod(shards, 0o700)
         atomic_write_bytes(target / "metadata.csv", metadata_csv(candidate.meta), private=True)
     lines = [f"source: {shown_source(candidate.source)}", *reasons]
     lines += [f"rejected sample {r.source}: {r.reason}" for r in candidate.rejected]

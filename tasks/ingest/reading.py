@@ -19,8 +19,8 @@ MAX_LABEL = 200  # characters in a label, for every format
 
 @dataclass
 class Batch:
-    """Images as uint8 (N, C, H, W), string labels (N,), where each sample came from and how
-    it was decoded."""
+    """Images as uint8 (N, C, H, W) (an array, or tasks.data.Images when staged on disk),
+    string labels (N,), where each sample came from and how it was decoded."""
 
     x: np.ndarray
     labels: np.ndarray
@@ -31,9 +31,13 @@ class Batch:
         return len(self.x)
 
     def take(self, keep: np.ndarray) -> Batch:
+        """The samples where `keep` is true (staged images: a view, nothing read)."""
+        from tasks.data import subset
+
         index = np.flatnonzero(keep)
         decoded = None if self.decoded is None else [self.decoded[i] for i in index]
-        return Batch(self.x[keep], self.labels[keep], [self.sources[i] for i in index], decoded)
+        return Batch(subset(self.x, index), self.labels[keep], [self.sources[i] for i in index],
+                     decoded)
 
 
 @dataclass
@@ -62,14 +66,17 @@ class Reading:
     names: Names
     log: ReadLog
     conform_to: Shape | None = None  # the dataset's shape: later batches follow it
+    staging: Path | None = None  # where a folder past max_batch_pixels is staged (None: refused)
 
     def inside(self, root: Path, prefix: str) -> Reading:
         """The same read over an extracted archive: its own root, names behind the prefix."""
         files = SourceFiles(root, self.cfg.read_timeout_s)  # temporary copies: not recorded
-        return Reading(self.cfg, files, Names(root, prefix), self.log, self.conform_to)
+        return Reading(self.cfg, files, Names(root, prefix), self.log, self.conform_to,
+                       self.staging)
 
     def budget(self, values: int, what: str, shown: str) -> None:
-        """Refuse, before decoding, a batch that would hold more than max_batch_pixels values."""
+        """Refuse, before decoding, a batch read from one file (IDX, NPZ, CSV) that would hold
+        more than max_batch_pixels values."""
         if values > self.cfg.max_batch_pixels:
             raise BadInputError(f"{shown}: {what}: {values} pixel values to hold, more than "
                                 f"ingest.max_batch_pixels {self.cfg.max_batch_pixels}; split the "

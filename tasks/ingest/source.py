@@ -5,7 +5,8 @@ Whole-source problems (missing, empty, truncated, hostile archives) raise BadInp
 naming the file; per-sample problems (a corrupt image, a bad CSV row) come back as
 Rejected, so the caller can apply ingest.on_bad_sample. Every file is opened through
 SourceFiles (regular files inside the source only, with a deadline), and every format
-checks ingest.max_batch_pixels from its headers before decoding.
+checks ingest.max_batch_pixels from its headers before decoding: a file format is refused past
+it, an image folder is staged on disk past it when the caller gives a staging folder.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ SOURCE_KINDS = ("'digits', an image folder root/<label>/*.png (or images with a 
 
 
 def read_source(source: str, cfg: IngestConfig, workspace: Path | None = None,
-                log: ReadLog | None = None, conform_to: Shape | None = None) -> Read:
+                log: ReadLog | None = None, conform_to: Shape | None = None,
+                staging: Path | None = None) -> Read:
     """Read 'digits' or a path (image folder, IDX, NPZ, CSV, zip/tar archive of these).
 
     Returns the samples read and those refused with their reasons; `log` collects the files
     opened and skipped and the choices made. `workspace` (its root) guards against ingesting
-    the workspace's own data/ or models/; `conform_to` is the dataset's (C, H, W).
+    the workspace's own data/ or models/; `conform_to` is the dataset's (C, H, W); an image
+    folder past ingest.max_batch_pixels is decoded into shards under `staging` (None: refused).
     """
     log = log if log is not None else ReadLog()
     if source == "digits":
@@ -52,7 +55,8 @@ def read_source(source: str, cfg: IngestConfig, workspace: Path | None = None,
     real = Path(os.path.realpath(path))
     files = SourceFiles(real if path.is_dir() else real.parent, cfg.read_timeout_s, log.opened)
     names = Names(path) if path.is_dir() else Names(path.parent)
-    batch, rejects = _read_path(path, Reading(cfg, files, names, log, conform_to), in_archive=False)
+    batch, rejects = _read_path(path, Reading(cfg, files, names, log, conform_to, staging),
+                                in_archive=False)
     if len(batch) == 0 and not rejects:
         raise BadInputError(f"{display_name(source)}: empty source: no samples found")
     return batch, rejects
@@ -73,16 +77,18 @@ def read_idx(images: Path, labels: Path, cfg: IngestConfig, workspace: Path | No
 
 
 def read_labelled(source: str | tuple[str, str], cfg: IngestConfig, workspace: Path | None,
-                  log: ReadLog, shape: Shape | None) -> tuple[Batch, list[Rejected]]:
+                  log: ReadLog, shape: Shape | None,
+                  staging: Path | None = None) -> tuple[Batch, list[Rejected]]:
     """Read a labelled source as ingest does: a path, (image folder, labels CSV) or (IDX images,
-    IDX labels); images conform to `shape` (C, H, W) when given; zero-padded labels as integers."""
+    IDX labels); images conform to `shape` (C, H, W) when given; zero-padded labels as integers;
+    a large image folder is staged under `staging` (see read_source)."""
     if isinstance(source, tuple) and Path(source[0]).expanduser().is_dir():
         cfg = cfg.model_copy(update={"labels_csv": source[1]})
-        batch, rejected = read_source(source[0], cfg, workspace, log, shape)
+        batch, rejected = read_source(source[0], cfg, workspace, log, shape, staging)
     elif isinstance(source, tuple):
         batch, rejected = read_idx(Path(source[0]), Path(source[1]), cfg, workspace, log, shape)
     else:
-        batch, rejected = read_source(source, cfg, workspace, log, shape)
+        batch, rejected = read_source(source, cfg, workspace, log, shape, staging)
     labels, note = canonical_labels(batch.labels)
     if note:
         batch = Batch(batch.x, labels, batch.sources, batch.decoded)

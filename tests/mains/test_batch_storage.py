@@ -11,6 +11,7 @@ from mains import call_main
 from mains.processed import load_split, read_meta
 from tasks.data import read_manifest
 from tasks.ingest import content_hash, read_batches, read_metadata
+from tasks.ingest.batches import read_metadata_file
 from tests.mains.test_ingest import NO_DRIFT, ingest
 
 
@@ -72,3 +73,63 @@ def test_a_workspace_from_before_shards_migrates_on_its_next_run(workspace, tiny
     assert sorted(content_hash(i) for i in moved) == sorted(content_hash(i) for i in pixels)
     assert [content_hash(i) for i in moved] == again_meta["content_hash"].tolist()
     assert len(read_metadata(ws.batches)) == len(meta)
+
+
+# --- a folder larger than memory: decoded into staged shards as it is read -------------------
+
+def staged_cfg(max_batch_pixels: int):
+    cfg = NO_DRIFT.model_copy(deep=True)
+    cfg.ingest.max_batch_pixels = max_batch_pixels
+    return cfg
+
+
+def test_a_folder_past_the_memory_budget_lands_exactly_as_one_read_in_memory(tmp_path, tiny_batch):
+    import shutil
+
+    from tests.conftest import TINY_PARAMS, write_params, write_png_folder
+
+    src = write_png_folder(tmp_path / "src", tiny_batch.x, tiny_batch.labels)
+    first = next((src / tiny_batch.labels[0]).iterdir())
+    shutil.copy(first, first.with_name("again.png"))  # a repeat: dedupe takes a view
+    landed = {}
+    for name, budget in (("memory", 10**9), ("staged", 64 * 30)):  # 30 of the 201 images
+        root = tmp_path / name
+        root.mkdir()
+        write_params(root, TINY_PARAMS)
+        ws = Workspace(root)
+        landed[name] = call_main("ingest", ws, staged_cfg(budget), source=str(src))
+        assert not (ws.batches.parent / ".staging").exists()  # staged pixels gone once landed
+    memory, staged = landed["memory"], landed["staged"]
+    assert any("decoded into shards on disk" in n for n in staged["notes"])
+    assert not any("decoded into shards" in n for n in memory["notes"])
+    assert staged["added"] == memory["added"] == 200 and staged["repeated_in_batch"] == 1
+    assert staged["batch_id"] == memory["batch_id"]
+    folders = [tmp_path / n / "data" / "batches" for n in ("memory", "staged")]
+    assert read_manifest(folders[0] / memory["batch_id"]) == \
+        read_manifest(folders[1] / staged["batch_id"])  # the same pixels, byte for byte
+    tables = [(f / f"{memory['batch_id']}.csv").read_bytes() for f in folders]
+    assert tables[0] == tables[1]
+
+
+def test_a_staged_batch_that_fails_is_quarantined_whole_and_the_staging_cleared(tmp_path,
+                                                                               tiny_batch):
+    import pytest
+
+    from evergreen.errors import BadInputError
+    from tasks.data import ShardStore
+    from tests.conftest import TINY_PARAMS, write_params, write_png_folder
+
+    src = write_png_folder(tmp_path / "src", tiny_batch.x, tiny_batch.labels)
+    (src / tiny_batch.labels[0] / "broken.png").write_bytes(b"nope")
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_params(root, TINY_PARAMS)
+    ws = Workspace(root)
+    with pytest.raises(BadInputError, match="broken.png: cannot decode"):
+        call_main("ingest", ws, staged_cfg(64 * 30), source=str(src))
+    assert not list(ws.batches.glob("*")) and not (ws.batches.parent / ".staging").exists()
+    (held,) = ws.quarantine.iterdir()
+    meta = read_metadata_file(held / "metadata.csv")
+    pixels = ShardStore(held / "batch").get(np.arange(len(meta)))
+    assert len(meta) == 200 and [content_hash(img) for img in pixels] == meta["content_hash"].tolist()
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [held / "batch", *(held / "batch").iterdir()])

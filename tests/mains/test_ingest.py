@@ -174,7 +174,7 @@ def test_bad_sample_rejects_the_batch_into_quarantine(workspace, tmp_path, tiny_
     (held,) = workspace.quarantine.iterdir()
     reasons = (held / "reasons.txt").read_text()
     assert "broken.png: cannot decode" in reasons and "on_bad_sample" in reasons
-    assert (held / "batch.npz").exists()  # the readable samples are kept too, not deleted
+    assert (held / "batch" / "manifest.json").exists()  # the readable samples are kept too, not deleted
 
 
 def test_bad_sample_dropped_and_listed_when_policy_says_drop(workspace, tmp_path, tiny_batch):

@@ -50,13 +50,21 @@ def test_a_labels_csv_with_an_endless_line_is_refused(ws, src, capsys):
     refuse(ws, capsys, ["ingest", str(src)], "labels.csv: line 2 is longer than")
 
 
-def test_pngs_with_large_declared_sizes_are_refused_from_the_headers(ws, src, capsys):
+def test_pngs_adding_up_past_the_free_disk_are_refused_from_the_headers(ws, src, capsys,
+                                                                      monkeypatch):
+    import shutil
+
     (src / "0").mkdir(parents=True)
     body = zlib.compress(b"\0" * (4097 * 4096))  # a real 4096x4096 image of zeros: ~16 KB
     for i in range(40):  # 0.7 MB of files that would hold 671 M pixels at their own size
         (src / "0" / f"{i}.png").write_bytes(png_claiming(4096, 4096, body, compressed=True))
     write_params(ws.root, {**TINY_PARAMS, "ingest": {"image_size": [4096, 4096]}})
-    refuse(ws, capsys, ["ingest", str(src)], "40 images at 1x4096x4096: 671088640 pixel values")
+    usage = shutil.disk_usage(ws.root)  # past max_batch_pixels a folder is staged on disk:
+    monkeypatch.setattr("tasks.ingest.staging.shutil.disk_usage",  # say the disk has 1 GB free
+                        lambda path: usage._replace(free=10**9))
+    err = refuse(ws, capsys, ["ingest", str(src)], "40 images at 1x4096x4096 need 1.5 GB on disk")
+    assert "1.0 GB free" in err
+    assert not (ws.batches.parent / ".staging").exists()  # nothing decoded, nothing left
 
 
 def test_an_idx_header_claiming_a_billion_images_is_refused(ws, src, capsys):
