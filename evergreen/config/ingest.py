@@ -38,9 +38,10 @@ class IngestConfig(Section):
     csv_label_column: str = Field("label", min_length=1, description="CSV column holding the label")
     max_image_pixels: int = Field(16_777_216, ge=1, description="larger headers are refused")
     max_batch_pixels: int = Field(
-        500_000_000, ge=1, description="pixel values (N x C x H x W, bytes as uint8) a batch may "
-        "hold, checked from the headers before decoding, for every format; split larger sources "
-        "into batches")
+        500_000_000, ge=1, description="pixel values (N x C x H x W, bytes as uint8) a batch holds "
+        "in memory, checked from the headers before decoding: a file (IDX, NPZ, CSV) past it is "
+        "refused (split it); an image folder past it is decoded into shards on disk as it is "
+        "read, if the disk has room")
     max_csv_line_bytes: int = Field(4_194_304, ge=64, description="a longer CSV line is refused")
     read_timeout_s: float = Field(300.0, ge=0.0, le=86_400.0,
                                   description="longest read of one file; 0 = none")
