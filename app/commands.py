@@ -131,6 +131,15 @@ def cmd_ui(args, ws) -> int:
     return stop_ui(server) if args.stop else run_ui(server, background=args.background)
 
 
+def cmd_api(args, ws) -> int:
+    from app.api import run_api
+    from evergreen.config import load_config
+
+    cfg = load_config(ws.params, args.overrides)
+    return run_api(ws, cfg.serve, cfg.ingest, args.host or cfg.serve.host,
+                   args.port or cfg.serve.port)
+
+
 def cmd_watch(args, ws) -> int:
     from pathlib import Path
 
@@ -261,9 +270,9 @@ def cmd_bench(args, ws) -> int:
 
 
 # commands that write the workspace hold its lock for their whole run (watch and serve take it
-# per run, not for life; evaluate, status, predict, ui and bench only read it)
+# per run, not for life; evaluate, status, predict, ui, api and bench only read it)
 WRITERS = {"run", "ingest", "stage", "retrain", "promote", "rollback", "gan", "tune"}
 COMMANDS = {"run": cmd_run, "ingest": cmd_ingest, "stage": cmd_stage, "status": cmd_status,
-            "predict": cmd_predict, "evaluate": cmd_evaluate, "ui": cmd_ui, "retrain": cmd_retrain,
-            "promote": cmd_promote, "rollback": cmd_rollback, "watch": cmd_watch,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "ui": cmd_ui, "api": cmd_api,
+            "retrain": cmd_retrain, "promote": cmd_promote, "rollback": cmd_rollback, "watch": cmd_watch,
             "serve": cmd_serve, "gan": cmd_gan, "tune": cmd_tune, "bench": cmd_bench}

@@ -32,12 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", metavar="OUT", help="write one row per image to this CSV")
     add_evaluate_parser(sub)
     add_ui_parser(sub)
+    add_api_parser(sub)
     add_trigger_parsers(sub)
     add_registry_parsers(sub)
     add_gan_parser(sub)
     add_tune_parser(sub)
     add_bench_parser(sub)
     return parser
+
+
+def add_api_parser(sub) -> None:
+    api = sub.add_parser("api", help="serve the champion over HTTP (POST /predict, GET /health, "
+                         "GET /metrics), 127.0.0.1 by default")
+    api.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    add_overrides(api)
 
 
 def add_bench_parser(sub) -> None:

@@ -36,7 +36,8 @@ class WatchConfig(Section):
 
 
 class ServeConfig(Section):
-    """`evergreen serve`: schedules of the training-pipeline and continual-retraining deployments."""
+    """`evergreen serve`: schedules of the training-pipeline and continual-retraining
+    deployments; `evergreen api`: the champion over HTTP (bind, batching, request limits)."""
 
     training_cron: str | None = Field("0 2 * * *", description="training-pipeline schedule "
                                       "(cron); null: none")
@@ -45,6 +46,20 @@ class ServeConfig(Section):
     timezone: str = Field("UTC", description="IANA zone the cron schedules are read in")
     lock_wait_seconds: float = Field(3600.0, ge=0.0, description="a deployment run waits this "
                                      "long for a busy workspace, then fails (exit 75)")
+
+    host: str = Field("127.0.0.1", min_length=1, description="evergreen api's bind address; "
+                      "loopback keeps it local")
+    port: int = Field(8000, ge=1, le=65535, description="evergreen api's port")
+    max_batch: int = Field(64, ge=1, le=4096, description="images one forward pass takes from "
+                           "the queued requests (dynamic batching; 1: one request at a time)")
+    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long the first queued "
+                               "request waits for others to share its forward pass")
+    max_request_bytes: int = Field(20_000_000, ge=1024, description="a larger request body is "
+                                   "refused (413) before it is read whole")
+    max_images_per_request: int = Field(64, ge=1, description="images one request may send")
+    reload_poll_s: float = Field(0.5, gt=0.0, description="how often the registry is checked "
+                                 "for a new champion (hot reload)")
+    threads: int = Field(0, ge=0, description="onnxruntime threads per forward pass; 0: the cores")
 
     @field_validator("timezone")
     @classmethod

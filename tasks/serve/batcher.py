@@ -1,0 +1,90 @@
+"""Dynamic batching: concurrent requests share one forward pass. The first queued request
+waits at most max_wait for others; a batch holds at most max_batch images (a request is
+never split); the model runs in one worker thread, so the event loop keeps queueing while
+it computes, and each batch is answered by one model version whole."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Pending:
+    x: np.ndarray  # uint8 (k, C, H, W)
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class DynamicBatcher:
+    """`await batcher(x)` -> (probabilities (k, classes), the version that computed them).
+
+    `infer(x)` returns (probabilities, version) for a whole batch; `observe(size)` is told
+    each batch's size (for metrics)."""
+
+    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, str]], max_batch: int,
+                 max_wait_s: float, observe: Callable[[int], None] = lambda n: None):
+        self.infer, self.max_batch, self.max_wait_s, self.observe = infer, max_batch, max_wait_s, observe
+        self.queue: asyncio.Queue[Pending] | None = None
+        self.carry: Pending | None = None
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="evergreen-infer")
+        self.task: asyncio.Task | None = None
+
+    async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, str]:
+        if self.task is None:
+            self.queue = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self.run())
+        item = Pending(x)
+        await self.queue.put(item)
+        return await item.done
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self.gather()
+            x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+            self.observe(len(x))
+            try:
+                proba, version = await loop.run_in_executor(self.worker, self.infer, x)
+            except Exception as exc:  # every waiter learns, the loop goes on
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_exception(exc)
+                continue
+            at = 0
+            for p in batch:
+                if not p.done.done():  # a client that went away cancelled its future
+                    p.done.set_result((proba[at:at + len(p.x)], version))
+                at += len(p.x)
+
+    async def gather(self) -> list[Pending]:
+        """The next batch: the first request, then whatever joins within max_wait."""
+        loop = asyncio.get_running_loop()
+        first, self.carry = (self.carry, None) if self.carry else (await self.queue.get(), None)
+        batch, n = [first], len(first.x)
+        deadline = loop.time() + self.max_wait_s
+        while n < self.max_batch:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+            if n + len(item.x) > self.max_batch:
+                self.carry = item  # first in the next batch
+                break
+            batch.append(item)
+            n += len(item.x)
+        return batch
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.worker.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,170 @@
+"""`evergreen api`: the champion over HTTP, on a real uvicorn server on loopback. Probabilities
+match `evergreen predict`; concurrent requests share forward passes; bad requests get 4xx
+with a message; a new champion is swapped in under load with no failed or mixed answer."""
+
+import base64
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from evergreen.config import Config
+from tests.app.hostile.helpers import png_bytes, png_claiming
+from tests.conftest import TINY_PARAMS, copy_workspace
+
+
+@pytest.fixture
+def ws(champion_ws, tmp_path):
+    return copy_workspace(champion_ws, tmp_path)
+
+
+class Server:
+    """create_app on uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, ws, **serve):
+        import uvicorn
+
+        from app.api import create_app
+
+        cfg = Config.model_validate({**TINY_PARAMS, "serve": {"reload_poll_s": 0.05, **serve}})
+        self.batching = serve.pop("batching", True)
+        app = create_app(ws, cfg.serve, cfg.ingest)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        import httpx
+
+        self.thread.start()
+        deadline = time.time() + 30
+        while not (self.server.started and self.server.servers):
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        return self
+
+    def __exit__(self, *exc):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def predict_files(self, images: list[bytes]):
+        return self.client.post("/predict", files=[("file", (f"{i}.png", b, "image/png"))
+                                                   for i, b in enumerate(images)])
+
+
+def digit_pngs(digits, idx) -> list[bytes]:
+    return [png_bytes(digits.x[i][0]) for i in idx]
+
+
+def test_predict_answers_probabilities_as_evergreen_predict_does(ws, digits, tmp_path):
+    from app.printing import predict_paths
+
+    idx = [1000, 1001, 1002]
+    pngs = digit_pngs(digits, idx)
+    for i, b in zip(idx, pngs, strict=True):
+        (tmp_path / f"{i}.png").write_bytes(b)
+    expected, _ = predict_paths(ws, [str(tmp_path / f"{i}.png") for i in idx])
+    with Server(ws) as api:
+        health = api.client.get("/health").json()
+        assert health["status"] == "ok" and health["version"] == "v1"
+        assert health["runtime"] == "onnxruntime"
+        multipart = api.predict_files(pngs).json()
+        b64 = api.client.post("/predict", json={"images": [base64.b64encode(b).decode()
+                                                           for b in pngs]}).json()
+    for answer in (multipart, b64):
+        assert answer.get("version") == "v1", answer
+        assert answer["version"] == "v1" and len(answer["predictions"]) == 3
+        for got, want in zip(answer["predictions"], expected, strict=True):
+            assert got["class"] == want["class"]
+            assert abs(sum(got["probabilities"].values()) - 1) < 1e-4
+            for c, p in want["probabilities"].items():
+                assert abs(got["probabilities"][c] - p) < 1e-4
+    ids = [p["id"] for a in (multipart, b64) for p in a["predictions"]]
+    assert len(set(ids)) == 6
+
+
+def test_concurrent_requests_share_forward_passes(ws, digits):
+    pngs = digit_pngs(digits, range(1000, 1064))
+    with Server(ws, max_batch=64, max_wait_ms=50.0) as api:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda b: api.predict_files([b]), pngs))
+        metrics = api.client.get("/metrics").text
+    assert all(a.status_code == 200 for a in answers)
+    passes = float(metric(metrics, "evergreen_batch_size_count"))
+    images = float(metric(metrics, "evergreen_batch_size_sum"))
+    assert images == 64 and passes < 32, (passes, images)  # 64 requests, far fewer passes
+    assert 'evergreen_model_info{version="v1"} 1.0' in metrics
+    assert float(metric(metrics, 'evergreen_requests_total{route="/predict",status="200"}')) == 64
+
+
+def metric(text: str, name: str) -> str:
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits):
+    rng = np.random.default_rng(0)
+    good = digit_pngs(digits, [1000])[0]
+    bodies = {"not an image": b"hello, world", "truncated png": good[:40],
+              "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+              "header bomb": png_claiming(50_000, 50_000)}
+    bodies |= {f"random {i}": rng.bytes(int(rng.integers(0, 400))) for i in range(200)}
+    with Server(ws, max_request_bytes=100_000, max_images_per_request=4) as api:
+        answers = {name: api.predict_files([body]) for name, body in bodies.items()}
+        answers["too large"] = api.predict_files([b"\0" * 200_000])
+        answers["too many"] = api.predict_files([good] * 5)
+        answers["no image"] = api.client.post("/predict", json={"images": []})
+        answers["bad json"] = api.client.post("/predict", content=b"{",
+                                              headers={"content-type": "application/json"})
+        answers["bad base64"] = api.client.post("/predict", json={"images": ["@@@"]})
+        answers["text/plain"] = api.client.post("/predict", content=good)
+        assert api.client.get("/health").json()["status"] == "ok"
+        assert api.predict_files([good]).status_code == 200
+    for name, answer in answers.items():
+        assert 400 <= answer.status_code < 500, (name, answer.status_code, answer.text)
+        body = answer.json()
+        assert body["error"] and "Traceback" not in answer.text, name
+    assert answers["too large"].status_code == 413 and answers["too many"].status_code == 413
+    assert answers["header bomb"].status_code == 422
+    assert "max_image_pixels" in answers["header bomb"].json()["error"]
+    assert answers["text/plain"].status_code == 415
+
+
+def test_a_new_champion_is_swapped_in_under_load_with_no_failed_or_mixed_answer(ws, digits):
+    from mains.versions import load_registry, save_registry, store_version
+    from tasks.promote import switch_champion
+
+    registry = load_registry(ws.registry)
+    v1 = ws.root / registry["versions"]["v1"]["path"]
+    v2 = store_version(registry, v1, ws.versions, "another-sha")  # same weights, another version
+    save_registry(ws.registry, registry)
+    pngs = digit_pngs(digits, range(1000, 1016))
+    answers, stop = [], threading.Event()
+    with Server(ws, max_wait_ms=2.0) as api:
+        def hammer():
+            while not stop.is_set():
+                answers.append(api.predict_files(pngs[:2]))
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(hammer)
+            for version in (v2, "v1", v2):  # promote, roll back, promote again
+                time.sleep(0.4)
+                current = load_registry(ws.registry)
+                save_registry(ws.registry, switch_champion(current, version, "test", "swap"))
+                deadline = time.time() + 10
+                while api.client.get("/health").json()["version"] != version:
+                    assert time.time() < deadline, f"{version} not swapped in"
+                    time.sleep(0.02)
+            time.sleep(0.3)
+            stop.set()
+    assert len(answers) > 20
+    assert all(a.status_code == 200 for a in answers)
+    versions = [a.json()["version"] for a in answers]
+    assert set(versions) == {"v1", v2}
+    assert all(len(a.json()["predictions"]) == 2 for a in answers)
+    assert json.loads(answers[-1].text)["version"] == v2
