@@ -4,6 +4,7 @@ the registry and move the champion when it passes."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -43,10 +44,22 @@ def run_promote(ws: Workspace, section: PromoteConfig, evaluate: EvaluateConfig,
 
     def store(registry: dict) -> str:
         teacher = ws.model_dir("teacher") if role != "teacher" else None
-        return store_version(registry, model_dir, ws.versions, sha, teacher)
+        return store_version(registry, model_dir, ws.versions, sha, teacher,
+                             export=teacher_export(ws, sha) if role == "teacher" else None)
 
     sha = file_sha256(model_file(model_dir))
     return record_candidate(ws.registry, entry, sha, "champion", judge, store)
+
+
+def teacher_export(ws: Workspace, sha: str) -> Path | None:
+    """The teacher's ONNX export from compress (models/variants/teacher), when it was made from
+    these very weights: a promoted teacher is then served by onnxruntime like any variant."""
+    from nets.io import ONNX, file_sha256
+
+    exported = ws.models / "variants" / "teacher"
+    if (exported / ONNX).exists() and file_sha256(exported / "model.safetensors") == sha:
+        return exported / ONNX
+    return None
 
 
 def describe_candidate(ws: Workspace, role: str, metrics: dict) -> dict:

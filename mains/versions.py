@@ -38,11 +38,13 @@ def save_registry(path: Path, registry: dict) -> None:
 
 
 def store_version(registry: dict, model_dir: Path, versions_dir: Path, sha256: str,
-                  teacher_dir: Path | None = None, prefix: str = "v") -> str:
+                  teacher_dir: Path | None = None, prefix: str = "v",
+                  export: Path | None = None) -> str:
     """Copy the candidate's files to versions/<prefix><n> (temp dir, fsync, rename); returns it.
 
     A compressed candidate keeps the teacher it came from in versions/<v>/teacher/, so a
-    retrain can warm-start the teacher architecture from it.
+    retrain can warm-start the teacher architecture from it; `export` (an ONNX file made from
+    these weights elsewhere) joins the version as its model.onnx.
     """
     version = find_version(registry, sha256)
     if version:
@@ -54,6 +56,8 @@ def store_version(registry: dict, model_dir: Path, versions_dir: Path, sha256: s
         tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}."))
         for f in model_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
+        if export is not None:
+            shutil.copy2(export, tmp / "model.onnx")
         if teacher_dir is not None:
             (tmp / "teacher").mkdir()
             for name in ("model.safetensors", "model.json"):

@@ -147,6 +147,7 @@ def test_teacher_stands_in_for_a_variant_that_misses_the_null_model(ws):
     stored = ws.root / registry["versions"][registry["champion"]]["path"]
     assert not (stored / "teacher").exists()  # the teacher itself, not a variant of it
     assert (stored / "model.json").read_bytes() == (ws.model_dir("teacher") / "model.json").read_bytes()
+    assert (stored / "model.onnx").exists()  # compress's export of these weights: served by onnxruntime
 
 
 def test_without_the_fallback_the_variant_is_judged_and_rejected(ws):
