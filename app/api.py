@@ -4,12 +4,15 @@ decoded by the ingest decoder with its limits, and answers class probabilities, 
 per image and the version that answered. Concurrent requests share forward passes (dynamic
 batching, serve.max_batch and serve.max_wait_ms). The registry is polled: a new champion is
 loaded whole, then swapped in at a batch boundary, so no request fails or mixes versions.
-GET /health and GET /metrics (Prometheus text) watch it."""
+POST /feedback labels a served input (batches of them go to the drop folder); every
+serve.drift_window served inputs are tested for drift. GET /health and GET /metrics
+(Prometheus text) watch it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -17,50 +20,17 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves route annotations here
 
-from evergreen.config import IngestConfig, ServeConfig
+from evergreen.config import Config, IngestConfig, ServeConfig
 from evergreen.workspace import Workspace
 
 log = logging.getLogger("evergreen.api")
 
 
-class Champion:
-    """The model serving now; replaced whole when the registry names another champion."""
-
-    def __init__(self, ws: Workspace, threads: int):
-        self.ws, self.threads = ws, threads
-        self.current = None  # tasks.serve.ServedModel
-        self.stamp = None
-
-    def refresh(self) -> bool:
-        """Load the registry's champion if it changed (call off the event loop); True if swapped."""
-        from mains.versions import load_registry
-        from tasks.serve import ServedModel
-
-        try:
-            info = self.ws.registry.stat()
-        except FileNotFoundError:
-            return False
-        stamp = (info.st_mtime_ns, info.st_size)
-        if stamp == self.stamp:
-            return False
-        registry = load_registry(self.ws.registry)
-        self.stamp, version = stamp, registry["champion"]
-        if version is None or (self.current and self.current.version == version):
-            return False
-        path = self.ws.root / registry["versions"][version]["path"]
-        self.current = ServedModel.load(version, path, self.threads)  # one reference swap
-        log.info("api: serving %s (%s)", version, self.current.runtime)
-        return True
-
-    def infer(self, x):
-        """(probabilities, version) from one model, whatever swaps meanwhile."""
-        model = self.current
-        return model.predict(x), model.version
-
-
-def create_app(ws: Workspace, serve: ServeConfig, ingest: IngestConfig, batching: bool = True):
-    """The ASGI app; `batching=False` runs one forward pass per request (the naive handler the
-    load benchmark compares against)."""
+def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_drift=None):
+    """The ASGI app for `cfg` (its serve, ingest, validate and watch sections). `batching=False`
+    runs one forward pass per request (the naive handler the load benchmark compares with);
+    `on_drift(window)` is called off the event loop for a drifted window (default: the Prefect
+    event and artifact, app/api_state.send_drift)."""
     import os
 
     from fastapi import FastAPI
@@ -68,12 +38,18 @@ def create_app(ws: Workspace, serve: ServeConfig, ingest: IngestConfig, batching
     from starlette.concurrency import run_in_threadpool
 
     from app.api_metrics import ApiMetrics
-    from tasks.serve import DynamicBatcher, RequestError
+    from app.api_state import Champion, send_drift, write_report
+    from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError
 
-    threads = serve.threads or len(os.sched_getaffinity(0))
-    champion, metrics = Champion(ws, threads), ApiMetrics(serve.max_batch)
+    serve = cfg.serve
+    champion = Champion(ws, serve.threads or len(os.sched_getaffinity(0)), serve.drift_reference)
+    metrics = ApiMetrics(serve.max_batch)
     batcher = DynamicBatcher(champion.infer, serve.max_batch, serve.max_wait_ms / 1000,
                              metrics.batch_size.observe)
+    feedback = FeedbackStore(ws.batches.parent / "feedback" / "pending",
+                             ws.root / serve.feedback_folder, serve.feedback_batch,
+                             serve.keep_served, cfg.watch.marker)
+    drift = Drift(ws, cfg, champion, metrics, on_drift or (lambda w: send_drift(ws, w)))
 
     async def watch_registry() -> None:
         while True:
@@ -97,7 +73,8 @@ def create_app(ws: Workspace, serve: ServeConfig, ingest: IngestConfig, batching
     app = FastAPI(title="evergreen", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestError)
-    async def refused(request: Request, exc: RequestError):
+    @app.exception_handler(FeedbackError)
+    async def refused(request: Request, exc: RequestError | FeedbackError):
         metrics.requests.labels(request.url.path, str(exc.status)).inc()
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
@@ -120,22 +97,86 @@ def create_app(ws: Workspace, serve: ServeConfig, ingest: IngestConfig, batching
         if model is None:
             raise RequestError(503, f"no champion in {ws.registry}; run `evergreen run` first")
         parts = await request_parts(request, serve)
-        x = await run_in_threadpool(decode, parts, model.in_shape, ingest, serve.max_images_per_request)
+        x = await run_in_threadpool(decode, parts, model.in_shape, cfg.ingest,
+                                    serve.max_images_per_request)
         if batching:
             proba, version = await batcher(x)
         else:
             metrics.batch_size.observe(len(x))
             proba, version = await run_in_threadpool(champion.infer, x)
         classes = champion_classes(champion, version, model)
+        ids = [uuid.uuid4().hex for _ in range(len(x))]
+        feedback.remember(ids, x)
+        drift.add(x, [classes[int(i)] for i in proba.argmax(1)], version)
         metrics.requests.labels("/predict", "200").inc()
         metrics.latency.observe(time.perf_counter() - start)
         return {"version": version, "predictions": [
-            {"id": uuid.uuid4().hex, "class": classes[int(row.argmax())],
-             "probability": round(float(row.max()), 6),
+            {"id": i, "class": classes[int(row.argmax())], "probability": round(float(row.max()), 6),
              "probabilities": {c: round(float(v), 6) for c, v in zip(classes, row, strict=True)}}
-            for row in proba]}
+            for i, row in zip(ids, proba, strict=True)]}
+
+    @app.post("/feedback")
+    async def label(request: Request):
+        try:
+            body = json.loads(await request.body())
+            prediction_id, label = body["prediction_id"], body["label"]
+        except (ValueError, KeyError, TypeError):
+            raise FeedbackError(400, "body must be JSON {\"prediction_id\": ..., \"label\": ...}") \
+                from None
+        dropped = await run_in_threadpool(feedback.label, str(prediction_id), label)
+        metrics.feedback.inc()
+        if dropped is not None:
+            log.info("api: feedback batch dropped in %s", dropped)
+            metrics.feedback_batches.inc()
+        write_report(ws, feedback={"pending": feedback.labelled, "batches": feedback.dropped,
+                                   "folder": str(feedback.drop)})
+        metrics.requests.labels("/feedback", "200").inc()
+        return {"recorded": True, "pending": feedback.labelled,
+                "batch": str(dropped) if dropped else None}
 
     return app
+
+
+class Drift:
+    """Served inputs to tumbling drift windows against the serving champion's reference."""
+
+    def __init__(self, ws: Workspace, cfg: Config, champion, metrics, on_drift):
+        self.ws, self.cfg, self.champion, self.metrics, self.on_drift = ws, cfg, champion, metrics, on_drift
+        self.monitor = None
+        self.sender = None
+
+    def add(self, x, predicted: list[str], version: str) -> None:
+        from tasks.serve import DriftMonitor, pixel_means
+
+        reference = self.champion.reference
+        if reference is None or reference.version != version:
+            return  # inputs answered by a model swapped out meanwhile
+        if self.monitor is None or self.monitor.reference is not reference:  # a new champion
+            self.monitor = DriftMonitor(reference, self.cfg.serve.drift_window,
+                                        self.cfg.validate_.max_pixel_psi,
+                                        self.cfg.validate_.min_label_shift_pvalue)
+        window = self.monitor.add(pixel_means(x), predicted)
+        if window is not None:
+            self.closed(window)
+
+    def closed(self, window: dict) -> None:
+        import threading
+
+        from app.api_state import write_report
+
+        write_report(self.ws, drift=window)
+        self.metrics.drift(window)
+        if window["drifted"]:
+            log.warning("api: drift in the last %d served inputs: %s", window["samples"],
+                        "; ".join(window["reasons"]))
+            self.sender = threading.Thread(target=self.send, args=(window,), daemon=True)
+            self.sender.start()
+
+    def send(self, window: dict) -> None:
+        try:
+            self.on_drift(window)
+        except Exception as exc:  # the server goes on; the report holds the window
+            log.warning("api: drift event not sent: %s", exc)
 
 
 def decode(parts, in_shape, ingest: IngestConfig, max_images: int):
@@ -144,7 +185,7 @@ def decode(parts, in_shape, ingest: IngestConfig, max_images: int):
     return decode_images(parts, in_shape, ingest, max_images)
 
 
-def champion_classes(champion: Champion, version: str, asked) -> list[str]:
+def champion_classes(champion, version: str, asked) -> list[str]:
     """The class names of the version that answered (a swap may fall between decode and answer)."""
     current = champion.current
     return (current if current.version == version else asked).card["classes"]
@@ -196,12 +237,11 @@ async def multipart_parts(request, body: bytes, serve: ServeConfig) -> list[tupl
     return parts
 
 
-def run_api(ws: Workspace, serve: ServeConfig, ingest: IngestConfig, host: str, port: int) -> int:
+def run_api(ws: Workspace, cfg: Config, host: str, port: int) -> int:
     """Serve until interrupted."""
     import uvicorn
 
     print(f"evergreen api: serving {ws.root}'s champion on http://{host}:{port} "
-          "(POST /predict, GET /health, GET /metrics)", flush=True)
-    uvicorn.run(create_app(ws, serve, ingest), host=host, port=port, log_level="warning",
-                access_log=False)
+          "(POST /predict, POST /feedback, GET /health, GET /metrics)", flush=True)
+    uvicorn.run(create_app(ws, cfg), host=host, port=port, log_level="warning", access_log=False)
     return 0

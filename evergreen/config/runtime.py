@@ -60,6 +60,17 @@ class ServeConfig(Section):
     reload_poll_s: float = Field(0.5, gt=0.0, description="how often the registry is checked "
                                  "for a new champion (hot reload)")
     threads: int = Field(0, ge=0, description="onnxruntime threads per forward pass; 0: the cores")
+    feedback_batch: int = Field(200, ge=1, description="labelled inputs (POST /feedback) that make "
+                                "one batch in the feedback folder, for `evergreen watch` to ingest")
+    feedback_folder: str = Field("drops", min_length=1, description="where feedback batches are "
+                                 "dropped, relative to the workspace (run `evergreen watch` on it)")
+    keep_served: int = Field(10_000, ge=1, description="served inputs kept for feedback; older "
+                             "ones rotate out")
+    drift_window: int = Field(500, ge=40, description="served inputs per drift test (tumbling "
+                              "windows), against validate.max_pixel_psi and "
+                              "min_label_shift_pvalue")
+    drift_reference: int = Field(2000, ge=100, description="test images the champion predicts "
+                                 "once, for the predicted-class reference")
 
     @field_validator("timezone")
     @classmethod

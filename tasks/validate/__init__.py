@@ -9,9 +9,9 @@ functions that use them; importing this package stays fast.
 """
 
 from tasks.validate.checks import validate_batch, validate_metadata
-from tasks.validate.drift import _label_shift, _pixel_shift, _psi
+from tasks.validate.drift import _psi, label_shift, pixel_shift
 from tasks.validate.html import render_html
 from tasks.validate.report import ValidationReport, write_report
 
-__all__ = ["ValidationReport", "_label_shift", "_pixel_shift", "_psi", "render_html",
+__all__ = ["ValidationReport", "label_shift", "pixel_shift", "_psi", "render_html",
            "validate_batch", "validate_metadata", "write_report"]

@@ -138,9 +138,9 @@ def _batch_statistics(new: pd.DataFrame, reference: pd.DataFrame, duplicates: in
         "reference_size": len(reference),
     }  # fmt: skip
     if len(reference):
-        chi2, pvalue, bins = _label_shift(labels, _column(reference, "label"))
+        chi2, pvalue, bins = label_shift(labels, _column(reference, "label"))
         stats |= {"label_chi2": chi2, "label_pvalue": pvalue, "label_bins": bins}
-        stats |= _pixel_shift(_finite(new, "pixel_mean"), _finite(reference, "pixel_mean"))
+        stats |= pixel_shift(_finite(new, "pixel_mean"), _finite(reference, "pixel_mean"))
     return stats
 
 
@@ -155,7 +155,7 @@ def _finite(meta: pd.DataFrame, name: str) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def _label_shift(labels: pd.Series, reference: pd.Series) -> tuple[float, float, int]:
+def label_shift(labels: pd.Series, reference: pd.Series) -> tuple[float, float, int]:
     """Chi-square goodness of fit of the batch's label counts to the reference's proportions.
 
     Labels unknown to the reference are left out (the per-sample check reports them). Classes
@@ -195,7 +195,7 @@ def _pool_rare(observed: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, 
     return np.array(cells_obs), np.array(cells_exp)
 
 
-def _pixel_shift(batch: np.ndarray, reference: np.ndarray) -> dict:
+def pixel_shift(batch: np.ndarray, reference: np.ndarray) -> dict:
     """PSI and two-sample KS of per-sample mean intensity; PSI 0 and no KS when a side is empty."""
     from scipy.stats import ks_2samp
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from evergreen.config import Config
+from evergreen.workspace import read_json
 from tests.app.hostile.helpers import png_bytes, png_claiming
 from tests.conftest import TINY_PARAMS, copy_workspace
 
@@ -24,14 +25,13 @@ def ws(champion_ws, tmp_path):
 class Server:
     """create_app on uvicorn in a thread, on a free loopback port."""
 
-    def __init__(self, ws, **serve):
+    def __init__(self, ws, on_drift=None, **serve):
         import uvicorn
 
         from app.api import create_app
 
         cfg = Config.model_validate({**TINY_PARAMS, "serve": {"reload_poll_s": 0.05, **serve}})
-        self.batching = serve.pop("batching", True)
-        app = create_app(ws, cfg.serve, cfg.ingest)
+        app = create_app(ws, cfg, on_drift=on_drift)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                     log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -168,3 +168,52 @@ def test_a_new_champion_is_swapped_in_under_load_with_no_failed_or_mixed_answer(
     assert set(versions) == {"v1", v2}
     assert all(len(a.json()["predictions"]) == 2 for a in answers)
     assert json.loads(answers[-1].text)["version"] == v2
+
+
+def test_feedback_gathers_labelled_inputs_into_a_batch_in_the_drop_folder(ws, digits):
+    from PIL import Image
+
+    idx = list(range(1000, 1006))
+    with Server(ws, feedback_batch=5) as api:
+        answer = api.predict_files(digit_pngs(digits, idx)).json()
+        ids = [p["id"] for p in answer["predictions"]]
+        post = lambda i, label: api.client.post("/feedback", json={"prediction_id": i,  # noqa: E731
+                                                                    "label": label})
+        assert post(ids[0], "../up").status_code == 422
+        assert post("no-such-id", "3").status_code == 404
+        replies = [post(i, digits.labels[k]).json() for i, k in zip(ids[:5], idx[:5], strict=True)]
+        assert post(ids[0], "3").status_code == 404  # labelled already
+        metrics = api.client.get("/metrics").text
+    assert [r["batch"] is None for r in replies] == [True] * 4 + [False]
+    (batch,) = (ws.root / "drops").iterdir()
+    assert (batch / "_READY").exists()
+    files = sorted(batch.glob("*/*.png"))
+    assert len(files) == 5 and not list((ws.batches.parent / "feedback" / "pending").glob("*/*"))
+    for i, k in zip(ids[:5], idx[:5], strict=True):  # lossless: the pixels the model saw
+        (png,) = [f for f in files if f.stem == i]
+        assert png.parent.name == digits.labels[k]
+        assert np.array_equal(np.asarray(Image.open(png)), digits.x[k][0])
+    assert float(metric(metrics, "evergreen_feedback_total")) == 5
+    assert read_json(ws.reports / "serving.json")["feedback"]["batches"] == 1
+
+
+def stream(api, x: np.ndarray, per_request: int = 25) -> None:
+    for start in range(0, len(x), per_request):
+        assert api.predict_files([png_bytes(img[0]) for img in x[start:start + per_request]]) \
+            .status_code == 200
+
+
+def test_a_brighter_stream_fires_drift_within_one_window_and_an_unshifted_one_does_not(ws, digits):
+    fired = []
+    held_out = digits.x[1000:1100]
+    with Server(ws, on_drift=fired.append, drift_window=100) as api:
+        stream(api, held_out)  # unshifted: one window
+        calm = read_json(ws.reports / "serving.json")["drift"]
+        stream(api, np.clip(held_out.astype(int) + 90, 0, 255).astype(np.uint8))
+        deadline = time.time() + 10
+        while not fired and time.time() < deadline:
+            time.sleep(0.05)
+        shifted = read_json(ws.reports / "serving.json")["drift"]
+    assert not calm["drifted"] and calm["samples"] == 100
+    assert shifted["drifted"] and "pixel shift" in shifted["reasons"][0]
+    assert len(fired) == 1 and fired[0]["pixel_psi"] == shifted["pixel_psi"]

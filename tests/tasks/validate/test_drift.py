@@ -9,9 +9,9 @@ import pytest
 from evergreen.config import ValidateConfig
 from tasks.validate import (
     ValidationReport,
-    _label_shift,
-    _pixel_shift,
     _psi,
+    label_shift,
+    pixel_shift,
     render_html,
     validate_batch,
     write_report,
@@ -203,10 +203,10 @@ def test_first_batch_gets_only_sample_checks_and_size(split):
 
 def test_label_shift_is_defined_for_small_batches_and_one_class():
     reference = pd.Series([str(c) for c in range(10) for _ in range(100)])
-    assert _label_shift(pd.Series(["3"] * 9), reference) == (0.0, 1.0, 1)  # 0.9 expected per class
-    assert _label_shift(pd.Series(["a"] * 50), pd.Series(["a"] * 10)) == (0.0, 1.0, 1)
-    assert _label_shift(pd.Series(["new"] * 50), reference) == (0.0, 1.0, 0)  # unknown: not tested
-    chi2, pvalue, cells = _label_shift(pd.Series(["3"] * 40), reference)  # 4 expected: pairs pooled
+    assert label_shift(pd.Series(["3"] * 9), reference) == (0.0, 1.0, 1)  # 0.9 expected per class
+    assert label_shift(pd.Series(["a"] * 50), pd.Series(["a"] * 10)) == (0.0, 1.0, 1)
+    assert label_shift(pd.Series(["new"] * 50), reference) == (0.0, 1.0, 0)  # unknown: not tested
+    chi2, pvalue, cells = label_shift(pd.Series(["3"] * 40), reference)  # 4 expected: pairs pooled
     assert cells == 5 and pvalue < 1e-6
 
 
@@ -220,9 +220,9 @@ def test_psi_is_small_for_the_same_sample_and_finite_on_ties():
 def test_small_batches_get_fewer_psi_bins(size, bins):
     rng = np.random.default_rng(0)
     reference, same = rng.normal(100.0, 10.0, 5000), rng.normal(100.0, 10.0, size)
-    shift = _pixel_shift(same, reference)
+    shift = pixel_shift(same, reference)
     assert shift["pixel_bins"] == bins and shift["pixel_psi"] < 0.25
-    shifted = _pixel_shift(same + 30.0, reference)["pixel_psi"]
+    shifted = pixel_shift(same + 30.0, reference)["pixel_psi"]
     assert shifted == 0.0 if bins < 2 else shifted > 1.0
 
 
