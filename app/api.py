@@ -26,11 +26,11 @@ from evergreen.workspace import Workspace
 log = logging.getLogger("evergreen.api")
 
 
-def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_drift=None):
+def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None):
     """The ASGI app for `cfg` (its serve, ingest, validate and watch sections). `batching=False`
     runs one forward pass per request (the naive handler the load benchmark compares with);
-    `on_drift(window)` is called off the event loop for a drifted window (default: the Prefect
-    event and artifact, app/api_state.send_drift)."""
+    `on_window(window)` is called off the event loop for each closed drift window (default:
+    app/api_state.Publisher, the Prefect flow run and artifact, and the event if drifted)."""
     import os
 
     from fastapi import FastAPI
@@ -38,7 +38,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_drift=None)
     from starlette.concurrency import run_in_threadpool
 
     from app.api_metrics import ApiMetrics
-    from app.api_state import Champion, send_drift, write_report
+    from app.api_state import Champion, Publisher, write_report
     from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError
 
     serve = cfg.serve
@@ -49,7 +49,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_drift=None)
     feedback = FeedbackStore(ws.batches.parent / "feedback" / "pending",
                              ws.root / serve.feedback_folder, serve.feedback_batch,
                              serve.keep_served, cfg.watch.marker)
-    drift = Drift(ws, cfg, champion, metrics, on_drift or (lambda w: send_drift(ws, w)))
+    drift = Drift(ws, cfg, champion, metrics, on_window or Publisher(ws))
 
     async def watch_registry() -> None:
         while True:
@@ -140,10 +140,9 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_drift=None)
 class Drift:
     """Served inputs to tumbling drift windows against the serving champion's reference."""
 
-    def __init__(self, ws: Workspace, cfg: Config, champion, metrics, on_drift):
-        self.ws, self.cfg, self.champion, self.metrics, self.on_drift = ws, cfg, champion, metrics, on_drift
-        self.monitor = None
-        self.sender = None
+    def __init__(self, ws: Workspace, cfg: Config, champion, metrics, on_window):
+        self.ws, self.cfg, self.champion, self.metrics = ws, cfg, champion, metrics
+        self.on_window, self.monitor = on_window, None
 
     def add(self, x, predicted: list[str], version: str) -> None:
         from tasks.serve import DriftMonitor, pixel_means
@@ -169,14 +168,13 @@ class Drift:
         if window["drifted"]:
             log.warning("api: drift in the last %d served inputs: %s", window["samples"],
                         "; ".join(window["reasons"]))
-            self.sender = threading.Thread(target=self.send, args=(window,), daemon=True)
-            self.sender.start()
+        threading.Thread(target=self.publish, args=(window,), daemon=True).start()
 
-    def send(self, window: dict) -> None:
+    def publish(self, window: dict) -> None:
         try:
-            self.on_drift(window)
+            self.on_window(window)
         except Exception as exc:  # the server goes on; the report holds the window
-            log.warning("api: drift event not sent: %s", exc)
+            log.warning("api: drift window not published: %s", exc)
 
 
 def decode(parts, in_shape, ingest: IngestConfig, max_images: int):

@@ -89,27 +89,60 @@ def write_report(ws: Workspace, **parts) -> dict:
     return report
 
 
-def send_drift(ws: Workspace, window: dict) -> bool:
-    """The evergreen.drift.detected event and a markdown artifact, when a Prefect server is
-    configured (PREFECT_API_URL); False when none is (the report still records the window)."""
-    from prefect.settings import PREFECT_API_URL
+CALM_EVERY_S = 300.0  # a window without drift reaches the UI at most this often; drift always
 
-    from app.watch import resource_id
 
-    if not PREFECT_API_URL.value():
-        log.warning("api: drift detected (%s); no Prefect server configured (PREFECT_API_URL), "
-                    "so no %s event", "; ".join(window["reasons"]), DRIFT_EVENT)
-        return False
-    from prefect.artifacts import create_markdown_artifact
+class Publisher:
+    """Closed drift windows in the Prefect UI: each as a `serving-window` flow run with a
+    markdown artifact of its figures and the feedback counts (one without drift at most every
+    CALM_EVERY_S), and for a drifted one the evergreen.drift.detected event. Nothing without a
+    Prefect server (PREFECT_API_URL): the report and `evergreen status` still hold the window."""
+
+    def __init__(self, ws: Workspace):
+        self.ws, self.last = ws, float("-inf")
+
+    def __call__(self, window: dict) -> bool:
+        import time
+
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            if window["drifted"]:
+                log.warning("api: drift detected (%s); no Prefect server configured "
+                            "(PREFECT_API_URL), so no %s event", "; ".join(window["reasons"]),
+                            DRIFT_EVENT)
+            return False
+        if window["drifted"]:
+            send_drift_event(self.ws, window)
+        elif time.monotonic() - self.last < CALM_EVERY_S:
+            return False
+        from flows.serving import serving_window
+
+        serving_window(window_markdown(self.ws, window), window["version"])
+        self.last = time.monotonic()
+        return True
+
+
+def window_markdown(ws: Workspace, window: dict) -> str:
+    """The window's figures and the feedback counts as a markdown table."""
+    path = ws.reports / REPORT
+    feedback = (read_json(path) if path.exists() else {}).get("feedback") or {}
+    figures = {k: v for k, v in window.items() if not isinstance(v, dict | list)}
+    figures |= {f"feedback {k}": v for k, v in feedback.items()}
+    rows = "\n".join(f"| {k} | {v} |" for k, v in figures.items())
+    verdict = "; ".join(window["reasons"]) or "no drift"
+    return (f"## Served inputs: the last drift window\n\n{verdict}\n\n"
+            f"| figure | value |\n|---|---|\n{rows}\n")
+
+
+def send_drift_event(ws: Workspace, window: dict) -> None:
+    """evergreen.drift.detected, about the workspace, with the window's figures."""
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
+
+    from app.watch import resource_id
 
     emit_event(DRIFT_EVENT, resource={"prefect.resource.id": resource_id(ws),
                                       "prefect.resource.name": ws.root.name},
                payload={"workspace": str(ws.root), **window})
     EventsWorker.drain_all(timeout=30, at_exit=False)
-    rows = "\n".join(f"| {k} | {v} |" for k, v in window.items() if not isinstance(v, dict | list))
-    create_markdown_artifact(f"## Drift in served inputs\n\n{'; '.join(window['reasons'])}\n\n"
-                             f"| figure | value |\n|---|---|\n{rows}\n", key="serving-drift",
-                             description=f"drift window on {window['version']}")
-    return True

@@ -164,7 +164,7 @@ def cmd_watch(args, ws) -> int:
 def cmd_serve(args, ws) -> int:
     from app.serve import serve_workspace
 
-    serve_workspace(ws, args.overrides)
+    serve_workspace(ws, args.overrides, api=args.api)
     return 0
 
 

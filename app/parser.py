@@ -125,6 +125,8 @@ def add_trigger_parsers(sub) -> None:
     add_overrides(watch, "watch.quiet_seconds=10")
     serve = sub.add_parser("serve", help="serve the deployments: training-pipeline on a cron "
                            "schedule, continual-retraining on ingest events (needs PREFECT_API_URL)")
+    serve.add_argument("--api", action="store_true", help="also serve the champion over HTTP "
+                       "(evergreen api, on serve.host:serve.port) from this process")
     add_overrides(serve, "serve.training_cron='0 3 * * *'")
 
 

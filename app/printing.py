@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evergreen.errors import BadInputError
-from evergreen.workspace import Workspace
+from evergreen.workspace import Workspace, read_json
 
 
 def print_outcome(result: dict) -> None:
@@ -43,8 +43,10 @@ def status_view(ws: Workspace) -> dict:
         champion = {"version": registry["champion"], "metrics": entry["metrics"],
                     "data_version": entry["data_version"], "since": switch.get("time", entry["time"]),
                     "path": registry["versions"][registry["champion"]]["path"]}
+    serving = ws.reports / "serving.json"  # evergreen api: the last drift window, feedback
     return {"workspace": str(ws.root), "champion": champion, "candidates": candidates,
-            "history": registry["history"]}
+            "history": registry["history"],
+            "serving": read_json(serving) if serving.exists() else None}
 
 
 def print_status(view: dict) -> str:
@@ -60,7 +62,23 @@ def print_status(view: dict) -> str:
         why = f" — {'; '.join(c['reasons'])}" if c["reasons"] else ""
         lines.append(f"  {c['time']} {c['version']:>4} {c['verdict']:<9} acc {c['accuracy']:.4f}{why}")
     lines += history_lines(view.get("history", []))
+    lines += serving_lines(view.get("serving"))
     return "\n".join(lines)
+
+
+def serving_lines(serving: dict | None) -> list[str]:
+    """What `evergreen api` last reported: its drift window and the feedback gathered."""
+    if not serving:
+        return []
+    lines = ["serving (evergreen api):"]
+    if w := serving.get("drift"):
+        verdict = "DRIFT: " + "; ".join(w["reasons"]) if w["drifted"] else "no drift"
+        lines.append(f"  last window on {w['version']}: {w['samples']} inputs, pixel PSI "
+                     f"{w['pixel_psi']:.3g}, predicted-class p {w['class_pvalue']:.3g}: {verdict}")
+    if f := serving.get("feedback"):
+        lines.append(f"  feedback: {f['pending']} labelled inputs pending, {f['batches']} "
+                     f"batch(es) dropped in {f['folder']}")
+    return lines
 
 
 def history_lines(history: list[dict]) -> list[str]:

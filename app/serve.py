@@ -133,13 +133,33 @@ def check_server() -> str:
     return url
 
 
-def serve_workspace(ws: Workspace, overrides: list[str] | None = None) -> None:
-    """Register the deployments and run them as they come due, one at a time, until Ctrl-C."""
+def serve_workspace(ws: Workspace, overrides: list[str] | None = None, api: bool = False) -> None:
+    """Register the deployments and run them as they come due, one at a time, until Ctrl-C;
+    with `api`, `evergreen api` serves the champion beside them (it reloads what they promote)."""
     from prefect import serve
 
-    cfg = load_config(ws.params, overrides).serve  # a bad --set is refused before the server check
+    full = load_config(ws.params, overrides)  # a bad --set is refused before the server check
+    cfg = full.serve
     url = check_server()
     deployments = build_deployments(ws, cfg, overrides)
     os.environ[SERVED_ENV] = str(ws.root.resolve())  # the runs it starts check against it
+    if api:
+        start_api(ws, full)
     log.info("serving %s for %s on %s", ", ".join(d.name for d in deployments), ws.root, url)
     serve(*deployments, limit=1)
+
+
+def start_api(ws: Workspace, cfg) -> None:
+    """`evergreen api` in a daemon thread of this process, on serve.host and serve.port."""
+    import threading
+
+    import uvicorn
+
+    from app.api import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(ws, cfg), host=cfg.serve.host,
+                                           port=cfg.serve.port, log_level="warning",
+                                           access_log=False))
+    # uvicorn captures signals only in the main thread: the runner keeps Ctrl-C and SIGTERM
+    threading.Thread(target=server.run, name="evergreen-api", daemon=True).start()
+    log.info("evergreen api on http://%s:%d beside the deployments", cfg.serve.host, cfg.serve.port)

@@ -25,13 +25,13 @@ def ws(champion_ws, tmp_path):
 class Server:
     """create_app on uvicorn in a thread, on a free loopback port."""
 
-    def __init__(self, ws, on_drift=None, **serve):
+    def __init__(self, ws, on_window=None, **serve):
         import uvicorn
 
         from app.api import create_app
 
         cfg = Config.model_validate({**TINY_PARAMS, "serve": {"reload_poll_s": 0.05, **serve}})
-        app = create_app(ws, cfg, on_drift=on_drift)
+        app = create_app(ws, cfg, on_window=on_window or (lambda window: None))
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
                                                     log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -204,16 +204,57 @@ def stream(api, x: np.ndarray, per_request: int = 25) -> None:
 
 
 def test_a_brighter_stream_fires_drift_within_one_window_and_an_unshifted_one_does_not(ws, digits):
-    fired = []
+    windows = []
     held_out = digits.x[1000:1100]
-    with Server(ws, on_drift=fired.append, drift_window=100) as api:
+    with Server(ws, on_window=windows.append, drift_window=100) as api:
         stream(api, held_out)  # unshifted: one window
         calm = read_json(ws.reports / "serving.json")["drift"]
         stream(api, np.clip(held_out.astype(int) + 90, 0, 255).astype(np.uint8))
         deadline = time.time() + 10
-        while not fired and time.time() < deadline:
+        while len(windows) < 2 and time.time() < deadline:
             time.sleep(0.05)
         shifted = read_json(ws.reports / "serving.json")["drift"]
     assert not calm["drifted"] and calm["samples"] == 100
     assert shifted["drifted"] and "pixel shift" in shifted["reasons"][0]
-    assert len(fired) == 1 and fired[0]["pixel_psi"] == shifted["pixel_psi"]
+    assert [w["drifted"] for w in windows] == [False, True]
+    assert windows[1]["pixel_psi"] == shifted["pixel_psi"]
+    from app.printing import print_status, status_view
+
+    assert "pixel shift: PSI" in print_status(status_view(ws))  # evergreen status shows it
+
+
+def test_a_drifted_window_reaches_prefect_as_an_event_and_an_artifact(prefect_harness, ws):
+    from prefect.artifacts import Artifact
+
+    from app.api_state import Publisher
+
+    window = {"version": "v1", "samples": 100, "pixel_psi": 3.2, "class_pvalue": 0.5,
+              "drifted": True, "reasons": ["pixel shift: PSI of per-image mean 3.2 > 0.25"]}
+    publish = Publisher(ws)
+    assert publish(window)
+    artifact = Artifact.get("serving-drift")
+    assert artifact is not None and "pixel shift" in artifact.data
+    calm = {**window, "drifted": False, "reasons": []}
+    assert not publish(calm)  # a calm window right after: not another flow run
+
+
+def test_evergreen_serve_api_serves_the_champion_beside_the_deployments(ws):
+    import socket
+
+    import httpx
+
+    from app.serve import start_api
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start_api(ws, Config.model_validate({**TINY_PARAMS, "serve": {"port": port}}))
+    deadline = time.time() + 30
+    while True:
+        try:
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+            break
+        except httpx.TransportError:
+            assert time.time() < deadline, "the api did not start"
+            time.sleep(0.05)
+    assert health["version"] == "v1"
