@@ -235,11 +235,12 @@ async def multipart_parts(request, body: bytes, serve: ServeConfig) -> list[tupl
     return parts
 
 
-def run_api(ws: Workspace, cfg: Config, host: str, port: int) -> int:
+def run_api(ws: Workspace, cfg: Config, host: str, port: int, batching: bool = True) -> int:
     """Serve until interrupted."""
     import uvicorn
 
     print(f"evergreen api: serving {ws.root}'s champion on http://{host}:{port} "
           "(POST /predict, POST /feedback, GET /health, GET /metrics)", flush=True)
-    uvicorn.run(create_app(ws, cfg), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(ws, cfg, batching), host=host, port=port, log_level="warning",
+                access_log=False)
     return 0

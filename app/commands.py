@@ -136,7 +136,8 @@ def cmd_api(args, ws) -> int:
     from evergreen.config import load_config
 
     cfg = load_config(ws.params, args.overrides)
-    return run_api(ws, cfg, args.host or cfg.serve.host, args.port or cfg.serve.port)
+    return run_api(ws, cfg, args.host or cfg.serve.host, args.port or cfg.serve.port,
+                   batching=not args.no_batching)
 
 
 def cmd_watch(args, ws) -> int:

@@ -46,6 +46,8 @@ def add_api_parser(sub) -> None:
                          "GET /metrics), 127.0.0.1 by default")
     api.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
     api.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    api.add_argument("--no-batching", action="store_true", help="one forward pass per request "
+                     "(the naive handler, for comparison; see bench/serving.py)")
     add_overrides(api)
 
 

@@ -1,7 +1,10 @@
 """Live drift: each window of served inputs against the champion's data, with the statistics
 ingest uses (tasks.validate): PSI and KS of per-image mean intensity against the champion's
 training images, and a chi-square test of the predicted classes against its predictions on
-its test split. Windows are tumbling, so one window is one test, not many overlapping ones."""
+its test split. That reference is a sample too (a few thousand predictions at most), so the
+class test is the two-sample one (homogeneity of a 2 x classes table), not a goodness of fit
+to the reference's proportions as if they were exact: on 200 reference predictions the latter
+fired on unshifted windows of 500. Windows are tumbling: one window, one test."""
 
 from __future__ import annotations
 
@@ -44,10 +47,10 @@ class DriftMonitor:
 def window_report(means: np.ndarray, classes: list[str], reference: DriftReference,
                   max_psi: float, min_pvalue: float) -> dict:
     """The window's figures, whether they drifted, and a line per statistic past its threshold."""
-    from tasks.validate import label_shift, pixel_shift
+    from tasks.validate import pixel_shift
 
     pixels = pixel_shift(means, reference.pixel_means)
-    chi2, pvalue, cells = label_shift(pd.Series(classes), reference.predicted)
+    chi2, pvalue, cells = class_shift(pd.Series(classes), reference.predicted)
     reasons = []
     if pixels["pixel_psi"] > max_psi:
         reasons.append(f"pixel shift: PSI of per-image mean {pixels['pixel_psi']:.3g} > "
@@ -65,3 +68,26 @@ def window_report(means: np.ndarray, classes: list[str], reference: DriftReferen
 def pixel_means(x: np.ndarray) -> np.ndarray:
     """Per-image mean intensity of uint8 (N, C, H, W), as ingest's metadata records it."""
     return x.reshape(len(x), -1).mean(axis=1)
+
+
+MIN_EXPECTED = 5.0  # per cell of the 2 x classes table; rarer classes are pooled into one
+
+
+def class_shift(window: pd.Series, reference: pd.Series) -> tuple[float, float, int]:
+    """Chi-square test of homogeneity of the window's and the reference's class counts:
+    (chi2, p-value, class cells tested); classes with few expected samples are pooled, and
+    with fewer than 2 cells there is nothing to test (0, 1)."""
+    from scipy.stats import chi2_contingency
+
+    table = pd.DataFrame({"window": window.value_counts(), "reference": reference.value_counts()})
+    table = table.fillna(0).T.to_numpy(float)  # (2, classes)
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    rare = expected.min(0) < MIN_EXPECTED
+    if rare.any():  # one pooled cell, kept when it is big enough to test
+        pooled, table = table[:, rare].sum(1, keepdims=True), table[:, ~rare]
+        if expected[:, rare].sum(1).min() >= MIN_EXPECTED:
+            table = np.c_[table, pooled]
+    if table.shape[1] < 2:
+        return 0.0, 1.0, int(table.shape[1])
+    result = chi2_contingency(table, correction=False)
+    return float(result.statistic), float(result.pvalue), int(table.shape[1])
