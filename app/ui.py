@@ -254,20 +254,27 @@ def run_ui(server: Server, background: bool = False) -> int:
     except KeyboardInterrupt:  # Ctrl-C while it starts: leave nothing behind
         stop_process(proc.pid)
         raise
-    atomic_write_text(server.state, json.dumps({"pid": proc.pid, "host": server.host,
-                                                "port": server.port, "url": server.url}))
-    announce(server, seconds)
-    if background:
-        print(f"running in the background (pid {proc.pid}); stop it with `evergreen ui --stop`")
+    try:
+        atomic_write_text(server.state, json.dumps({"pid": proc.pid, "host": server.host,
+                                                    "port": server.port, "url": server.url}))
+        announce(server, seconds)
+        if background:
+            print(f"running in the background (pid {proc.pid}); stop it with `evergreen ui --stop`")
+            return 0
+        return foreground(server, proc)
+    except KeyboardInterrupt:  # Ctrl-C after the URL was printed, before the wait began
+        print("stopping the Prefect server…", flush=True)
+        stop_process(proc.pid)
+        server.state.unlink(missing_ok=True)
         return 0
-    return foreground(server, proc)
 
 
 def foreground(server: Server, proc: subprocess.Popen) -> int:
     """Wait on the server until Ctrl-C (or SIGTERM), then stop it."""
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    print("Ctrl-C stops it.", flush=True)
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, interrupt)
+        print("Ctrl-C stops it.", flush=True)
         proc.wait()
         print(f"prefect server exited with code {proc.returncode}; its log: {server.log}")
         return EvergreenError.exit_code

@@ -1,8 +1,10 @@
 """`evergreen api` under load (locust, loopback only), on the pipeline benchmark's digits
 champion: latency percentiles and throughput at 1, 8, 32 and 128 closed-loop clients with
 dynamic batching and with the naive handler (one forward pass per request) of the same stack,
-side by side; the model's offline batch-256 throughput in onnxruntime as the ceiling; and the
-champion swapped 10 times during a load run (no failed request, every reply names a version).
+side by side; the model's offline batch-256 throughput in onnxruntime as the ceiling; the
+champion swapped 10 times during a load run (no failed request, every reply names a version);
+and 10,000 random byte strings with bombs, EPS, truncated and oversized bodies (each a 4xx, the
+server's peak memory before and after).
 The server, locust and this process each run alone: locust patches the standard library."""
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def serving(quick: bool, scratch: Path) -> dict:
     from mains.versions import load_registry
 
     ws = scratch / "pipeline_ws"
-    names = ("serving_batched_vs_naive_32", "serving_saturation_vs_offline", "serving_reload_failures")
+    names = ("serving_batched_vs_naive_32", "serving_saturation_vs_offline",
+             "serving_reload_failures", "serving_bad_requests_not_4xx")
     registry = ws / "models" / "registry.json"
     if not registry.exists() or not load_registry(Workspace(ws).registry)["champion"]:
         reason = "needs the champion of the pipeline_overhead benchmark's run, which did not finish"
@@ -143,7 +146,10 @@ def measure(ws: Path, images: Path, seconds: float, quick: bool) -> dict:
                 many = locust(api.url, 32, seconds, images, per_request=64)
                 peak = api.peak_rss_mb()
     reload = reload_under_load(ws, images, 20.0 if quick else 60.0, 10)
-    return entries(runs, many, offline, reload, peak)
+    hostile = hostile_requests(ws, images, 1000 if quick else 10_000)
+    return entries(runs, many, offline, reload, peak) | {"serving_bad_requests_not_4xx": entry(
+        hostile["not_4xx"], "requests", f"{hostile['requests']} bad requests", "0",
+        hostile["not_4xx"] == 0 and hostile["good_request_after"] == 200, **hostile)}
 
 
 def entries(runs: dict, many: dict, offline: float, reload: dict, peak_mb: float) -> dict:
@@ -167,6 +173,53 @@ def entries(runs: dict, many: dict, offline: float, reload: dict, peak_mb: float
     }
 
 
+def hostile_bodies(good: bytes, limit: int, n_random: int):
+    """(name, body) of bad requests: each must get a 4xx. Random byte strings last."""
+    import struct
+    import zlib
+
+    def png(width: int, height: int, idat: bytes) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+    yield "oversized body", b"\0" * (limit + 1)
+    yield "header bomb (50,000 x 50,000)", png(50_000, 50_000, zlib.compress(b"\0" * 64))
+    yield "pixel bomb (5,000 x 5,000 of zeros)", png(5000, 5000, zlib.compress(b"\0" * (5001 * 5000)))
+    yield "truncated png", good[: len(good) // 2]
+    yield "eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    yield "not an image", b"hello, world\n" * 100
+    rng = np.random.default_rng(0)
+    for i in range(n_random):
+        yield f"random {i}", rng.bytes(int(rng.integers(0, 4096)))
+
+
+def hostile_requests(ws: Path, images: Path, n_random: int) -> dict:
+    """Every hostile body against a running server: status codes, and its peak RSS before and
+    after (memory must stay bounded); the server must still answer a good request."""
+    import httpx
+
+    from evergreen.config import ServeConfig
+
+    good = next(images.glob("*.png")).read_bytes()
+    statuses, named = {}, {}
+    with ApiProcess(ws, batching=True) as api, httpx.Client(base_url=api.url, timeout=60) as client:
+        client.post("/predict", files=[("file", ("x.png", good, "image/png"))])
+        before = api.peak_rss_mb()
+        for name, body in hostile_bodies(good, ServeConfig().max_request_bytes, n_random):
+            reply = client.post("/predict", files=[("file", ("x", body, "application/octet-stream"))])
+            statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+            if not name.startswith("random") or not 400 <= reply.status_code < 500:
+                named[name] = [reply.status_code, reply.text[:160]]
+        still_up = client.post("/predict", files=[("file", ("x.png", good, "image/png"))]).status_code
+        after = api.peak_rss_mb()
+    bad = sum(k for code, k in statuses.items() if not 400 <= code < 500)
+    return {"requests": sum(statuses.values()), "not_4xx": bad, "statuses": statuses,
+            "named": named, "good_request_after": still_up,
+            "peak_rss_mb_before": round(before, 1), "peak_rss_mb_after": round(after, 1)}
+
+
 def reload_under_load(ws: Path, images: Path, seconds: float, swaps: int) -> dict:
     """A load run during which the champion moves `swaps` times (a second version and back)."""
     from evergreen.workspace import Workspace
@@ -177,10 +230,13 @@ def reload_under_load(ws: Path, images: Path, seconds: float, swaps: int) -> dic
     work = Workspace(ws)
     registry = load_registry(work.registry)
     first = registry["champion"]
-    other = next(p for p in sorted((ws / "models" / "variants").iterdir())
-                 if (p / "model.json").exists()
-                 and file_sha256(model_file(p)) != registry["versions"][first]["sha256"])
-    second = store_version(registry, other, work.versions, file_sha256(model_file(other)))
+    folders = [*sorted((ws / "models" / "variants").glob("*")), ws / "models" / "teacher"]
+    other = next((p for p in folders if (p / "model.json").exists()
+                  and file_sha256(model_file(p)) != registry["versions"][first]["sha256"]),
+                 ws / registry["versions"][first]["path"])  # else the champion under a new name
+    sha = file_sha256(model_file(other))
+    second = store_version(registry, other, work.versions,
+                           sha if sha != registry["versions"][first]["sha256"] else sha + "-copy")
     save_registry(work.registry, registry)
     result = {}
     with ApiProcess(ws, batching=True) as api:
