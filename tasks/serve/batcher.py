@@ -1,7 +1,8 @@
-"""Dynamic batching: concurrent requests share one forward pass. The first queued request
-waits at most max_wait for others; a batch holds at most max_batch images (a request is
-never split); the model runs in one worker thread, so the event loop keeps queueing while
-it computes, and each batch is answered by one model version whole."""
+"""Dynamic batching: concurrent requests share one forward pass. A batch takes every request
+queued while the previous one computed, and under load waits at most max_wait for more; a
+batch holds at most max_batch images (a request is never split); the model runs in one worker
+thread, so the event loop keeps queueing while it computes, and each batch is answered by one
+model version whole."""
 
 from __future__ import annotations
 
@@ -61,17 +62,20 @@ class DynamicBatcher:
                 at += len(p.x)
 
     async def gather(self) -> list[Pending]:
-        """The next batch: the first request, then whatever joins within max_wait."""
+        """The next batch: the first request and every one queued meanwhile; under load (others
+        were queued) it waits up to max_wait for more, idle it starts at once (no added latency
+        for a lone client)."""
         loop = asyncio.get_running_loop()
         first, self.carry = (self.carry, None) if self.carry else (await self.queue.get(), None)
         batch, n = [first], len(first.x)
+        busy = not self.queue.empty()
         deadline = loop.time() + self.max_wait_s
         while n < self.max_batch:
             try:
                 item = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - loop.time()
-                if left <= 0:
+                if not busy or left <= 0:
                     break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), left)
