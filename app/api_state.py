@@ -99,14 +99,16 @@ class Publisher:
     Prefect server (PREFECT_API_URL): the report and `evergreen status` still hold the window."""
 
     def __init__(self, ws: Workspace):
+        from prefect.settings import PREFECT_API_URL
+
         self.ws, self.last = ws, float("-inf")
+        # read once: Prefect's settings cost milliseconds a call, and windows close often
+        self.configured = bool(PREFECT_API_URL.value())
 
     def __call__(self, window: dict) -> bool:
         import time
 
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():
+        if not self.configured:
             if window["drifted"]:
                 log.warning("api: drift detected (%s); no Prefect server configured "
                             "(PREFECT_API_URL), so no %s event", "; ".join(window["reasons"]),
