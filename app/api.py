@@ -26,6 +26,7 @@ from evergreen.workspace import Workspace
 
 log = logging.getLogger("evergreen.api")
 INLINE_DECODE_BYTES = 65_536  # request bodies up to this decode on the event loop
+FEEDBACK_BYTES = 65_536  # a feedback body is an id and a label
 
 
 def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None):
@@ -124,7 +125,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
     @app.post("/feedback")
     async def label(request: Request):
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await read_body(request, FEEDBACK_BYTES))
             prediction_id, label = body["prediction_id"], body["label"]
         except (ValueError, KeyError, TypeError):
             raise FeedbackError(400, "body must be JSON {\"prediction_id\": ..., \"label\": ...}") \
@@ -202,15 +203,7 @@ async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:
     from tasks.serve import RequestError
     from tasks.serve.requests import base64_parts
 
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > serve.max_request_bytes:
-        raise RequestError(413, f"body of {declared} bytes, more than serve.max_request_bytes "
-                                f"{serve.max_request_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > serve.max_request_bytes:
-            raise RequestError(413, f"body past serve.max_request_bytes {serve.max_request_bytes}")
+    body = await read_body(request, serve.max_request_bytes)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
@@ -218,9 +211,25 @@ async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:
         except (ValueError, UnicodeDecodeError):
             raise RequestError(400, "body is not valid JSON") from None
     if kind == "multipart/form-data":
-        return await multipart_parts(request, bytes(body), serve)
+        return await multipart_parts(request, body, serve)
     raise RequestError(415, f"content type {kind or 'none'}: send multipart/form-data (field "
                             "'file') or application/json ('images': [base64, ...])")
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The body, refused (413) past `limit` bytes: from its declared length, or as it streams."""
+    from tasks.serve import RequestError
+
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {declared} bytes, more than the limit of {limit} "
+                                "(serve.max_request_bytes for /predict)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"body past the limit of {limit} bytes")
+    return bytes(body)
 
 
 async def multipart_parts(request, body: bytes, serve: ServeConfig) -> list[tuple[str, bytes]]:

@@ -181,6 +181,9 @@ def test_feedback_gathers_labelled_inputs_into_a_batch_in_the_drop_folder(ws, di
                                                                     "label": label})
         assert post(ids[0], "../up").status_code == 422
         assert post("no-such-id", "3").status_code == 404
+        huge = api.client.post("/feedback", content=b"{" + b" " * 100_000 + b"}",
+                               headers={"content-type": "application/json"})
+        assert huge.status_code == 413  # a feedback body is read within a limit too
         replies = [post(i, digits.labels[k]).json() for i, k in zip(ids[:5], idx[:5], strict=True)]
         assert post(ids[0], "3").status_code == 404  # labelled already
         metrics = api.client.get("/metrics").text
