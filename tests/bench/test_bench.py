@@ -21,7 +21,8 @@ NAMES = {"train_throughput_vs_plain_loop", "time_to_98_vs_reference", "pipeline_
          "ingest_throughput", "validate_70k", "gan_distance_ratio", "distillation_gain",
          "decode_vs_plain_pillow", "gtsrb_official_accuracy", "gtsrb_run_minutes", "gtsrb_time_to_97",
          "gtsrb_compression_speedup", "gtsrb_compression_size_ratio", "gtsrb_compression_drop",
-         "stream_vs_memory_digits", "stream_vs_memory_gtsrb64"}
+         "stream_vs_memory_digits", "stream_vs_memory_gtsrb64", "serving_batched_vs_naive_32",
+         "serving_saturation_vs_offline", "serving_reload_failures", "serving_bad_requests_not_4xx"}
 
 
 def test_the_gtsrb_group_is_skipped_with_a_note_without_the_data(tmp_path, monkeypatch):

@@ -283,6 +283,8 @@ def test_pickle_in_place_of_the_champion_weights_is_refused_unrun(with_champion,
     marker = tmp_path / "pwned"
     weights = with_champion.versions / "v1" / "model.safetensors"
     weights.write_bytes(pickle.dumps({"weight": Payload(marker)}))
+    # a promoted teacher keeps its ONNX export, which predict serves: without it, the weights
+    (with_champion.versions / "v1" / "model.onnx").unlink(missing_ok=True)
     png = tmp_path / "x.png"
     from PIL import Image
 
