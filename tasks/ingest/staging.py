@@ -64,11 +64,14 @@ class ShardSink:
         self.k = 0
 
     def images(self):
+        """The staged images as tasks.data.Images (an empty array when every file was refused)."""
         from tasks.data import Images, ShardStore
 
         self._spill()
         self.writer.close()
         store = ShardStore(self.folder)
+        if not len(store):
+            return np.zeros((0, *self.block.shape[1:]), np.uint8)
         return Images([store], np.zeros(len(store), np.int32), np.arange(len(store)))
 
 

@@ -133,3 +133,24 @@ def test_a_staged_batch_that_fails_is_quarantined_whole_and_the_staging_cleared(
     pixels = ShardStore(held / "batch").get(np.arange(len(meta)))
     assert len(meta) == 200 and [content_hash(img) for img in pixels] == meta["content_hash"].tolist()
     assert all(p.stat().st_mode & 0o077 == 0 for p in [held / "batch", *(held / "batch").iterdir()])
+
+
+def test_a_staged_folder_of_only_broken_files_is_refused_with_a_message(tmp_path):
+    import pytest
+
+    from evergreen.errors import BadInputError
+    from tests.conftest import TINY_PARAMS, write_params
+
+    src = tmp_path / "src" / "7"
+    src.mkdir(parents=True)
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # headers that lie
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_params(root, TINY_PARAMS)
+    ws = Workspace(root)
+    cfg = staged_cfg(1)  # every folder is staged
+    cfg.ingest.image_size, cfg.ingest.channels = [8, 8], "gray"  # one pass: straight to the sink
+    with pytest.raises(BadInputError, match="cannot decode"):
+        call_main("ingest", ws, cfg, source=str(tmp_path / "src"))
+    assert not (ws.batches.parent / ".staging").exists()
