@@ -197,7 +197,8 @@ def champion_classes(champion, version: str, asked) -> list[str]:
 
 
 async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each image in a multipart or JSON body, read within max_request_bytes."""
+    """(name, bytes) of each image in a multipart, JSON or raw image body, read within
+    max_request_bytes."""
     import json
 
     from tasks.serve import RequestError
@@ -212,8 +213,11 @@ async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:
             raise RequestError(400, "body is not valid JSON") from None
     if kind == "multipart/form-data":
         return await multipart_parts(request, body, serve)
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        return [("body", body)]  # one image as the raw body: no multipart parsing
     raise RequestError(415, f"content type {kind or 'none'}: send multipart/form-data (field "
-                            "'file') or application/json ('images': [base64, ...])")
+                            "'file'), application/json ('images': [base64, ...]) or one image "
+                            "as the body (image/*)")
 
 
 async def read_body(request, limit: int) -> bytes:

@@ -11,6 +11,7 @@ from locust import FastHttpUser, constant, task
 
 IMAGES = [p.read_bytes() for p in sorted(Path(os.environ["EVERGREEN_BENCH_IMAGES"]).glob("*.png"))]
 PER_REQUEST = int(os.environ.get("EVERGREEN_BENCH_PER_REQUEST", "1"))
+RAW = os.environ.get("EVERGREEN_BENCH_RAW") == "1"  # the body is the PNG itself, not multipart
 VERSIONS = set(filter(None, os.environ.get("EVERGREEN_BENCH_VERSIONS", "").split(",")))
 
 
@@ -19,9 +20,12 @@ class Client(FastHttpUser):  # geventhttpclient: the load costs the server's cor
 
     @task
     def predict(self) -> None:
-        files = [("file", (f"{i}.png", random.choice(IMAGES), "image/png"))
-                 for i in range(PER_REQUEST)]
-        with self.client.post("/predict", files=files, catch_response=True) as reply:
+        if RAW:  # one image as the body
+            request = {"data": random.choice(IMAGES), "headers": {"content-type": "image/png"}}
+        else:
+            request = {"files": [("file", (f"{i}.png", random.choice(IMAGES), "image/png"))
+                                 for i in range(PER_REQUEST)]}
+        with self.client.post("/predict", catch_response=True, **request) as reply:
             if reply.status_code != 200:
                 reply.failure(f"status {reply.status_code}")
                 return

@@ -77,6 +77,8 @@ def test_predict_answers_probabilities_as_evergreen_predict_does(ws, digits, tmp
         multipart = api.predict_files(pngs).json()
         b64 = api.client.post("/predict", json={"images": [base64.b64encode(b).decode()
                                                            for b in pngs]}).json()
+        raw = api.client.post("/predict", content=pngs[0], headers={"content-type": "image/png"})
+        assert raw.json()["predictions"][0]["probabilities"] == multipart["predictions"][0]["probabilities"]
     for answer in (multipart, b64):
         assert answer.get("version") == "v1", answer
         assert answer["version"] == "v1" and len(answer["predictions"]) == 3
@@ -122,7 +124,10 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
         answers["bad json"] = api.client.post("/predict", content=b"{",
                                               headers={"content-type": "application/json"})
         answers["bad base64"] = api.client.post("/predict", json={"images": ["@@@"]})
-        answers["text/plain"] = api.client.post("/predict", content=good)
+        answers["text/plain"] = api.client.post("/predict", content=good,
+                                                headers={"content-type": "text/plain"})
+        answers["raw junk"] = api.client.post("/predict", content=b"junk",
+                                              headers={"content-type": "image/png"})
         assert api.client.get("/health").json()["status"] == "ok"
         assert api.predict_files([good]).status_code == 200
     for name, answer in answers.items():
