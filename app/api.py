@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves route annotations here
 
-from evergreen.config import Config, IngestConfig, ServeConfig
+from evergreen.config import Config, ServeConfig
 from evergreen.workspace import Workspace
 
 log = logging.getLogger("evergreen.api")
@@ -43,7 +43,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
 
     from app.api_metrics import ApiMetrics
     from app.api_state import Champion, Publisher, write_report
-    from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError
+    from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError, decode_images
 
     serve = cfg.serve
     champion = Champion(ws, serve.threads or len(os.sched_getaffinity(0)), serve.drift_reference)
@@ -104,13 +104,14 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
         args = (parts, model.in_shape, cfg.ingest, serve.max_images_per_request)
         # small bodies decode here (a thread hop costs more); large ones off the event loop
         inline = sum(len(b) for _, b in parts) <= INLINE_DECODE_BYTES
-        x = decode(*args) if inline else await run_in_threadpool(decode, *args)
+        x = decode_images(*args) if inline else await run_in_threadpool(decode_images, *args)
         if batching:
-            proba, version = await batcher(x)
+            proba, answered = await batcher(x)
         else:
             metrics.batch_size.observe(len(x))
-            proba, version = await run_in_threadpool(champion.infer, x)
-        classes = champion_classes(champion, version, model)
+            proba, answered = await run_in_threadpool(champion.infer, x)
+        # the model that answered, not the one serving now: a swap may fall in between
+        version, classes = answered.version, answered.card["classes"]
         ids = [uuid.uuid4().hex for _ in range(len(x))]
         feedback.remember(ids, x)
         drift.add(x, [classes[int(i)] for i in proba.argmax(1)], version)
@@ -182,18 +183,6 @@ class Drift:
             self.on_window(window)
         except Exception as exc:  # the server goes on; the report holds the window
             log.warning("api: drift window not published: %s", exc)
-
-
-def decode(parts, in_shape, ingest: IngestConfig, max_images: int):
-    from tasks.serve import decode_images
-
-    return decode_images(parts, in_shape, ingest, max_images)
-
-
-def champion_classes(champion, version: str, asked) -> list[str]:
-    """The class names of the version that answered (a swap may fall between decode and answer)."""
-    current = champion.current
-    return (current if current.version == version else asked).card["classes"]
 
 
 async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:

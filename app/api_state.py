@@ -38,25 +38,28 @@ class Champion:
         if stamp == self.stamp:
             return False
         registry = load_registry(self.ws.registry)
-        self.stamp, version = stamp, registry["champion"]
-        if version is None or (self.current and self.current.version == version):
-            return False
-        model = ServedModel.load(version, self.ws.root / registry["versions"][version]["path"],
-                                 self.threads)
-        reference = drift_reference(self.ws, registry, model, self.reference_size)
-        self.current, self.reference = model, reference  # whole, before it serves a request
-        log.info("api: serving %s (%s)", version, model.runtime)
-        return True
+        version = registry["champion"]
+        swap = version is not None and not (self.current and self.current.version == version)
+        if swap:
+            model = ServedModel.load(version, self.ws.root / registry["versions"][version]["path"],
+                                     self.threads)
+            reference = drift_reference(self.ws, registry, model, self.reference_size)
+            self.current, self.reference = model, reference  # whole, before it serves a request
+            log.info("api: serving %s (%s)", version, model.runtime)
+        self.stamp = stamp  # only once read (and loaded): a failed load is tried at the next poll
+        return swap
 
-    def infer(self, x: np.ndarray) -> tuple[np.ndarray, str]:
-        """(probabilities, version) from one model, whatever swaps meanwhile."""
+    def infer(self, x: np.ndarray):
+        """(probabilities, the ServedModel that computed them), whatever swaps meanwhile."""
         model = self.current
-        return model.predict(x), model.version
+        return model.predict(x), model
 
 
 def drift_reference(ws: Workspace, registry: dict, model, size: int):
     """The champion's training images' mean intensities (its lineage's batches) and its
     predicted classes on up to `size` test images (the training labels without a split)."""
+    import pandas as pd
+
     from evergreen.errors import EvergreenError
     from mains.processed import load_split
     from tasks.data import sample_positions
@@ -75,8 +78,6 @@ def drift_reference(ws: Workspace, registry: dict, model, size: int):
         predicted = classes[model.predict(picked).argmax(1)]
     except (EvergreenError, OSError, KeyError, ValueError):  # no split index: the labels
         predicted = meta["label"].to_numpy(str)
-    import pandas as pd
-
     return DriftReference(model.version, meta["pixel_mean"].to_numpy(float), pd.Series(predicted))
 
 

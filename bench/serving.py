@@ -103,7 +103,7 @@ def offline_throughput(model_dir: Path, reps: int) -> float:
     return reps * len(x) / (time.perf_counter() - start)
 
 
-def test_images(ws: Path, folder: Path, n: int = 200) -> None:
+def sample_pngs(ws: Path, folder: Path, n: int = 200) -> None:
     """n test images of the workspace as PNG files (what clients send)."""
     from PIL import Image
 
@@ -135,7 +135,7 @@ def measure(ws: Path, images: Path, seconds: float, quick: bool) -> dict:
     from evergreen.workspace import Workspace
     from mains.versions import load_registry
 
-    test_images(ws, images)
+    sample_pngs(ws, images)
     registry = load_registry(Workspace(ws).registry)
     champion_dir = ws / registry["versions"][registry["champion"]]["path"]
     offline = offline_throughput(champion_dir, 20 if quick else 200)

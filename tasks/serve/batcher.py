@@ -21,12 +21,12 @@ class Pending:
 
 
 class DynamicBatcher:
-    """`await batcher(x)` -> (probabilities (k, classes), the version that computed them).
+    """`await batcher(x)` -> (probabilities (k, classes), what computed them).
 
-    `infer(x)` returns (probabilities, version) for a whole batch; `observe(size)` is told
-    each batch's size (for metrics)."""
+    `infer(x)` returns (probabilities, the model that computed them) for a whole batch;
+    `observe(size)` is told each batch's size (for metrics)."""
 
-    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, str]], max_batch: int,
+    def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, object]], max_batch: int,
                  max_wait_s: float, observe: Callable[[int], None] = lambda n: None):
         self.infer, self.max_batch, self.max_wait_s, self.observe = infer, max_batch, max_wait_s, observe
         self.queue: asyncio.Queue[Pending] | None = None
@@ -34,7 +34,7 @@ class DynamicBatcher:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="evergreen-infer")
         self.task: asyncio.Task | None = None
 
-    async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, str]:
+    async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, object]:
         if self.task is None:
             self.queue = asyncio.Queue()
             self.task = asyncio.get_running_loop().create_task(self.run())
@@ -49,7 +49,7 @@ class DynamicBatcher:
             x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
             self.observe(len(x))
             try:
-                proba, version = await loop.run_in_executor(self.worker, self.infer, x)
+                proba, model = await loop.run_in_executor(self.worker, self.infer, x)
             except Exception as exc:  # every waiter learns, the loop goes on
                 for p in batch:
                     if not p.done.done():
@@ -58,7 +58,7 @@ class DynamicBatcher:
             at = 0
             for p in batch:
                 if not p.done.done():  # a client that went away cancelled its future
-                    p.done.set_result((proba[at:at + len(p.x)], version))
+                    p.done.set_result((proba[at:at + len(p.x)], model))
                 at += len(p.x)
 
     async def gather(self) -> list[Pending]:
