@@ -1,9 +1,10 @@
 """`evergreen api`: the champion over HTTP (FastAPI on uvicorn, both already in Prefect's
-dependencies). POST /predict takes one or many images (multipart files, or JSON base64),
-decoded by the ingest decoder with its limits, and answers class probabilities, a prediction id
-per image and the version that answered. Concurrent requests share forward passes (dynamic
-batching, serve.max_batch and serve.max_wait_ms). The registry is polled: a new champion is
-loaded whole, then swapped in at a batch boundary, so no request fails or mixes versions.
+dependencies). POST /predict takes one or many images (multipart files, JSON base64, one image
+as the body, or a .npy array of them), decoded by the ingest decoder with its limits, and
+answers class probabilities, a prediction id per image and the version that answered.
+Concurrent requests share forward passes (dynamic batching, serve.max_batch and
+serve.max_wait_ms). The registry is polled: a new champion is loaded whole, then swapped in at
+a batch boundary, so no request fails or mixes versions.
 POST /feedback labels a served input (batches of them go to the drop folder); every
 serve.drift_window served inputs are tested for drift. GET /health and GET /metrics
 (Prometheus text) watch it."""
@@ -14,8 +15,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from evergreen.workspace import Workspace
 log = logging.getLogger("evergreen.api")
 INLINE_DECODE_BYTES = 65_536  # request bodies up to this decode on the event loop
 FEEDBACK_BYTES = 65_536  # a feedback body is an id and a label
+REPORT_EVERY_S = 1.0  # a window without drift goes to reports/serving.json at most this often
 
 
 def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None):
@@ -34,8 +37,6 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
     runs one forward pass per request (the naive handler the load benchmark compares with);
     `on_window(window)` is called off the event loop for each closed drift window (default:
     app/api_state.Publisher, the Prefect flow run and artifact, and the event if drifted)."""
-    import os
-
     import orjson
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
@@ -43,13 +44,14 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
 
     from app.api_metrics import ApiMetrics
     from app.api_state import Champion, Publisher, write_report
-    from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError, decode_images
+    from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError
 
     serve = cfg.serve
-    champion = Champion(ws, serve.threads or len(os.sched_getaffinity(0)), serve.drift_reference)
+    threads = serve.threads or max(1, len(os.sched_getaffinity(0)) // serve.passes)
+    champion = Champion(ws, threads, serve.drift_reference)
     metrics = ApiMetrics(serve.max_batch)
     batcher = DynamicBatcher(champion.infer, serve.max_batch, serve.max_wait_ms / 1000,
-                             metrics.batch_size.observe)
+                             metrics.batch_size.observe, serve.passes)
     feedback = FeedbackStore(ws.batches.parent / "feedback" / "pending",
                              ws.root / serve.feedback_folder, serve.feedback_batch,
                              serve.keep_served, cfg.watch.marker)
@@ -73,6 +75,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
         yield
         watcher.cancel()
         await batcher.close()
+        drift.publisher.shutdown(wait=False)
 
     app = FastAPI(title="evergreen", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -100,11 +103,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
         model = champion.current
         if model is None:
             raise RequestError(503, f"no champion in {ws.registry}; run `evergreen run` first")
-        parts = await request_parts(request, serve)
-        args = (parts, model.in_shape, cfg.ingest, serve.max_images_per_request)
-        # small bodies decode here (a thread hop costs more); large ones off the event loop
-        inline = sum(len(b) for _, b in parts) <= INLINE_DECODE_BYTES
-        x = decode_images(*args) if inline else await run_in_threadpool(decode_images, *args)
+        x = await request_images(request, model.in_shape, cfg)
         if batching:
             proba, answered = await batcher(x)
         else:
@@ -112,16 +111,18 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
             proba, answered = await run_in_threadpool(champion.infer, x)
         # the model that answered, not the one serving now: a swap may fall in between
         version, classes = answered.version, answered.card["classes"]
-        ids = [uuid.uuid4().hex for _ in range(len(x))]
+        ids = prediction_ids(len(x))
+        predicted = [classes[i] for i in proba.argmax(1).tolist()]
         feedback.remember(ids, x)
-        drift.add(x, [classes[int(i)] for i in proba.argmax(1)], version)
+        drift.add(x, predicted, version)
         metrics.requests.labels("/predict", "200").inc()
         metrics.latency.observe(time.perf_counter() - start)
         rounded = np.round(proba.astype(float), 6).tolist()
         return Response(orjson.dumps({"version": version, "predictions": [
-            {"id": i, "class": classes[int(np.argmax(row))], "probability": max(row),
+            {"id": i, "class": top, "probability": max(row),
              "probabilities": dict(zip(classes, row, strict=True))}
-            for i, row in zip(ids, rounded, strict=True)]}), media_type="application/json")
+            for i, top, row in zip(ids, predicted, rounded, strict=True)]}),
+            media_type="application/json")
 
     @app.post("/feedback")
     async def label(request: Request):
@@ -146,11 +147,15 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
 
 
 class Drift:
-    """Served inputs to tumbling drift windows against the serving champion's reference."""
+    """Served inputs to tumbling drift windows against the serving champion's reference; each
+    window to the metrics and the publisher, to the report when drifted (else once a second)."""
 
     def __init__(self, ws: Workspace, cfg: Config, champion, metrics, on_window):
         self.ws, self.cfg, self.champion, self.metrics = ws, cfg, champion, metrics
         self.on_window, self.monitor = on_window, None
+        self.written = float("-inf")  # when a window last went to the serving report
+        # one thread publishes, in order (a thread per window cost more than its test)
+        self.publisher = ThreadPoolExecutor(1, thread_name_prefix="evergreen-drift")
 
     def add(self, x, predicted: list[str], version: str) -> None:
         from tasks.serve import DriftMonitor, pixel_means
@@ -167,16 +172,17 @@ class Drift:
             self.closed(window)
 
     def closed(self, window: dict) -> None:
-        import threading
-
         from app.api_state import write_report
 
-        write_report(self.ws, drift=window)
+        now = time.monotonic()  # under heavy load windows close tens of times a second
+        if window["drifted"] or now - self.written >= REPORT_EVERY_S:
+            write_report(self.ws, drift=window)
+            self.written = now
         self.metrics.drift(window)
         if window["drifted"]:
             log.warning("api: drift in the last %d served inputs: %s", window["samples"],
                         "; ".join(window["reasons"]))
-        threading.Thread(target=self.publish, args=(window,), daemon=True).start()
+        self.publisher.submit(self.publish, window)
 
     def publish(self, window: dict) -> None:
         try:
@@ -185,16 +191,41 @@ class Drift:
             log.warning("api: drift window not published: %s", exc)
 
 
-async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each image in a multipart, JSON or raw image body, read within
-    max_request_bytes."""
+def prediction_ids(n: int) -> list[str]:
+    """n random 128-bit ids as 32 hex digits (one urandom call: uuid4 per image costs more
+    than the forward pass of a small model)."""
+    digits = os.urandom(16 * n).hex()
+    return [digits[32 * i:32 * i + 32] for i in range(n)]
+
+
+async def request_images(request, in_shape: tuple[int, int, int], cfg: Config) -> np.ndarray:
+    """uint8 (N, C, H, W) images in the model's shape from a multipart, JSON, raw image or .npy
+    body, read within max_request_bytes; small bodies decode on the event loop (a thread hop
+    costs more), large ones off it."""
+    from starlette.concurrency import run_in_threadpool
+
+    from tasks.serve import decode_array, decode_images
+
+    serve = cfg.serve
+    body = await read_body(request, serve.max_request_bytes)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/x-npy":  # images already decoded: no per-image work
+        args = (body, in_shape, cfg.ingest, serve.max_images_per_request)
+        inline = len(body) <= INLINE_DECODE_BYTES
+        return decode_array(*args) if inline else await run_in_threadpool(decode_array, *args)
+    parts = await request_parts(request, kind, body, serve)
+    args = (parts, in_shape, cfg.ingest, serve.max_images_per_request)
+    inline = sum(len(b) for _, b in parts) <= INLINE_DECODE_BYTES
+    return decode_images(*args) if inline else await run_in_threadpool(decode_images, *args)
+
+
+async def request_parts(request, kind: str, body: bytes, serve: ServeConfig) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image in a multipart, JSON or raw image body."""
     import json
 
     from tasks.serve import RequestError
     from tasks.serve.requests import base64_parts
 
-    body = await read_body(request, serve.max_request_bytes)
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
             return base64_parts(json.loads(body))
@@ -205,8 +236,8 @@ async def request_parts(request, serve: ServeConfig) -> list[tuple[str, bytes]]:
     if kind.startswith("image/") or kind == "application/octet-stream":
         return [("body", body)]  # one image as the raw body: no multipart parsing
     raise RequestError(415, f"content type {kind or 'none'}: send multipart/form-data (field "
-                            "'file'), application/json ('images': [base64, ...]) or one image "
-                            "as the body (image/*)")
+                            "'file'), application/json ('images': [base64, ...]), one image "
+                            "as the body (image/*) or an array of images (application/x-npy)")
 
 
 async def read_body(request, limit: int) -> bytes:

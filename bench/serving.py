@@ -69,13 +69,13 @@ class ApiProcess:
 
 
 def locust(url: str, users: int, seconds: float, images: Path, per_request: int = 1,
-           versions: str = "", raw: bool = False) -> dict:
-    """One headless locust run: requests/s, images/s, p50/p95/p99 ms, failures (`raw`: each
-    request's body is one PNG, not multipart)."""
+           versions: str = "", body: str = "multipart") -> dict:
+    """One headless locust run: requests/s, images/s, p50/p95/p99 ms, failures (`body`:
+    multipart PNGs, raw (one PNG as the body) or npy (the pixels as one array))."""
     with tempfile.TemporaryDirectory(prefix="evergreen-locust-") as tmp:
         env = {**os.environ, "EVERGREEN_BENCH_IMAGES": str(images),
                "EVERGREEN_BENCH_PER_REQUEST": str(per_request), "EVERGREEN_BENCH_VERSIONS": versions,
-               "EVERGREEN_BENCH_RAW": "1" if raw else "0"}
+               "EVERGREEN_BENCH_BODY": body}
         cmd = [sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("locustfile.py")),
                "--headless", "-u", str(users), "-r", str(users), "-t", f"{seconds:.0f}s",
                "--host", url, "--csv", f"{tmp}/run", "--only-summary", "--loglevel", "WARNING",
@@ -91,10 +91,11 @@ def locust(url: str, users: int, seconds: float, images: Path, per_request: int 
 
 
 def offline_throughput(model_dir: Path, reps: int) -> float:
-    """Images/s of the served path (normalize, onnxruntime, softmax) at batch 256, all cores."""
+    """Images/s of the served path (normalize, onnxruntime, softmax) at batch 256, all cores,
+    onnxruntime's defaults (threads spin between passes: its fastest alone)."""
     from tasks.serve import ServedModel
 
-    model = ServedModel.load("bench", model_dir, len(os.sched_getaffinity(0)))
+    model = ServedModel.load("bench", model_dir, len(os.sched_getaffinity(0)), spin=True)
     x = np.random.default_rng(0).integers(0, 256, (256, *model.in_shape), dtype=np.uint8)
     model.predict(x)
     start = time.perf_counter()
@@ -146,7 +147,7 @@ def measure(ws: Path, images: Path, seconds: float, quick: bool) -> dict:
                 runs[mode].append(locust(api.url, users, seconds, images))
             if mode == "batched":
                 many = locust(api.url, 32, seconds, images, per_request=64)
-                raw = locust(api.url, 32, seconds, images, raw=True)
+                raw = locust(api.url, 32, seconds, images, body="raw")
                 peak = api.peak_rss_mb()
     reload = reload_under_load(ws, images, 20.0 if quick else 60.0, 10)
     hostile = hostile_requests(ws, images, 1000 if quick else 10_000)

@@ -12,7 +12,9 @@ from torch import nn
 class OnnxModel(nn.Module):
     """Logits (N, classes) from an ONNX file; callable wherever a torch model is."""
 
-    def __init__(self, path: Path, threads: int = 1):
+    def __init__(self, path: Path, threads: int = 1, spin: bool = True):
+        """`spin`: worker threads busy-wait for the next pass (fastest alone; a server whose
+        event loop shares the cores turns it off, BENCHMARKS.md issue 20)."""
         super().__init__()
         import onnxruntime as ort
 
@@ -24,6 +26,8 @@ class OnnxModel(nn.Module):
         # batch 512, 200 MB per model; compress holds several): batch 1 is as fast without it,
         # batch 512 about 10% slower (BENCHMARKS.md, issue 19)
         options.enable_cpu_mem_arena = False
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -56,10 +56,13 @@ class ServeConfig(Section):
                                "request waits for others to share its forward pass")
     max_request_bytes: int = Field(20_000_000, ge=1024, description="a larger request body is "
                                    "refused (413) before it is read whole")
-    max_images_per_request: int = Field(64, ge=1, description="images one request may send")
+    max_images_per_request: int = Field(256, ge=1, description="images one request may send")
     reload_poll_s: float = Field(0.5, gt=0.0, description="how often the registry is checked "
                                  "for a new champion (hot reload)")
-    threads: int = Field(0, ge=0, description="onnxruntime threads per forward pass; 0: the cores")
+    passes: int = Field(2, ge=1, le=64, description="forward passes computing at once, each on "
+                        "a batch of queued requests (one computes while the next gathers)")
+    threads: int = Field(0, ge=0, description="onnxruntime threads per forward pass; 0: the cores "
+                         "shared among the passes")
     feedback_batch: int = Field(200, ge=1, description="labelled inputs (POST /feedback) that make "
                                 "one batch in the feedback folder, for `evergreen watch` to ingest")
     feedback_folder: str = Field("drops", min_length=1, description="where feedback batches are "

@@ -46,14 +46,8 @@ def _load_npz(path: Path, reading: Reading, shown: str) -> tuple[np.ndarray, np.
                 y = np.lib.format.read_array(fh, allow_pickle=False)
             with zf.open(x_member) as fh:
                 shape, _, dtype = _npy_header(fh, "x", reading.cfg, shown)
-            _npz_shape(shape, shown)
-            side = shape[1:3] if len(shape) == 3 or shape[3] in (1, 3) else shape[2:4]
-            if side[0] * side[1] > reading.cfg.max_image_pixels:
-                raise BadInputError(f"{shown}: array 'x' holds images of {side[0]}x{side[1]} pixels "
-                                    f"(> ingest.max_image_pixels {reading.cfg.max_image_pixels})")
+            _images_header(shape, dtype, "x", reading.cfg, shown)
             reading.budget(math.prod(shape), f"array 'x' of shape {shape}", shown)
-            if dtype.kind not in "iuf":
-                raise BadInputError(f"{shown}: array 'x' has dtype {dtype}; expected integers or floats")
             top = _float_top(_npy_rows(zf, x_member, "x", reading, shown)) if dtype.kind == "f" else 255.0
             chunks = [_to_uint8(rows, top) for rows in _npy_rows(zf, x_member, "x", reading, shown)]
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError,
@@ -63,6 +57,32 @@ def _load_npz(path: Path, reading: Reading, shown: str) -> tuple[np.ndarray, np.
     if not chunks:
         return np.zeros((0, *shape[1:]), np.uint8), y, [], how
     return np.concatenate([c[0] for c in chunks]), y, [r for c in chunks for r in c[1]], how
+
+
+def read_npy_images(fh: IO[bytes], key: str, cfg: IngestConfig,
+                    shown: str) -> tuple[np.ndarray, list[str | None]]:
+    """uint8 (N, C, H, W) images from one .npy stream (no pickle, within ingest's limits: bytes,
+    pixels per image, dtype, shape) and, per sample, why it is refused (None if fine)."""
+    shape, fortran, dtype = _npy_header(fh, key, cfg, shown)
+    _images_header(shape, dtype, key, cfg, shown)
+    nbytes = math.prod(shape) * dtype.itemsize
+    data = read_upto(fh, nbytes, shown)
+    if len(data) < nbytes:
+        raise BadInputError(f"{shown}: array {key!r} is truncated ({len(data)} of {nbytes} bytes)")
+    x = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    pixels, reasons = _to_uint8(x, _float_top(iter([x])) if dtype.kind == "f" else 255.0)
+    return np.ascontiguousarray(_npz_images(pixels)), reasons
+
+
+def _images_header(shape: tuple, dtype: np.dtype, key: str, cfg: IngestConfig, shown: str) -> None:
+    """Refuse an images array of the wrong shape or dtype, or images past max_image_pixels."""
+    _npz_shape(shape, key, shown)
+    side = shape[1:3] if len(shape) == 3 or shape[3] in (1, 3) else shape[2:4]
+    if side[0] * side[1] > cfg.max_image_pixels:
+        raise BadInputError(f"{shown}: array {key!r} holds images of {side[0]}x{side[1]} pixels "
+                            f"(> ingest.max_image_pixels {cfg.max_image_pixels})")
+    if dtype.kind not in "iuf":
+        raise BadInputError(f"{shown}: array {key!r} has dtype {dtype}; expected integers or floats")
 
 
 def _npy_header(fh: IO[bytes], key: str, cfg: IngestConfig, shown: str) -> tuple[tuple, bool, np.dtype]:
@@ -115,12 +135,12 @@ def _npy_rows(zf: zipfile.ZipFile, member: str, key: str, reading: Reading,
             yield np.frombuffer(data, dtype=dtype).reshape(n, *shape[1:])
 
 
-def _npz_shape(shape: tuple, shown: str) -> None:
+def _npz_shape(shape: tuple, key: str, shown: str) -> None:
     """Refuse an images array that is not (N, H, W), (N, H, W, C) or (N, C, H, W)."""
     if len(shape) in (3, 4) and 0 in shape[1:]:
-        raise BadInputError(f"{shown}: array 'x' has shape {shape}: images with no pixels")
+        raise BadInputError(f"{shown}: array {key!r} has shape {shape}: images with no pixels")
     if not (len(shape) == 3 or len(shape) == 4 and (shape[3] in (1, 3) or shape[1] in (1, 3))):
-        raise BadInputError(f"{shown}: array 'x' has shape {shape}; expected (N, H, W), "
+        raise BadInputError(f"{shown}: array {key!r} has shape {shape}; expected (N, H, W), "
                             "(N, H, W, C) or (N, C, H, W) with C 1 or 3")
 
 

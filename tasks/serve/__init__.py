@@ -6,7 +6,7 @@ from tasks.serve.batcher import DynamicBatcher
 from tasks.serve.drift import DriftMonitor, DriftReference, pixel_means, window_report
 from tasks.serve.feedback import FeedbackError, FeedbackStore
 from tasks.serve.model import ServedModel
-from tasks.serve.requests import RequestError, decode_images
+from tasks.serve.requests import RequestError, decode_array, decode_images
 
 __all__ = ["DriftMonitor", "DriftReference", "DynamicBatcher", "FeedbackError", "FeedbackStore",
-           "RequestError", "ServedModel", "decode_images", "pixel_means", "window_report"]
+           "RequestError", "ServedModel", "decode_array", "decode_images", "pixel_means", "window_report"]

@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests share one forward pass. A batch takes every request
-queued while the previous one computed, and under load waits at most max_wait for more; a
-batch holds at most max_batch images (a request is never split); the model runs in one worker
-thread, so the event loop keeps queueing while it computes, and each batch is answered by one
-model version whole."""
+queued while the previous ones computed, and under load waits at most max_wait for more; a
+batch holds at most max_batch images (a request is never split); up to `passes` batches compute
+at once, each in a worker thread (onnxruntime releases the GIL), so the event loop keeps
+queueing while they compute, and each batch is answered by one model version whole."""
 
 from __future__ import annotations
 
@@ -27,39 +27,49 @@ class DynamicBatcher:
     `observe(size)` is told each batch's size (for metrics)."""
 
     def __init__(self, infer: Callable[[np.ndarray], tuple[np.ndarray, object]], max_batch: int,
-                 max_wait_s: float, observe: Callable[[int], None] = lambda n: None):
+                 max_wait_s: float, observe: Callable[[int], None] = lambda n: None, passes: int = 1):
         self.infer, self.max_batch, self.max_wait_s, self.observe = infer, max_batch, max_wait_s, observe
+        self.passes = passes  # forward passes computing at once, each in its own worker thread
         self.queue: asyncio.Queue[Pending] | None = None
+        self.free: asyncio.Semaphore | None = None
         self.carry: Pending | None = None
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="evergreen-infer")
+        self.worker = ThreadPoolExecutor(passes, thread_name_prefix="evergreen-infer")
         self.task: asyncio.Task | None = None
+        self.computing: set[asyncio.Task] = set()
 
     async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, object]:
         if self.task is None:
-            self.queue = asyncio.Queue()
+            self.queue, self.free = asyncio.Queue(), asyncio.Semaphore(self.passes)
             self.task = asyncio.get_running_loop().create_task(self.run())
         item = Pending(x)
         await self.queue.put(item)
         return await item.done
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Gather a batch as soon as a pass is free (requests queue meanwhile), compute it."""
         while True:
-            batch = await self.gather()
+            await self.free.acquire()
+            task = asyncio.get_running_loop().create_task(self.compute(await self.gather()))
+            self.computing.add(task)
+            task.add_done_callback(self.computing.discard)
+
+    async def compute(self, batch: list[Pending]) -> None:
+        try:
             x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
             self.observe(len(x))
-            try:
-                proba, model = await loop.run_in_executor(self.worker, self.infer, x)
-            except Exception as exc:  # every waiter learns, the loop goes on
-                for p in batch:
-                    if not p.done.done():
-                        p.done.set_exception(exc)
-                continue
-            at = 0
+            proba, model = await asyncio.get_running_loop().run_in_executor(self.worker, self.infer, x)
+        except Exception as exc:  # every waiter learns, the loop goes on
             for p in batch:
-                if not p.done.done():  # a client that went away cancelled its future
-                    p.done.set_result((proba[at:at + len(p.x)], model))
-                at += len(p.x)
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        finally:
+            self.free.release()
+        at = 0
+        for p in batch:
+            if not p.done.done():  # a client that went away cancelled its future
+                p.done.set_result((proba[at:at + len(p.x)], model))
+            at += len(p.x)
 
     async def gather(self) -> list[Pending]:
         """The next batch: the first request and every one queued meanwhile; under load (others
@@ -91,4 +101,6 @@ class DynamicBatcher:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        for task in list(self.computing):
+            task.cancel()
         self.worker.shutdown(wait=False, cancel_futures=True)

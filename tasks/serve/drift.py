@@ -9,6 +9,7 @@ fired on unshifted windows of 500. Windows are tumbling: one window, one test.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,11 @@ class DriftReference:
     version: str
     pixel_means: np.ndarray  # per training image
     predicted: pd.Series  # class names predicted on the test split
+
+    @cached_property
+    def class_counts(self) -> pd.Series:
+        """How often each class was predicted (counted once: every window is tested against it)."""
+        return self.predicted.value_counts()
 
 
 @dataclass
@@ -50,7 +56,8 @@ def window_report(means: np.ndarray, classes: list[str], reference: DriftReferen
     from tasks.validate import pixel_shift
 
     pixels = pixel_shift(means, reference.pixel_means)
-    chi2, pvalue, cells = class_shift(pd.Series(classes), reference.predicted)
+    names, counts = np.unique(np.asarray(classes, str), return_counts=True)
+    chi2, pvalue, cells = class_shift(pd.Series(counts, names), reference.class_counts)
     reasons = []
     if pixels["pixel_psi"] > max_psi:
         reasons.append(f"pixel shift: PSI of per-image mean {pixels['pixel_psi']:.3g} > "
@@ -58,10 +65,9 @@ def window_report(means: np.ndarray, classes: list[str], reference: DriftReferen
     if pvalue < min_pvalue:
         reasons.append(f"predicted-class shift: chi-square p-value {pvalue:.2g} < "
                        f"validate.min_label_shift_pvalue {min_pvalue:g}")
-    counts = pd.Series(classes).value_counts()
     return {"version": reference.version, "samples": len(means), **pixels,
             "class_chi2": chi2, "class_pvalue": pvalue, "class_cells": cells,
-            "predicted_counts": {str(k): int(v) for k, v in counts.items()},
+            "predicted_counts": {str(k): int(v) for k, v in zip(names, counts, strict=True)},
             "mean_intensity": float(means.mean()), "drifted": bool(reasons), "reasons": reasons}
 
 
@@ -74,13 +80,14 @@ MIN_EXPECTED = 5.0  # per cell of the 2 x classes table; rarer classes are poole
 
 
 def class_shift(window: pd.Series, reference: pd.Series) -> tuple[float, float, int]:
-    """Chi-square test of homogeneity of the window's and the reference's class counts:
-    (chi2, p-value, class cells tested); classes with few expected samples are pooled, and
-    with fewer than 2 cells there is nothing to test (0, 1)."""
+    """Chi-square test of homogeneity of the window's and the reference's class counts (each a
+    Series of counts by class name): (chi2, p-value, class cells tested); classes with few
+    expected samples are pooled, and with fewer than 2 cells there is nothing to test (0, 1)."""
     from scipy.stats import chi2_contingency
 
-    table = pd.DataFrame({"window": window.value_counts(), "reference": reference.value_counts()})
-    table = table.fillna(0).T.to_numpy(float)  # (2, classes)
+    classes = window.index.union(reference.index)
+    table = np.stack([window.reindex(classes, fill_value=0).to_numpy(float),
+                      reference.reindex(classes, fill_value=0).to_numpy(float)])  # (2, classes)
     expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
     rare = expected.min(0) < MIN_EXPECTED
     if rare.any():  # one pooled cell, kept when it is big enough to test

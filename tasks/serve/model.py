@@ -19,12 +19,14 @@ class ServedModel:
     runtime: str
 
     @classmethod
-    def load(cls, version: str, model_dir: Path, threads: int) -> ServedModel:
+    def load(cls, version: str, model_dir: Path, threads: int, spin: bool = False) -> ServedModel:
+        """`spin`: onnxruntime's idle threads busy-wait (its default, fastest alone); off for a
+        server, whose event loop would lose the cores to them."""
         from nets.io import ONNX, load_model, read_card
         from nets.runtime import OnnxModel
 
         if (model_dir / ONNX).exists():
-            return cls(version, read_card(model_dir), OnnxModel(model_dir / ONNX, threads),
+            return cls(version, read_card(model_dir), OnnxModel(model_dir / ONNX, threads, spin),
                        "onnxruntime")
         model, card = load_model(model_dir)
         return cls(version, card, model, "torch")

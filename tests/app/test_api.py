@@ -3,6 +3,7 @@ match `evergreen predict`; concurrent requests share forward passes; bad request
 with a message; a new champion is swapped in under load with no failed or mixed answer."""
 
 import base64
+import io
 import json
 import threading
 import time
@@ -62,6 +63,12 @@ def digit_pngs(digits, idx) -> list[bytes]:
     return [png_bytes(digits.x[i][0]) for i in idx]
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
 def test_predict_answers_probabilities_as_evergreen_predict_does(ws, digits, tmp_path):
     from app.printing import predict_paths
 
@@ -79,6 +86,14 @@ def test_predict_answers_probabilities_as_evergreen_predict_does(ws, digits, tmp
                                                            for b in pngs]}).json()
         raw = api.client.post("/predict", content=pngs[0], headers={"content-type": "image/png"})
         assert raw.json()["predictions"][0]["probabilities"] == multipart["predictions"][0]["probabilities"]
+        pixels = digits.x[idx]  # (3, 1, 8, 8) uint8: what the PNGs hold
+        arrays = {"uint8 (N, H, W)": pixels[:, 0], "uint8 (N, H, W, 1)": pixels.transpose(0, 2, 3, 1),
+                  "float 0..1 (N, C, H, W)": pixels.astype(np.float32) / 255}
+        for name, array in arrays.items():
+            answer = api.client.post("/predict", content=npy_bytes(array),
+                                     headers={"content-type": "application/x-npy"}).json()
+            assert [p["probabilities"] for p in answer["predictions"]] == \
+                [p["probabilities"] for p in multipart["predictions"]], name
     for answer in (multipart, b64):
         assert answer.get("version") == "v1", answer
         assert answer["version"] == "v1" and len(answer["predictions"]) == 3
@@ -128,6 +143,22 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
                                                 headers={"content-type": "text/plain"})
         answers["raw junk"] = api.client.post("/predict", content=b"junk",
                                               headers={"content-type": "image/png"})
+        pixels = digits.x[1000:1002, 0]
+        arrays = {"npy of objects (pickle)": np.array([pixels[0], "x"], dtype=object),
+                  "npy of 16x16 images": np.zeros((2, 16, 16), np.uint8),
+                  "npy out of range": pixels.astype(np.int16) * 300,
+                  "npy of strings": np.full((1, 8, 8), "a"),
+                  "npy of one row": pixels.reshape(-1), "npy of 5 images": np.repeat(pixels, 3, 0)[:5],
+                  "npy of no images": pixels[:0]}
+        answers |= {name: api.client.post("/predict", content=npy_bytes(array),
+                                          headers={"content-type": "application/x-npy"})
+                    for name, array in arrays.items()}
+        header = npy_bytes(np.zeros((1, 1, 1), np.uint8))[:-1]
+        answers["npy header bomb"] = api.client.post(
+            "/predict", content=header.replace(b"(1, 1, 1)", b"(1, 30000, 30000)"),
+            headers={"content-type": "application/x-npy"})
+        answers["npy truncated"] = api.client.post("/predict", content=npy_bytes(pixels)[:-10],
+                                                   headers={"content-type": "application/x-npy"})
         assert api.client.get("/health").json()["status"] == "ok"
         assert api.predict_files([good]).status_code == 200
     for name, answer in answers.items():
@@ -138,6 +169,14 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
     assert answers["header bomb"].status_code == 422
     assert "max_image_pixels" in answers["header bomb"].json()["error"]
     assert answers["text/plain"].status_code == 415
+    assert answers["npy of 5 images"].status_code == 413
+    expected = {"npy of objects (pickle)": "Python objects",
+                "npy of 16x16 images": "model takes 1 channel(s) of 8x8",
+                "npy out of range": "image 0: pixel values outside", "npy of strings": "dtype",
+                "npy of one row": "expected (N, H, W)", "npy header bomb": "max_image_pixels",
+                "npy truncated": "truncated", "npy of no images": "no images"}
+    for name, words in expected.items():
+        assert words in answers[name].json()["error"], (name, answers[name].json())
 
 
 def test_a_new_champion_is_swapped_in_under_load_with_no_failed_or_mixed_answer(ws, digits):
