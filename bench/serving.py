@@ -1,7 +1,8 @@
 """`evergreen api` under load (locust, loopback only), on the pipeline benchmark's digits
 champion: latency percentiles and throughput at 1, 8, 32 and 128 closed-loop clients with
 dynamic batching and with the naive handler (one forward pass per request) of the same stack,
-side by side; the model's offline batch-256 throughput in onnxruntime as the ceiling; the
+side by side; saturation with 64 PNGs, one raw PNG or 256 decoded images (.npy) per request
+against the model's offline batch-256 throughput in onnxruntime, the ceiling; the
 champion swapped 10 times during a load run (no failed request, every reply names a version);
 and 10,000 random byte strings with bombs, EPS, truncated and oversized bodies (each a 4xx, the
 server's peak memory before and after).
@@ -139,40 +140,46 @@ def measure(ws: Path, images: Path, seconds: float, quick: bool) -> dict:
     sample_pngs(ws, images)
     registry = load_registry(Workspace(ws).registry)
     champion_dir = ws / registry["versions"][registry["champion"]]["path"]
-    offline = offline_throughput(champion_dir, 20 if quick else 200)
+    offline = [offline_throughput(champion_dir, 20 if quick else 200)]
     runs = {"batched": [], "naive": []}
     for mode in runs:
         with ApiProcess(ws, batching=mode == "batched") as api:
             for users in CLIENTS:
                 runs[mode].append(locust(api.url, users, seconds, images))
             if mode == "batched":
-                many = locust(api.url, 32, seconds, images, per_request=64)
-                raw = locust(api.url, 32, seconds, images, body="raw")
+                many = {"multipart": locust(api.url, 32, seconds, images, per_request=64),
+                        "raw": locust(api.url, 32, seconds, images, body="raw")}
+                many |= {f"npy_{users}": locust(api.url, users, seconds, images, per_request=256,
+                                                body="npy") for users in (8, 32)}
                 peak = api.peak_rss_mb()
+        # the ceiling again on the quiet machine: the best of the run's offline figures counts
+        offline.append(offline_throughput(champion_dir, 20 if quick else 200))
     reload = reload_under_load(ws, images, 20.0 if quick else 60.0, 10)
     hostile = hostile_requests(ws, images, 1000 if quick else 10_000)
-    return entries(runs, many, raw, offline, reload, peak) | {"serving_bad_requests_not_4xx": entry(
+    return entries(runs, many, offline, reload, peak) | {"serving_bad_requests_not_4xx": entry(
         hostile["not_4xx"], "requests", f"{hostile['requests']} bad requests", "0",
         hostile["not_4xx"] == 0 and hostile["good_request_after"] == 200, **hostile)}
 
 
-def entries(runs: dict, many: dict, raw: dict, offline: float, reload: dict, peak_mb: float) -> dict:
+def entries(runs: dict, many: dict, offline: list[float], reload: dict, peak_mb: float) -> dict:
+    """`many`: the batched server's saturation runs by body (64 PNGs multipart, one raw PNG,
+    256 images as one .npy at 8 and 32 clients); `offline`: the ceiling, measured three times."""
     by = {mode: {r["clients"]: r for r in rows} for mode, rows in runs.items()}
     ratio32 = by["batched"][32]["requests_per_s"] / max(by["naive"][32]["requests_per_s"], 1e-9)
     ratio128 = by["batched"][128]["requests_per_s"] / max(by["naive"][128]["requests_per_s"], 1e-9)
-    best = max(max(r["images_per_s"] for r in runs["batched"]), many["images_per_s"],
-               raw["images_per_s"])
-    anchor = f"offline batch-256 onnxruntime {offline:.0f} images/s (the ceiling)"
+    best = max([r["images_per_s"] for r in runs["batched"]] + [r["images_per_s"] for r in many.values()])
+    ceiling = max(offline)
+    anchor = f"offline batch-256 onnxruntime {ceiling:.0f} images/s (the ceiling, best of 3)"
     return {
         "serving_batched_vs_naive_32": entry(
             ratio32, "x", f"naive {by['naive'][32]['requests_per_s']} req/s", ">= 3x at 32+ clients",
             ratio32 >= 3 and ratio128 >= 3, ratio_128_clients=round(ratio128, 2), runs=runs,
             server_peak_rss_mb=round(peak_mb, 1)),
         "serving_saturation_vs_offline": entry(
-            best / offline, "x", anchor, ">= 0.5 of offline", best / offline >= 0.5,
+            best / ceiling, "x", anchor, ">= 0.5 of offline", best / ceiling >= 0.5,
             single_image_best=max(r["images_per_s"] for r in runs["batched"]),
-            sixty_four_per_request=many, raw_body_32_clients=raw,
-            offline_images_per_s=round(offline, 1)),
+            single_image_vs_offline=round(max(r["images_per_s"] for r in runs["batched"]) / ceiling, 3),
+            by_body=many, offline_images_per_s=[round(o, 1) for o in offline]),
         "serving_reload_failures": entry(
             reload["failures"], "requests", f"{reload['requests']} requests, {reload['swaps']} swaps",
             "0", reload["failures"] == 0 and reload["swaps"] == 10, **reload),

@@ -52,7 +52,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=1, le=65535, description="evergreen api's port")
     max_batch: int = Field(64, ge=1, le=4096, description="images one forward pass takes from "
                            "the queued requests (dynamic batching; 1: one request at a time)")
-    max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0, description="how long the first queued "
+    max_wait_ms: float = Field(1.0, ge=0.0, le=1000.0, description="how long the first queued "
                                "request waits for others to share its forward pass")
     max_request_bytes: int = Field(20_000_000, ge=1024, description="a larger request body is "
                                    "refused (413) before it is read whole")
