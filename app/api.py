@@ -54,7 +54,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
                              metrics.batch_size.observe, serve.passes)
     feedback = FeedbackStore(ws.batches.parent / "feedback" / "pending",
                              ws.root / serve.feedback_folder, serve.feedback_batch,
-                             serve.keep_served, cfg.watch.marker)
+                             serve.keep_served, cfg.watch.marker, serve.keep_served_mb << 20)
     drift = Drift(ws, cfg, champion, metrics, on_window or Publisher(ws))
 
     async def watch_registry() -> None:

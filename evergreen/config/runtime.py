@@ -69,6 +69,8 @@ class ServeConfig(Section):
                                  "dropped, relative to the workspace (run `evergreen watch` on it)")
     keep_served: int = Field(10_000, ge=1, description="served inputs kept for feedback; older "
                              "ones rotate out")
+    keep_served_mb: int = Field(256, ge=1, description="and at most this many MB of their pixels "
+                                "(the oldest rotate out first)")
     drift_window: int = Field(500, ge=40, description="served inputs per drift test (tumbling "
                               "windows), against validate.max_pixel_psi and "
                               "min_label_shift_pvalue")

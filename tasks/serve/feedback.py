@@ -27,10 +27,13 @@ class FeedbackError(Exception):
 
 
 class FeedbackStore:
-    """Served inputs by prediction id (at most `keep`), labelled ones pending, batches dropped."""
+    """Served inputs by prediction id (at most `keep` of them in at most `keep_bytes`), labelled
+    ones pending, batches dropped."""
 
-    def __init__(self, pending: Path, drop: Path, batch: int, keep: int, marker: str):
+    def __init__(self, pending: Path, drop: Path, batch: int, keep: int, marker: str,
+                 keep_bytes: int = 256 << 20):
         self.pending, self.drop, self.batch, self.keep, self.marker = pending, drop, batch, keep, marker
+        self.keep_bytes, self.held = keep_bytes, 0  # pixels kept: a count alone grows with image size
         self.served: OrderedDict[str, np.ndarray] = OrderedDict()
         self.lock = threading.Lock()
         self.labelled = sum(1 for _ in pending.glob("*/*.png")) if pending.exists() else 0
@@ -41,8 +44,9 @@ class FeedbackStore:
         with self.lock:
             for i, image in zip(ids, x, strict=True):
                 self.served[i] = image
-            while len(self.served) > self.keep:
-                self.served.popitem(last=False)
+                self.held += image.nbytes
+            while self.served and (len(self.served) > self.keep or self.held > self.keep_bytes):
+                self.held -= self.served.popitem(last=False)[1].nbytes
 
     def label(self, prediction_id: str, label: str) -> Path | None:
         """Record the label; returns the batch folder when this one completed a batch."""
@@ -53,7 +57,9 @@ class FeedbackStore:
             image = self.served.pop(prediction_id, None)
             if image is None:
                 raise FeedbackError(404, f"prediction id {prediction_id[:64]!r} is unknown, already "
-                                         f"labelled or rotated out (the last {self.keep} are kept)")
+                                         f"labelled or rotated out (the last {self.keep} are kept, "
+                                         f"within {self.keep_bytes >> 20} MB)")
+            self.held -= image.nbytes
             save_png(image, self.pending / label / f"{prediction_id}.png")
             self.labelled += 1
             if self.labelled < self.batch:
