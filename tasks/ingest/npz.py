@@ -95,6 +95,9 @@ def _npy_header(fh: IO[bytes], key: str, cfg: IngestConfig, shown: str) -> tuple
     except Exception as exc:  # noqa: BLE001 - numpy's header parser raises almost anything
         raise BadInputError(f"{shown}: array {key!r} has a malformed .npy header "
                             f"({type(exc).__name__})") from None
+    if not all(type(n) is int and n >= 0 for n in shape):  # numpy lets (True, 8, 8) through
+        raise BadInputError(f"{shown}: array {key!r} has a malformed .npy header (shape "
+                            f"{str(shape)[:60]}; expected whole numbers)")
     if dtype.hasobject:
         raise BadInputError(f"{shown}: array {key!r} holds Python objects (dtype {dtype}); refused "
                             "because loading it would unpickle (run) code; save numeric arrays")

@@ -157,6 +157,9 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
         answers["npy header bomb"] = api.client.post(
             "/predict", content=header.replace(b"(1, 1, 1)", b"(1, 30000, 30000)"),
             headers={"content-type": "application/x-npy"})
+        answers["npy shape of booleans"] = api.client.post(
+            "/predict", content=header.replace(b"(1, 1, 1), }", b"(True, 1, 1)}"),
+            headers={"content-type": "application/x-npy"})
         answers["npy truncated"] = api.client.post("/predict", content=npy_bytes(pixels)[:-10],
                                                    headers={"content-type": "application/x-npy"})
         assert api.client.get("/health").json()["status"] == "ok"
@@ -174,7 +177,8 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
                 "npy of 16x16 images": "model takes 1 channel(s) of 8x8",
                 "npy out of range": "image 0: pixel values outside", "npy of strings": "dtype",
                 "npy of one row": "expected (N, H, W)", "npy header bomb": "max_image_pixels",
-                "npy truncated": "truncated", "npy of no images": "no images"}
+                "npy truncated": "truncated", "npy of no images": "no images",
+                "npy shape of booleans": "malformed .npy header"}
     for name, words in expected.items():
         assert words in answers[name].json()["error"], (name, answers[name].json())
 

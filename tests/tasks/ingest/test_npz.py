@@ -83,3 +83,12 @@ def test_npz_needing_an_unsupported_zip_version_is_refused(tmp_path, tiny_batch)
     data[at + 6:at + 8] = b"@\x00"  # "version needed to extract": 6.4 (found by deep fuzzing)
     (tmp_path / "v.npz").write_bytes(bytes(data))
     assert refused(tmp_path / "v.npz").startswith("v.npz: not a readable .npz file")
+
+
+def test_npz_whose_header_shape_is_not_whole_numbers_is_refused(tmp_path):
+    np.savez(tmp_path / "bool.npz", x=np.zeros((1, 8, 8), np.uint8), y=np.array([0]))
+    data = (tmp_path / "bool.npz").read_bytes()
+    assert data.count(b"(1, 8, 8), }   ") == 1
+    (tmp_path / "bool.npz").write_bytes(data.replace(b"(1, 8, 8), }   ", b"(True, 8, 8), }"))
+    msg = refused(tmp_path / "bool.npz")  # numpy's parser lets (True, 8, 8) through
+    assert msg.startswith("bool.npz: array 'x' has a malformed .npy header"), msg
