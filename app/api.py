@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -46,6 +45,8 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
     from app.api_state import Champion, Publisher, write_report
     from tasks.serve import DynamicBatcher, FeedbackError, FeedbackStore, RequestError
 
+    # a malformed multipart body is the client's 400, not a server warning on every request
+    logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
     serve = cfg.serve
     threads = serve.threads or max(1, len(os.sched_getaffinity(0)) // serve.passes)
     champion = Champion(ws, threads, serve.drift_reference)
@@ -127,7 +128,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
     @app.post("/feedback")
     async def label(request: Request):
         try:
-            body = json.loads(await read_body(request, FEEDBACK_BYTES))
+            body = orjson.loads(await read_body(request, FEEDBACK_BYTES))
             prediction_id, label = body["prediction_id"], body["label"]
         except (ValueError, KeyError, TypeError):
             raise FeedbackError(400, "body must be JSON {\"prediction_id\": ..., \"label\": ...}") \
@@ -221,14 +222,14 @@ async def request_images(request, in_shape: tuple[int, int, int], cfg: Config) -
 
 async def request_parts(request, kind: str, body: bytes, serve: ServeConfig) -> list[tuple[str, bytes]]:
     """(name, bytes) of each image in a multipart, JSON or raw image body."""
-    import json
+    import orjson
 
     from tasks.serve import RequestError
     from tasks.serve.requests import base64_parts
 
     if kind == "application/json":
         try:
-            return base64_parts(json.loads(body))
+            return base64_parts(orjson.loads(body))  # nesting past 1,024 is a decode error
         except (ValueError, UnicodeDecodeError):
             raise RequestError(400, "body is not valid JSON") from None
     if kind == "multipart/form-data":

@@ -139,6 +139,8 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
         answers["bad json"] = api.client.post("/predict", content=b"{",
                                               headers={"content-type": "application/json"})
         answers["bad base64"] = api.client.post("/predict", json={"images": ["@@@"]})
+        answers["json nested 90,000 deep"] = api.client.post(
+            "/predict", content=b"[" * 90_000, headers={"content-type": "application/json"})
         answers["text/plain"] = api.client.post("/predict", content=good,
                                                 headers={"content-type": "text/plain"})
         answers["raw junk"] = api.client.post("/predict", content=b"junk",
