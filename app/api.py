@@ -128,7 +128,7 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
     @app.post("/feedback")
     async def label(request: Request):
         try:
-            body = orjson.loads(await read_body(request, FEEDBACK_BYTES))
+            body = orjson.loads(await read_body(request, FEEDBACK_BYTES, serve.body_timeout_s))
             prediction_id, label = body["prediction_id"], body["label"]
         except (ValueError, KeyError, TypeError):
             raise FeedbackError(400, "body must be JSON {\"prediction_id\": ..., \"label\": ...}") \
@@ -208,7 +208,7 @@ async def request_images(request, in_shape: tuple[int, int, int], cfg: Config) -
     from tasks.serve import decode_array, decode_images
 
     serve = cfg.serve
-    body = await read_body(request, serve.max_request_bytes)
+    body = await read_body(request, serve.max_request_bytes, serve.body_timeout_s)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/x-npy":  # images already decoded: no per-image work
         args = (body, in_shape, cfg.ingest, serve.max_images_per_request)
@@ -241,8 +241,9 @@ async def request_parts(request, kind: str, body: bytes, serve: ServeConfig) -> 
                             "as the body (image/*) or an array of images (application/x-npy)")
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The body, refused (413) past `limit` bytes: from its declared length, or as it streams."""
+async def read_body(request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused past `limit` bytes (413: from its declared length, or as it streams)
+    or when not received whole within `timeout_s` (408)."""
     from tasks.serve import RequestError
 
     declared = request.headers.get("content-length")
@@ -250,10 +251,15 @@ async def read_body(request, limit: int) -> bytes:
         raise RequestError(413, f"body of {declared} bytes, more than the limit of {limit} "
                                 "(serve.max_request_bytes for /predict)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestError(413, f"body past the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise RequestError(413, f"body past the limit of {limit} bytes")
+    except TimeoutError:
+        raise RequestError(408, f"body not received whole within {timeout_s:g} s "
+                                f"(serve.body_timeout_s); {len(body)} bytes came") from None
     return bytes(body)
 
 
@@ -281,6 +287,13 @@ def run_api(ws: Workspace, cfg: Config, host: str, port: int, batching: bool = T
 
     print(f"evergreen api: serving {ws.root}'s champion on http://{host}:{port} "
           "(POST /predict, POST /feedback, GET /health, GET /metrics)", flush=True)
-    uvicorn.run(create_app(ws, cfg, batching), host=host, port=port, log_level="warning",
-                access_log=False)
+    uvicorn.Server(server_config(create_app(ws, cfg, batching), cfg.serve, host, port)).run()
     return 0
+
+
+def server_config(app, serve: ServeConfig, host: str, port: int):
+    """uvicorn's settings for `app`: quiet, past serve.max_connections a 503."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          limit_concurrency=serve.max_connections)

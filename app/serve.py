@@ -155,11 +155,10 @@ def start_api(ws: Workspace, cfg) -> None:
 
     import uvicorn
 
-    from app.api import create_app
+    from app.api import create_app, server_config
 
-    server = uvicorn.Server(uvicorn.Config(create_app(ws, cfg), host=cfg.serve.host,
-                                           port=cfg.serve.port, log_level="warning",
-                                           access_log=False))
+    server = uvicorn.Server(server_config(create_app(ws, cfg), cfg.serve, cfg.serve.host,
+                                          cfg.serve.port))
     # uvicorn captures signals only in the main thread: the runner keeps Ctrl-C and SIGTERM
     threading.Thread(target=server.run, name="evergreen-api", daemon=True).start()
     log.info("evergreen api on http://%s:%d beside the deployments", cfg.serve.host, cfg.serve.port)

@@ -57,6 +57,10 @@ class ServeConfig(Section):
     max_request_bytes: int = Field(20_000_000, ge=1024, description="a larger request body is "
                                    "refused (413) before it is read whole")
     max_images_per_request: int = Field(256, ge=1, description="images one request may send")
+    body_timeout_s: float = Field(30.0, gt=0.0, description="a request body not received whole "
+                                  "within this is refused (408): a client that drips bytes holds "
+                                  "no connection for ever")
+    max_connections: int = Field(1024, ge=1, description="connections served at once; more get 503")
     reload_poll_s: float = Field(0.5, gt=0.0, description="how often the registry is checked "
                                  "for a new champion (hot reload)")
     passes: int = Field(2, ge=1, le=64, description="forward passes computing at once, each on "

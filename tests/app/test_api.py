@@ -185,6 +185,21 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(ws, digits)
         assert words in answers[name].json()["error"], (name, answers[name].json())
 
 
+def test_a_client_that_drips_its_body_is_refused_in_time_and_others_are_served(ws, digits):
+    import socket
+
+    with Server(ws, body_timeout_s=0.5) as api:
+        port = int(str(api.client.base_url).rsplit(":", 1)[1].strip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b"\x89PNG")  # 996 bytes never come
+            assert api.predict_files(digit_pngs(digits, [1000])).status_code == 200
+            start = time.time()
+            reply = slow.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "serve.body_timeout_s" in reply, reply
+        assert time.time() - start < 5
+
+
 def test_a_new_champion_is_swapped_in_under_load_with_no_failed_or_mixed_answer(ws, digits):
     from mains.versions import load_registry, save_registry, store_version
     from tasks.promote import switch_champion
