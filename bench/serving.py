@@ -25,6 +25,7 @@ import numpy as np
 from bench.report import entry, not_run
 
 CLIENTS = (1, 8, 32, 128)
+RAW_KINDS = ["image/png", "application/x-npy", "application/json"]  # bodies read without multipart
 
 
 def free_port() -> int:
@@ -203,6 +204,11 @@ def hostile_bodies(good: bytes, limit: int, n_random: int):
     yield "truncated png", good[: len(good) // 2]
     yield "eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     yield "not an image", b"hello, world\n" * 100
+    yield "json nested 100,000 deep", b"[" * 100_000
+    yield "npy of Python objects", b"\x93NUMPY\x01\x00v\x00" + (
+        b"{'descr': '|O', 'fortran_order': False, 'shape': (1, 8, 8), }").ljust(117) + b"\n"
+    yield "npy header claiming 30,000 x 30,000", b"\x93NUMPY\x01\x00v\x00" + (
+        b"{'descr': '|u1', 'fortran_order': False, 'shape': (1, 30000, 30000), }").ljust(117) + b"\n"
     rng = np.random.default_rng(0)
     for i in range(n_random):
         yield f"random {i}", rng.bytes(int(rng.integers(0, 4096)))
@@ -220,11 +226,16 @@ def hostile_requests(ws: Path, images: Path, n_random: int) -> dict:
     with ApiProcess(ws, batching=True) as api, httpx.Client(base_url=api.url, timeout=60) as client:
         client.post("/predict", files=[("file", ("x.png", good, "image/png"))])
         before = api.peak_rss_mb()
-        for name, body in hostile_bodies(good, ServeConfig().max_request_bytes, n_random):
-            reply = client.post("/predict", files=[("file", ("x", body, "application/octet-stream"))])
-            statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
-            if not name.startswith("random") or not 400 <= reply.status_code < 500:
-                named[name] = [reply.status_code, reply.text[:160]]
+        for i, (name, body) in enumerate(hostile_bodies(good, ServeConfig().max_request_bytes, n_random)):
+            # every body as a multipart file; the named ones and every tenth random one also as
+            # each raw content type the server reads
+            kinds = [None] + (RAW_KINDS if not name.startswith("random") or i % 10 == 0 else [])
+            for kind in kinds:
+                reply = (client.post("/predict", content=body, headers={"content-type": kind}) if kind
+                         else client.post("/predict", files=[("file", ("x", body, "image/png"))]))
+                statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+                if not name.startswith("random") or not 400 <= reply.status_code < 500:
+                    named[f"{name} ({kind or 'multipart'})"] = [reply.status_code, reply.text[:160]]
         still_up = client.post("/predict", files=[("file", ("x.png", good, "image/png"))]).status_code
         after = api.peak_rss_mb()
     bad = sum(k for code, k in statuses.items() if not 400 <= code < 500)

@@ -93,8 +93,9 @@ def _npy_header(fh: IO[bytes], key: str, cfg: IngestConfig, shown: str) -> tuple
                 else np.lib.format.read_array_header_2_0)
         shape, fortran, dtype = read(fh)
     except Exception as exc:  # noqa: BLE001 - numpy's header parser raises almost anything
+        why = " ".join(str(exc).split())[:100]  # one line: numpy's text may quote the header
         raise BadInputError(f"{shown}: array {key!r} has a malformed .npy header "
-                            f"({type(exc).__name__})") from None
+                            f"({type(exc).__name__}: {why})") from None
     if not all(type(n) is int and n >= 0 for n in shape):  # numpy lets (True, 8, 8) through
         raise BadInputError(f"{shown}: array {key!r} has a malformed .npy header (shape "
                             f"{str(shape)[:60]}; expected whole numbers)")
