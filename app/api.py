@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,8 @@ from evergreen.workspace import Workspace
 log = logging.getLogger("evergreen.api")
 INLINE_DECODE_BYTES = 65_536  # request bodies up to this decode on the event loop
 FEEDBACK_BYTES = 65_536  # a feedback body is an id and a label
-REPORT_EVERY_S = 1.0  # a window without drift goes to reports/serving.json at most this often
+REPORT_EVERY_S = 1.0  # windows of one verdict go to reports/serving.json at most this often
+PUBLISH_BACKLOG = 64  # drift windows waiting for Prefect; more are not published (still reported)
 
 
 def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None):
@@ -149,14 +151,17 @@ def create_app(ws: Workspace, cfg: Config, batching: bool = True, on_window=None
 
 class Drift:
     """Served inputs to tumbling drift windows against the serving champion's reference; each
-    window to the metrics and the publisher, to the report when drifted (else once a second)."""
+    window to the metrics and the publisher, to the report when its verdict changes (else once a
+    second)."""
 
     def __init__(self, ws: Workspace, cfg: Config, champion, metrics, on_window):
         self.ws, self.cfg, self.champion, self.metrics = ws, cfg, champion, metrics
         self.on_window, self.monitor = on_window, None
-        self.written = float("-inf")  # when a window last went to the serving report
-        # one thread publishes, in order (a thread per window cost more than its test)
+        self.written, self.drifted = float("-inf"), False  # the report's last window: when, verdict
+        # one thread publishes, in order (a thread per window cost more than its test), with at
+        # most PUBLISH_BACKLOG windows waiting
         self.publisher = ThreadPoolExecutor(1, thread_name_prefix="evergreen-drift")
+        self.backlog = threading.BoundedSemaphore(PUBLISH_BACKLOG)
 
     def add(self, x, predicted: list[str], version: str) -> None:
         from tasks.serve import DriftMonitor, pixel_means
@@ -175,21 +180,26 @@ class Drift:
     def closed(self, window: dict) -> None:
         from app.api_state import write_report
 
-        now = time.monotonic()  # under heavy load windows close tens of times a second
-        if window["drifted"] or now - self.written >= REPORT_EVERY_S:
-            write_report(self.ws, drift=window)
-            self.written = now
         self.metrics.drift(window)
-        if window["drifted"]:
-            log.warning("api: drift in the last %d served inputs: %s", window["samples"],
-                        "; ".join(window["reasons"]))
-        self.publisher.submit(self.publish, window)
+        # under heavy load windows close tens of times a second: the report and the log take
+        # every change of verdict at once, else one window a second
+        now, drifted = time.monotonic(), window["drifted"]
+        if drifted != self.drifted or now - self.written >= REPORT_EVERY_S:
+            write_report(self.ws, drift=window)
+            self.written, self.drifted = now, drifted
+            if drifted:
+                log.warning("api: drift in the last %d served inputs: %s", window["samples"],
+                            "; ".join(window["reasons"]))
+        if self.backlog.acquire(blocking=False):  # a slow Prefect server: windows past it skip it
+            self.publisher.submit(self.publish, window)
 
     def publish(self, window: dict) -> None:
         try:
             self.on_window(window)
         except Exception as exc:  # the server goes on; the report holds the window
             log.warning("api: drift window not published: %s", exc)
+        finally:
+            self.backlog.release()
 
 
 def prediction_ids(n: int) -> list[str]:

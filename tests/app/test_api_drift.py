@@ -52,3 +52,32 @@ def test_a_stream_of_other_classes_fires_on_the_predicted_classes(served, digits
     assert window["drifted"]
     assert any(r.startswith("predicted-class shift") for r in window["reasons"])
     assert set(window["predicted_counts"]) <= {"0", "1", *window["predicted_counts"]}
+
+
+def test_windows_past_a_stuck_publisher_are_skipped_and_reported_once_a_second(tmp_path):
+    import threading
+
+    from app.api import PUBLISH_BACKLOG, Drift
+    from evergreen.config import Config
+    from evergreen.workspace import Workspace, read_json
+
+    ws = Workspace(tmp_path)
+    ws.reports.mkdir(parents=True, exist_ok=True)
+    stuck, published, seen = threading.Event(), [], []
+
+    def on_window(window):
+        published.append(window["n"])
+        stuck.wait(10)
+
+    class Metrics:
+        def drift(self, window):
+            seen.append(window["n"])
+
+    drift = Drift(ws, Config(), None, Metrics(), on_window)
+    for n in range(PUBLISH_BACKLOG + 40):  # the first blocks the publisher; the rest queue or skip
+        drift.closed({"n": n, "drifted": n >= 10, "samples": 500, "reasons": ["pixel shift"]})
+    stuck.set()
+    drift.publisher.shutdown(wait=True)
+    assert seen == list(range(PUBLISH_BACKLOG + 40))  # every window reaches the metrics
+    assert published == list(range(PUBLISH_BACKLOG))  # in order, at most the backlog
+    assert read_json(ws.reports / "serving.json")["drift"]["n"] == 10  # the change of verdict
