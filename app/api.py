@@ -221,13 +221,12 @@ async def request_images(request, in_shape: tuple[int, int, int], cfg: Config) -
     body = await read_body(request, serve.max_request_bytes, serve.body_timeout_s)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/x-npy":  # images already decoded: no per-image work
-        args = (body, in_shape, cfg.ingest, serve.max_images_per_request)
-        inline = len(body) <= INLINE_DECODE_BYTES
-        return decode_array(*args) if inline else await run_in_threadpool(decode_array, *args)
-    parts = await request_parts(request, kind, body, serve)
-    args = (parts, in_shape, cfg.ingest, serve.max_images_per_request)
-    inline = sum(len(b) for _, b in parts) <= INLINE_DECODE_BYTES
-    return decode_images(*args) if inline else await run_in_threadpool(decode_images, *args)
+        decode, data = decode_array, body
+    else:
+        decode, data = decode_images, await request_parts(request, kind, body, serve)
+    args = (data, in_shape, cfg.ingest, serve.max_images_per_request)
+    inline = len(body) <= INLINE_DECODE_BYTES
+    return decode(*args) if inline else await run_in_threadpool(decode, *args)
 
 
 async def request_parts(request, kind: str, body: bytes, serve: ServeConfig) -> list[tuple[str, bytes]]:
